@@ -1,0 +1,92 @@
+//! Configurations that do not come from a file: the embedded welcome page and quick mode.
+
+use super::error::{ConfigError, ConfigErrors};
+use super::model::*;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use std::path::PathBuf;
+
+const WELCOME_PAGE: &str = include_str!("../../assets/welcome.html");
+
+/// Served by `gatehouse serve` when no config file exists at the default path.
+pub fn builtin_config() -> Config {
+    Config {
+        source: ConfigSource::Builtin,
+        server: ServerSettings::default(),
+        listeners: vec![ListenerConfig {
+            name: "http".into(),
+            bind: vec![BindAddr::Tcp(([127, 0, 0, 1], 8080).into())],
+        }],
+        sites: vec![SiteConfig {
+            hosts: vec![HostPattern::Any],
+            listeners: None,
+            routes: vec![RouteConfig {
+                path: "/".into(),
+                action: RouteAction::Respond(RespondConfig {
+                    status: StatusCode::OK,
+                    body: Bytes::from_static(WELCOME_PAGE.as_bytes()),
+                    content_type: HeaderValue::from_static("text/html; charset=utf-8"),
+                }),
+            }],
+        }],
+    }
+}
+
+/// `serve --listen ADDR --root DIR --proxy PREFIX=UPSTREAM`, already syntax-checked by clap.
+#[derive(Debug, Clone, Default)]
+pub struct QuickArgs {
+    pub listen: Vec<BindAddr>,
+    pub root: Option<PathBuf>,
+    pub proxy: Vec<(String, Upstream)>,
+}
+
+impl QuickArgs {
+    pub fn is_empty(&self) -> bool {
+        self.listen.is_empty() && self.root.is_none() && self.proxy.is_empty()
+    }
+}
+
+/// Builds the quick-mode config. Every socket systemd passes is claimed by its one listener.
+pub fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    if let Some(root) = &args.root {
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => errors.push(ConfigError::new(format!(
+                "--root {}: not a directory",
+                root.display()
+            ))),
+            Err(e) => errors.push(ConfigError::new(format!("--root {}: {e}", root.display()))),
+        }
+        errors.push(
+            ConfigError::new("--root: static file serving is not available in this version yet")
+                .with_hint("use a config file with a `respond` route for now"),
+        );
+    }
+    if !args.proxy.is_empty() {
+        errors.push(
+            ConfigError::new("--proxy: reverse proxying is not available in this version yet")
+                .with_hint("use a config file with a `respond` route for now"),
+        );
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let mut config = builtin_config();
+    config.source = ConfigSource::Quick;
+    if !args.listen.is_empty() {
+        config.listeners[0].bind = args.listen.clone();
+    }
+    Ok(config)
+}
+
+/// Parses `PREFIX=UPSTREAM` for `--proxy`.
+pub fn parse_proxy_arg(s: &str) -> Result<(String, Upstream), String> {
+    let (prefix, upstream) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected PREFIX=UPSTREAM, e.g. /api/=http://127.0.0.1:8001"))?;
+    if !prefix.starts_with('/') {
+        return Err(format!("{prefix:?}: the prefix must start with '/'"));
+    }
+    Ok((prefix.to_owned(), upstream.parse()?))
+}

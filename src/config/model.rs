@@ -1,0 +1,269 @@
+//! The validated configuration that the server runs on. Everything here is already checked:
+//! code that consumes it never needs to handle a malformed value.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// No file: the embedded welcome page.
+    Builtin,
+    /// No file: built from `serve --listen/--root/--proxy`.
+    Quick,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+            ConfigSource::Builtin => f.write_str("built-in default"),
+            ConfigSource::Quick => f.write_str("command line"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: ConfigSource,
+    pub server: ServerSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub sites: Vec<SiteConfig>,
+}
+
+impl Config {
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// In quick mode every socket systemd passes is a plain HTTP listener, whatever its name.
+    pub fn claims_every_passed_socket(&self) -> bool {
+        self.source == ConfigSource::Quick
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub shutdown_timeout: Duration,
+    /// `None` = never exit for idleness.
+    pub idle_exit_after: Option<Duration>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub status_interval: Duration,
+    pub max_header_size: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            shutdown_timeout: Duration::from_secs(30),
+            idle_exit_after: None,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            status_interval: Duration::from_secs(5),
+            max_header_size: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: Vec<BindAddr>,
+}
+
+/// Where a listener binds when systemd passed no socket for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BindAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for BindAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("unix socket path must be absolute: {s:?}"));
+            }
+            return Ok(BindAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse::<SocketAddr>().map(BindAddr::Tcp).map_err(|_| {
+            format!("{s:?} is neither IP:PORT (\"127.0.0.1:8080\", \"[::]:80\") nor \"unix:/absolute/path\"")
+        })
+    }
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(a) => write!(f, "{a}"),
+            BindAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub hosts: Vec<HostPattern>,
+    /// Listener names this site answers on; `None` = all.
+    pub listeners: Option<Vec<String>>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A `hosts` entry: `*`, `*.example.com` or an exact name; stored lower-case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Any,
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+    Exact(String),
+}
+
+impl FromStr for HostPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim_end_matches('.').to_ascii_lowercase();
+        if lower == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (suffix, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let is_ip = name.parse::<std::net::IpAddr>().is_ok()
+            || name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+        if name.is_empty() || !(is_ip || name.split('.').all(valid_label)) {
+            return Err(format!(
+                "{s:?} is not a host name: use \"example.com\", \"*.example.com\" or \"*\" (no port, no scheme)"
+            ));
+        }
+        Ok(if suffix {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_owned())
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Path prefix; always starts with '/'.
+    pub path: String,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Respond(RespondConfig),
+}
+
+impl RouteAction {
+    /// Short name used in logs and STATUS.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouteAction::Respond(_) => "respond",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RespondConfig {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+}
+
+/// An upstream address as written in `--proxy` or a `proxy` route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    Http { authority: String },
+    Unix(PathBuf),
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.starts_with('/') {
+                return Ok(Upstream::Unix(PathBuf::from(path)));
+            }
+            return Err(format!("unix upstream path must be absolute: {s:?}"));
+        }
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("{s:?} is not an upstream URL: {e}"))?;
+        match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(auth)) if uri.path() == "/" || uri.path().is_empty() => {
+                Ok(Upstream::Http {
+                    authority: auth.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "{s:?}: an upstream is \"http://HOST:PORT\" (no path) or \"unix:/absolute/path\""
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!("*".parse(), Ok(HostPattern::Any));
+        assert_eq!(
+            "*.Example.com".parse(),
+            Ok(HostPattern::Suffix(".example.com".into()))
+        );
+        assert_eq!(
+            "www.example.com.".parse(),
+            Ok(HostPattern::Exact("www.example.com".into()))
+        );
+        assert_eq!("127.0.0.1".parse(), Ok(HostPattern::Exact("127.0.0.1".into())));
+        assert!("example.com:80".parse::<HostPattern>().is_err());
+        assert!("http://x".parse::<HostPattern>().is_err());
+        assert!("a..b".parse::<HostPattern>().is_err());
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(
+            "unix:/run/x.sock".parse(),
+            Ok(BindAddr::Unix("/run/x.sock".into()))
+        );
+        assert!("unix:relative".parse::<BindAddr>().is_err());
+        assert!("[::1]:80".parse::<BindAddr>().is_ok());
+        assert!("localhost:80".parse::<BindAddr>().is_err());
+    }
+
+    #[test]
+    fn upstreams() {
+        assert_eq!(
+            "http://127.0.0.1:8001".parse(),
+            Ok(Upstream::Http {
+                authority: "127.0.0.1:8001".into()
+            })
+        );
+        assert_eq!(
+            "unix:/run/app.sock".parse(),
+            Ok(Upstream::Unix("/run/app.sock".into()))
+        );
+        assert!("ftp://x".parse::<Upstream>().is_err());
+        assert!("http://x/path".parse::<Upstream>().is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! The file format exactly as written by the user: serde structures with source spans.
+//! Validation into the typed model lives in `validate.rs`.
+
+use super::units::HumanDuration;
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Spanned<RawListener>>,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<Spanned<RawSite>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+    pub idle_exit_after: Option<Spanned<HumanDuration>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<HumanDuration>>,
+    pub status_interval: Option<Spanned<HumanDuration>>,
+    pub max_header_size: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub bind: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub hosts: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub listeners: Option<Vec<Spanned<String>>>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: Spanned<String>,
+    pub respond: Option<Spanned<RawRespond>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    pub status: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub body: String,
+    pub content_type: Option<Spanned<String>>,
+}

@@ -1,0 +1,270 @@
+//! Turns the raw file structures into the typed model, reporting every problem at once.
+
+use super::error::ErrorSink;
+use super::model::*;
+use super::raw::*;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use serde_spanned::Spanned;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> Option<Config> {
+    let server = server_settings(&raw.server, sink);
+
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    for l in &raw.listeners {
+        let l = l.get_ref();
+        let name = l.name.get_ref();
+        if !valid_fd_name(name) {
+            sink.push(
+                Some(l.name.span()),
+                format!("invalid listener name {name:?}"),
+                Some("a name is what FileDescriptorName= sets: 1-255 printable ASCII characters, no ':' or spaces"),
+            );
+        } else if !names.insert(name.clone()) {
+            sink.push(
+                Some(l.name.span()),
+                format!("listener name {name:?} is used twice"),
+                Some("several sockets with one name belong in one [[listener]] with several `bind` entries"),
+            );
+        }
+        let mut bind = Vec::new();
+        for b in &l.bind {
+            match b.get_ref().parse::<BindAddr>() {
+                Ok(addr) => bind.push(addr),
+                Err(msg) => sink.push(Some(b.span()), msg, None),
+            }
+        }
+        listeners.push(ListenerConfig {
+            name: name.clone(),
+            bind,
+        });
+    }
+    if raw.listeners.is_empty() {
+        sink.push(
+            None,
+            "no [[listener]] is configured",
+            Some("add [[listener]] with name = \"http\" and bind = [\"127.0.0.1:8080\"]"),
+        );
+    }
+
+    let mut sites = Vec::new();
+    let mut host_spans = Vec::new();
+    for (site_idx, site) in raw.sites.iter().enumerate() {
+        let span = site.span();
+        let site = site.get_ref();
+        let mut hosts = Vec::new();
+        for h in site.hosts.get_ref() {
+            match h.get_ref().parse::<HostPattern>() {
+                Ok(p) => {
+                    host_spans.push((site_idx, p.clone(), h.span()));
+                    hosts.push(p);
+                }
+                Err(msg) => sink.push(Some(h.span()), msg, None),
+            }
+        }
+        if site.hosts.get_ref().is_empty() {
+            sink.push(
+                Some(site.hosts.span()),
+                "a [[site]] needs at least one host",
+                Some("use hosts = [\"*\"] for the default site"),
+            );
+        }
+        let site_listeners = site.listeners.as_ref().map(|ls| {
+            ls.iter()
+                .filter_map(|l| {
+                    if names.contains(l.get_ref()) {
+                        Some(l.get_ref().clone())
+                    } else {
+                        sink.push(
+                            Some(l.span()),
+                            format!("no [[listener]] is named {:?}", l.get_ref()),
+                            None,
+                        );
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let routes = routes(&site.routes, sink);
+        if site.routes.is_empty() {
+            sink.push(
+                Some(span),
+                "this [[site]] has no [[site.route]]",
+                Some("add [[site.route]] with path = \"/\" and an action such as respond = { status = 200, body = \"hello\\n\" }"),
+            );
+        }
+        sites.push(SiteConfig {
+            hosts,
+            listeners: site_listeners,
+            routes,
+        });
+    }
+
+    // The same host on two sites of one listener would make routing depend on file order.
+    let mut reported = HashSet::new();
+    for listener in &listeners {
+        let mut seen: HashMap<&HostPattern, usize> = HashMap::new();
+        for (site_idx, pattern, span) in &host_spans {
+            let on_listener = sites[*site_idx]
+                .listeners
+                .as_ref()
+                .is_none_or(|ls: &Vec<String>| ls.contains(&listener.name));
+            if !on_listener {
+                continue;
+            }
+            if let Some(first) = seen.insert(pattern, *site_idx) {
+                if first != *site_idx && reported.insert(span.start) {
+                    sink.push(
+                        Some(span.clone()),
+                        format!(
+                            "host {pattern:?} belongs to more than one [[site]] on listener {:?}",
+                            listener.name
+                        ),
+                        Some("give one of the sites `listeners = [...]` or merge them"),
+                    );
+                }
+            }
+        }
+    }
+
+    sink.is_empty().then_some(Config {
+        source,
+        server,
+        listeners,
+        sites,
+    })
+}
+
+fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {
+    let mut s = ServerSettings::default();
+    let positive = |d: &Option<Spanned<super::units::HumanDuration>>,
+                    key: &str,
+                    sink: &mut ErrorSink|
+     -> Option<Duration> {
+        let d = d.as_ref()?;
+        if d.get_ref().0.is_zero() {
+            sink.push(Some(d.span()), format!("`{key}` must be greater than 0"), None);
+            return None;
+        }
+        Some(d.get_ref().0)
+    };
+    if let Some(d) = &raw.shutdown_timeout {
+        s.shutdown_timeout = d.get_ref().0;
+    }
+    if let Some(d) = &raw.idle_exit_after {
+        s.idle_exit_after = Some(d.get_ref().0).filter(|d| !d.is_zero());
+    }
+    if let Some(d) = positive(&raw.header_read_timeout, "header_read_timeout", sink) {
+        s.header_read_timeout = d;
+    }
+    if let Some(d) = positive(&raw.status_interval, "status_interval", sink) {
+        s.status_interval = d;
+    }
+    if let Some(n) = &raw.max_connections {
+        match usize::try_from(*n.get_ref()) {
+            // tokio's semaphore holds at most usize::MAX >> 3 permits.
+            Ok(v) if (1..=1_000_000_000).contains(&v) => s.max_connections = v,
+            _ => sink.push(
+                Some(n.span()),
+                "`max_connections` must be between 1 and 1000000000",
+                None,
+            ),
+        }
+    }
+    if let Some(n) = &raw.max_header_size {
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if (8192..=1 << 20).contains(&v) => s.max_header_size = v,
+            _ => sink.push(
+                Some(n.span()),
+                "`max_header_size` must be between 8192 and 1048576 bytes",
+                None,
+            ),
+        }
+    }
+    s
+}
+
+fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    let mut paths = HashSet::new();
+    for r in raw {
+        let span = r.span();
+        let r = r.get_ref();
+        let path = r.path.get_ref();
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
+        {
+            sink.push(
+                Some(r.path.span()),
+                format!("route path {path:?} must start with '/' and hold no query, fragment or space"),
+                None,
+            );
+        } else if !paths.insert(path.clone()) {
+            sink.push(
+                Some(r.path.span()),
+                format!("route path {path:?} appears twice in this site"),
+                None,
+            );
+        }
+        let action = match &r.respond {
+            Some(resp) => respond(resp, sink).map(RouteAction::Respond),
+            None => {
+                sink.push(
+                    Some(span),
+                    "this route has no action",
+                    Some("give it `respond = { status = 200, body = \"...\" }`"),
+                );
+                None
+            }
+        };
+        if let Some(action) = action {
+            out.push(RouteConfig {
+                path: path.clone(),
+                action,
+            });
+        }
+    }
+    out
+}
+
+fn respond(raw: &Spanned<RawRespond>, sink: &mut ErrorSink) -> Option<RespondConfig> {
+    let r = raw.get_ref();
+    let status = match &r.status {
+        None => StatusCode::OK,
+        Some(s) => match u16::try_from(*s.get_ref())
+            .ok()
+            .filter(|c| (200..=599).contains(c))
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(code) => code,
+            None => {
+                sink.push(Some(s.span()), "`status` must be between 200 and 599", None);
+                return None;
+            }
+        },
+    };
+    let content_type = match &r.content_type {
+        None => HeaderValue::from_static("text/plain; charset=utf-8"),
+        Some(ct) => match HeaderValue::from_str(ct.get_ref()) {
+            Ok(v) => v,
+            Err(_) => {
+                sink.push(Some(ct.span()), "`content_type` is not a valid header value", None);
+                return None;
+            }
+        },
+    };
+    Some(RespondConfig {
+        status,
+        body: Bytes::from(r.body.clone()),
+        content_type,
+    })
+}
+
+/// systemd's rule for FileDescriptorName=: printable ASCII, no ':' and at most 255 chars.
+fn valid_fd_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}

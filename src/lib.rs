@@ -1,0 +1,14 @@
+//! gatehouse: a systemd-native front web server.
+//!
+//! Follow a request: `lifecycle` starts everything and owns signals; `server::listener`
+//! accepts; `server::conn` runs hyper; `server::request` finds the route via `router` and
+//! calls `handlers`; `log` writes the access log. Only `systemd` speaks systemd's protocols.
+
+pub mod cli;
+pub mod config;
+pub mod handlers;
+pub mod lifecycle;
+pub mod log;
+pub mod router;
+pub mod server;
+pub mod systemd;

@@ -1,0 +1,244 @@
+//! The process's life under systemd: start (READY), reload on SIGHUP (RELOADING → READY),
+//! stop on SIGTERM/SIGINT or idleness (STOPPING, drain), and the watchdog.
+
+pub mod liveness;
+mod reload;
+pub mod status;
+
+use crate::config::{Config, ConfigOrigin};
+use crate::log::{self, LogTarget};
+use crate::server::listener::{self, ListenerSet, OpenListener};
+use crate::server::{Shared, Snapshot};
+use crate::systemd::{self, notify, PassedSocket};
+use liveness::Liveness;
+use status::LastReload;
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// EX_CONFIG from sysexits.h: the configuration (or the sockets systemd passed) is wrong.
+/// The unit's RestartPreventExitStatus=78 keeps systemd from restarting into the same error.
+pub const EXIT_CONFIG: u8 = 78;
+
+pub struct ServeOptions {
+    pub origin: ConfigOrigin,
+    pub log_level: Option<String>,
+    pub log_target: LogTarget,
+}
+
+enum Failure {
+    Config(String),
+    Runtime(String),
+}
+
+pub fn run(opts: ServeOptions) -> ExitCode {
+    // SAFETY: no thread exists yet: clap ran on this thread and the runtime starts below.
+    let env = unsafe { systemd::take_environment() };
+    log::init(opts.log_level.as_deref(), opts.log_target);
+
+    let config = match opts.origin.load() {
+        Ok(c) => c,
+        Err(errors) => {
+            tracing::error!("configuration invalid:\n{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let sockets = match env.sockets {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(opts.origin, config, sockets, env.watchdog)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            tracing::error!("{msg}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Runtime(msg)) => {
+            tracing::error!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+async fn serve(
+    origin: ConfigOrigin,
+    config: Config,
+    passed: Vec<PassedSocket>,
+    watchdog: Option<Duration>,
+) -> Result<(), Failure> {
+    // Before anything else: SIGHUP's default action would kill us.
+    let mut signals = Signals::install()
+        .map_err(|e| Failure::Runtime(format!("cannot install signal handlers: {e}")))?;
+
+    let opened = open_listeners(&config, passed)?;
+    let liveness = Liveness::new(Liveness::period_for(watchdog));
+    let shared = Shared::new(Snapshot::new(config), liveness);
+    let mut listeners = ListenerSet::default();
+    for open in opened {
+        listeners.start(&shared, open);
+    }
+    let last_reload: LastReload = Default::default();
+
+    notify::ready(&status::line(&shared, &last_reload));
+    tracing::info!(
+        config = %shared.snapshot.load().config.source,
+        "gatehouse {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    let status_task = tokio::spawn(refresh_status(shared.clone(), last_reload.clone()));
+    let watchdog_task = watchdog.map(|interval| {
+        let liveness = shared.liveness.clone();
+        tokio::spawn(systemd::watchdog::run(interval, move || {
+            let liveness = liveness.clone();
+            async move { liveness.check(interval).await }
+        }))
+    });
+
+    let reason = loop {
+        let idle_after = shared.snapshot.load().config.server.idle_exit_after;
+        tokio::select! {
+            _ = signals.hup.recv() => {
+                reload::reload(&origin, &shared, &mut listeners, &last_reload).await;
+            }
+            _ = signals.term.recv() => break "SIGTERM".to_owned(),
+            _ = signals.int.recv() => break "SIGINT".to_owned(),
+            idle = idle_elapsed(&shared, idle_after) => {
+                break format!("no connection for {}", humantime::format_duration(idle));
+            }
+        }
+    };
+
+    drain(&shared, &mut listeners, &mut signals, &reason).await;
+    status_task.abort();
+    if let Some(t) = watchdog_task {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// Pairs every passed socket with its `[[listener]]` and binds listeners that got none.
+fn open_listeners(config: &Config, passed: Vec<PassedSocket>) -> Result<Vec<OpenListener>, Failure> {
+    let mut opened = Vec::new();
+    let mut served = HashSet::new();
+    for socket in passed {
+        let Some(name) = listener::listener_for_passed(config, &socket.name) else {
+            return Err(Failure::Config(format!(
+                "{socket} passed by systemd is not claimed by any [[listener]]; add [[listener]] name = {:?} or change FileDescriptorName= in the .socket unit",
+                socket.name
+            )));
+        };
+        let name = name.to_owned();
+        served.insert(name.clone());
+        let desc = socket.to_string();
+        opened.push(
+            listener::adopt(socket, name)
+                .map_err(|e| Failure::Runtime(format!("cannot use {desc}: {e}")))?,
+        );
+    }
+    for l in config.listeners.iter().filter(|l| !served.contains(&l.name)) {
+        if l.bind.is_empty() {
+            return Err(Failure::Config(format!(
+                "listener {:?} received no socket from systemd and has no `bind` address",
+                l.name
+            )));
+        }
+        for addr in &l.bind {
+            opened.push(listener::bind(&l.name, addr).map_err(|e| {
+                Failure::Runtime(format!("cannot listen on {addr} for listener {:?}: {e}", l.name))
+            })?);
+        }
+    }
+    Ok(opened)
+}
+
+async fn refresh_status(shared: Arc<Shared>, last_reload: LastReload) {
+    loop {
+        let every = shared.snapshot.load().config.server.status_interval;
+        tokio::time::sleep(every).await;
+        notify::status(&status::line(&shared, &last_reload));
+    }
+}
+
+/// Resolves once no connection has been open for `idle_after` (never if `None`).
+async fn idle_elapsed(shared: &Shared, idle_after: Option<Duration>) -> Duration {
+    let Some(idle_after) = idle_after else {
+        return std::future::pending().await;
+    };
+    let poll = (idle_after / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    loop {
+        tokio::time::sleep(poll).await;
+        if shared.conns.idle_for().is_some_and(|idle| idle >= idle_after) {
+            return idle_after;
+        }
+    }
+}
+
+/// STOPPING=1, stop accepting, let in-flight requests finish within `shutdown_timeout`.
+async fn drain(shared: &Shared, listeners: &mut ListenerSet, signals: &mut Signals, reason: &str) {
+    let timeout = shared.snapshot.load().config.server.shutdown_timeout;
+    notify::stopping(&format!(
+        "stopping ({reason}): draining {} connections",
+        shared.conns.open()
+    ));
+    tracing::info!(reason, open = shared.conns.open(), "stopping");
+    // Closing our copies of systemd's sockets leaves them listening in systemd: clients
+    // that connect now wait in the backlog for the next instance.
+    listeners.stop_all().await;
+    shared.conns.start_drain();
+
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            tracing::warn!(
+                open = shared.conns.open(),
+                "shutdown_timeout reached; closing the remaining connections"
+            );
+            break;
+        }
+        tokio::select! {
+            _ = shared.conns.all_closed() => break,
+            _ = tick.tick() => {
+                // "Expect another message within this time", so systemd waits while we drain.
+                notify::extend_timeout(remaining.min(Duration::from_secs(3)) + Duration::from_secs(2));
+                notify::status(&format!("stopping ({reason}): draining {} connections", shared.conns.open()));
+            }
+            _ = tokio::time::sleep(remaining) => {}
+            _ = signals.term.recv() => { tracing::warn!("second SIGTERM: exiting now"); break; }
+            _ = signals.int.recv() => { tracing::warn!("second SIGINT: exiting now"); break; }
+        }
+    }
+    tracing::info!("stopped");
+}

@@ -1,0 +1,122 @@
+//! SIGHUP: re-read the configuration and swap it in without dropping a connection.
+//! A configuration that fails validation or whose new sockets cannot be bound changes nothing.
+
+use super::status::{self, LastReload, ReloadOutcome};
+use crate::config::{BindAddr, Config, ConfigOrigin};
+use crate::server::listener::{self, ListenerSet, OpenListener, Origin};
+use crate::server::{Shared, Snapshot};
+use crate::systemd::notify;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub async fn reload(
+    origin: &ConfigOrigin,
+    shared: &Arc<Shared>,
+    listeners: &mut ListenerSet,
+    last_reload: &LastReload,
+) {
+    notify::reloading();
+    tracing::info!("reloading configuration");
+    let result = try_reload(origin, shared, listeners).await;
+    match &result {
+        Ok(()) => tracing::info!(
+            config = %shared.snapshot.load().config.source,
+            "configuration reloaded"
+        ),
+        Err(e) => tracing::error!("reload refused, still serving the previous configuration:\n{e}"),
+    }
+    *last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadOutcome {
+        at: SystemTime::now(),
+        error: result.err(),
+    });
+    // READY=1 ends the reload for systemd either way; STATUS tells whether it took.
+    notify::ready(&status::line(shared, last_reload));
+}
+
+async fn try_reload(
+    origin: &ConfigOrigin,
+    shared: &Arc<Shared>,
+    listeners: &mut ListenerSet,
+) -> Result<(), String> {
+    let config = origin.load().map_err(|e| e.to_string())?;
+    let plan = plan_listeners(&config, listeners)?;
+
+    let mut opened: Vec<OpenListener> = Vec::new();
+    for (name, addr) in &plan.bind {
+        match listener::bind(name, addr) {
+            Ok(l) => opened.push(l),
+            Err(e) => {
+                for l in opened {
+                    if let Origin::Bound(BindAddr::Unix(path)) = &l.origin {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                return Err(format!("cannot listen on {addr} for listener {name:?}: {e}"));
+            }
+        }
+    }
+
+    let max_connections = config.server.max_connections;
+    shared.snapshot.store(Arc::new(Snapshot::new(config)));
+    shared.conns.set_limit(max_connections);
+    for l in opened {
+        listeners.start(shared, l);
+    }
+    let stop = plan.stop;
+    listeners
+        .stop_where(|name, origin| match origin {
+            Origin::Bound(addr) => stop.contains(&(name.to_owned(), addr.clone())),
+            Origin::Passed { .. } => false,
+        })
+        .await;
+    Ok(())
+}
+
+struct ListenerPlan {
+    bind: Vec<(String, BindAddr)>,
+    stop: HashSet<(String, BindAddr)>,
+}
+
+/// Sockets systemd passed stay as they are; only `bind` listeners may come and go.
+fn plan_listeners(config: &Config, running: &ListenerSet) -> Result<ListenerPlan, String> {
+    let mut with_passed = HashSet::new();
+    for fd_name in running.passed_fd_names() {
+        match listener::listener_for_passed(config, fd_name) {
+            Some(name) => {
+                with_passed.insert(name.to_owned());
+            }
+            None => {
+                return Err(format!(
+                    "the new configuration has no [[listener]] named {fd_name:?} for the socket systemd passed; listeners of passed sockets cannot be removed by a reload"
+                ))
+            }
+        }
+    }
+    let mut wanted = HashSet::new();
+    for l in config.listeners.iter().filter(|l| !with_passed.contains(&l.name)) {
+        if l.bind.is_empty() {
+            return Err(format!(
+                "listener {:?} has no socket from systemd and no `bind` address",
+                l.name
+            ));
+        }
+        for addr in &l.bind {
+            wanted.insert((l.name.clone(), addr.clone()));
+        }
+    }
+    let current: HashSet<(String, BindAddr)> = running
+        .bound()
+        .map(|(n, a)| (n.to_owned(), a.clone()))
+        .collect();
+    let bind: Vec<_> = wanted.difference(&current).cloned().collect();
+    let stop: HashSet<_> = current.difference(&wanted).cloned().collect();
+    for (name, addr) in &bind {
+        if let Some((old, _)) = stop.iter().find(|(_, a)| a == addr) {
+            return Err(format!(
+                "{addr} moves from listener {old:?} to {name:?}; moving an address between listeners needs a restart"
+            ));
+        }
+    }
+    Ok(ListenerPlan { bind, stop })
+}

@@ -1,0 +1,77 @@
+//! Logging: native journald entries under systemd, readable lines on stderr otherwise, and
+//! the per-request access log with its journal fields.
+
+use crate::systemd;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogTarget {
+    /// journald when systemd connected stderr to the journal (JOURNAL_STREAM), else stderr.
+    Auto,
+    Journald,
+    Stderr,
+}
+
+/// Installs the global subscriber. `level` is a tracing filter ("info", "gatehouse=debug");
+/// without it RUST_LOG is used, then "info".
+pub fn init(level: Option<&str>, target: LogTarget) {
+    let filter = level
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let want_journal = match target {
+        LogTarget::Auto => systemd::journal::stderr_is_journal(),
+        LogTarget::Journald => true,
+        LogTarget::Stderr => false,
+    };
+    if want_journal {
+        match systemd::journal::layer() {
+            Ok(layer) => {
+                let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+                return;
+            }
+            Err(e) => eprintln!("gatehouse: journald unavailable ({e}); logging to stderr"),
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+}
+
+/// Where a request came from, for REMOTE_ADDR.
+#[derive(Debug, Clone, Copy)]
+pub enum Remote {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Tcp(a) => write!(f, "{}", a.ip()),
+            Remote::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+/// One access-log entry. The field names are a public interface: journalctl filters on
+/// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US and REMOTE_ADDR.
+pub fn access(method: &str, path: &str, host: &str, status: u16, elapsed: Duration, remote: Remote) {
+    let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    tracing::info!(
+        target: "gatehouse::access",
+        http_method = method,
+        http_path = path,
+        http_host = host,
+        http_status = status,
+        http_duration_us = duration_us,
+        remote_addr = %remote,
+        "{method} {path} {status}"
+    );
+}

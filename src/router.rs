@@ -1,0 +1,197 @@
+//! Virtual hosts and path prefixes: which route answers a request.
+//!
+//! One `Router` per listener name, built once per configuration, so a request does a hash
+//! lookup for its host and a short scan of that site's routes (longest prefix first).
+
+use crate::config::{Config, HostPattern, RouteAction, RouteConfig};
+use std::collections::HashMap;
+
+#[derive(Debug)]
+pub struct Router {
+    exact: HashMap<String, usize>,
+    /// `(".example.com", site)`, longest suffix first.
+    suffixes: Vec<(String, usize)>,
+    any: Option<usize>,
+    sites: Vec<Site>,
+}
+
+#[derive(Debug)]
+struct Site {
+    /// Longest path first, so the first match is the longest prefix.
+    routes: Vec<RouteConfig>,
+}
+
+impl Router {
+    /// The router for connections arriving on listener `listener`.
+    pub fn for_listener(config: &Config, listener: &str) -> Router {
+        let mut router = Router {
+            exact: HashMap::new(),
+            suffixes: Vec::new(),
+            any: None,
+            sites: Vec::new(),
+        };
+        let applicable = config.sites.iter().filter(|s| {
+            s.listeners
+                .as_ref()
+                .is_none_or(|ls| ls.iter().any(|l| l == listener))
+        });
+        for site in applicable {
+            let idx = router.sites.len();
+            let mut routes = site.routes.clone();
+            routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            router.sites.push(Site { routes });
+            for host in &site.hosts {
+                match host {
+                    HostPattern::Any => {
+                        router.any.get_or_insert(idx);
+                    }
+                    HostPattern::Exact(h) => {
+                        router.exact.entry(h.clone()).or_insert(idx);
+                    }
+                    HostPattern::Suffix(s) => router.suffixes.push((s.clone(), idx)),
+                }
+            }
+        }
+        router.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+    }
+
+    /// `host` must already be normalised by [`normalize_host`].
+    pub fn route(&self, host: &str, path: &str) -> Lookup<'_> {
+        let site = self
+            .exact
+            .get(host)
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(suffix, _)| host.ends_with(suffix.as_str()))
+                    .map(|&(_, idx)| idx)
+            })
+            .or(self.any);
+        let Some(site) = site.and_then(|i| self.sites.get(i)) else {
+            return Lookup::NoSite;
+        };
+        match site.routes.iter().find(|r| prefix_matches(&r.path, path)) {
+            Some(route) => Lookup::Route(&route.action),
+            None => Lookup::NoRoute,
+        }
+    }
+}
+
+pub enum Lookup<'a> {
+    Route(&'a RouteAction),
+    /// No site claims this host (and there is no `*` site).
+    NoSite,
+    /// The site exists but none of its routes match the path.
+    NoRoute,
+}
+
+/// Segment-aware prefix: "/api" matches "/api" and "/api/x" but not "/apiary";
+/// "/api/" (trailing slash) matches everything below it.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// Lower-cases a Host value and strips the port and a trailing dot; `None` if it is not a
+/// valid host (RFC 3986 reg-name or IP literal).
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let authority: http::uri::Authority = raw.parse().ok()?;
+    // Authority also accepts userinfo ("user@host"), which a Host header must not carry.
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let host = authority.host().trim_end_matches('.');
+    if host.is_empty() {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_str, ConfigSource};
+
+    fn router(text: &str, listener: &str) -> Router {
+        let config = parse_str(text, ConfigSource::Quick).unwrap();
+        Router::for_listener(&config, listener)
+    }
+
+    fn body_of(lookup: Lookup<'_>) -> String {
+        match lookup {
+            Lookup::Route(RouteAction::Respond(r)) => String::from_utf8_lossy(&r.body).into(),
+            Lookup::NoSite => "no site".into(),
+            Lookup::NoRoute => "no route".into(),
+        }
+    }
+
+    const SITES: &str = r#"
+[[listener]]
+name = "http"
+[[listener]]
+name = "internal"
+[[site]]
+hosts = ["*"]
+listeners = ["http"]
+[[site.route]]
+path = "/"
+respond = { body = "default" }
+[[site.route]]
+path = "/api"
+respond = { body = "api" }
+[[site.route]]
+path = "/api/v2/"
+respond = { body = "v2" }
+[[site]]
+hosts = ["example.com", "*.example.com"]
+[[site.route]]
+path = "/"
+respond = { body = "example" }
+[[site]]
+hosts = ["*.deep.example.com"]
+[[site.route]]
+path = "/"
+respond = { body = "deep" }
+"#;
+
+    #[test]
+    fn longest_prefix_wins_on_segment_boundaries() {
+        let r = router(SITES, "http");
+        assert_eq!(body_of(r.route("other", "/")), "default");
+        assert_eq!(body_of(r.route("other", "/api")), "api");
+        assert_eq!(body_of(r.route("other", "/api/x")), "api");
+        assert_eq!(body_of(r.route("other", "/apiary")), "default");
+        assert_eq!(body_of(r.route("other", "/api/v2/x")), "v2");
+        assert_eq!(body_of(r.route("other", "/api/v2")), "api");
+    }
+
+    #[test]
+    fn hosts_exact_then_longest_wildcard_then_default() {
+        let r = router(SITES, "http");
+        assert_eq!(body_of(r.route("example.com", "/")), "example");
+        assert_eq!(body_of(r.route("www.example.com", "/")), "example");
+        assert_eq!(body_of(r.route("a.deep.example.com", "/")), "deep");
+        assert_eq!(body_of(r.route("notexample.com", "/")), "default");
+    }
+
+    #[test]
+    fn sites_can_be_limited_to_listeners() {
+        let r = router(SITES, "internal");
+        assert_eq!(body_of(r.route("other", "/")), "no site");
+        assert_eq!(body_of(r.route("example.com", "/")), "example");
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(normalize_host("Example.COM:8080").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("user@example.com"), None);
+        assert_eq!(normalize_host("a b"), None);
+        assert_eq!(normalize_host(""), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! One client connection: HTTP/1.1 (keep-alive) or HTTP/2 prior knowledge, detected by hyper,
+//! served until the client leaves or a drain asks it to finish.
+
+use super::connections::ConnGuard;
+use super::listener::Stream;
+use super::request;
+use super::Shared;
+use crate::log::Remote;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How long a draining server waits for the first request of a connection it has just
+/// accepted: the client connected to send one, and closing now would fail it.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+pub async fn serve(
+    shared: Arc<Shared>,
+    stream: Stream,
+    remote: Remote,
+    listener: Arc<str>,
+    guard: ConnGuard,
+) {
+    match stream {
+        Stream::Tcp(s) => serve_io(shared, s, remote, listener).await,
+        Stream::Unix(s) => serve_io(shared, s, remote, listener).await,
+    }
+    drop(guard);
+}
+
+async fn serve_io<I>(shared: Arc<Shared>, io: I, remote: Remote, listener: Arc<str>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let snapshot = shared.snapshot.load_full();
+    let mut drain = shared.conns.drain_signal();
+    let started = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(request::ConnContext {
+        shared: shared.clone(),
+        listener,
+        remote,
+        started: started.clone(),
+    });
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { request::handle(req, &ctx).await }
+    });
+    let conn = snapshot
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+
+    tokio::select! {
+        result = conn.as_mut() => {
+            log_connection_end(result);
+            return;
+        }
+        _ = drain.wait_for(|draining| *draining) => {}
+    }
+    if !started.load(Ordering::Acquire) {
+        let grace = tokio::time::sleep(FIRST_REQUEST_GRACE);
+        tokio::pin!(grace);
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    log_connection_end(result);
+                    return;
+                }
+                _ = &mut grace => break,
+                _ = poll.tick() => if started.load(Ordering::Acquire) { break },
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    log_connection_end(conn.await);
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        // Clients hanging up, timing out or speaking garbage are routine, not server errors.
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

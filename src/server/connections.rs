@@ -1,0 +1,129 @@
+//! Open-connection accounting: the `max_connections` limit, the count that STATUS, idle exit
+//! and drain read, and the signal that asks every connection to finish.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+pub struct Connections {
+    open: AtomicUsize,
+    accepted: AtomicU64,
+    /// Milliseconds since `epoch` of the last open or close.
+    last_change_ms: AtomicU64,
+    epoch: Instant,
+    all_closed: Notify,
+    limit: Arc<Semaphore>,
+    limit_value: Mutex<usize>,
+    drain: watch::Sender<bool>,
+}
+
+impl Connections {
+    pub fn new(max: usize) -> Connections {
+        Connections {
+            open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            last_change_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            all_closed: Notify::new(),
+            limit: Arc::new(Semaphore::new(max)),
+            limit_value: Mutex::new(max),
+            drain: watch::Sender::new(false),
+        }
+    }
+
+    /// Waits for room under `max_connections`. Until then the accept loop does not call
+    /// accept(), so extra clients wait in the kernel backlog rather than being refused.
+    pub async fn reserve(&self) -> OwnedSemaphorePermit {
+        match self.limit.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Applies a new `max_connections` after a reload.
+    pub fn set_limit(&self, new: usize) {
+        let mut current = self.limit_value.lock().unwrap_or_else(|e| e.into_inner());
+        if new > *current {
+            self.limit.add_permits(new - *current);
+        } else if new < *current {
+            // Permits held by open connections cannot be revoked; take them as they return.
+            let shrink = u32::try_from(*current - new).unwrap_or(u32::MAX);
+            let sem = self.limit.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(shrink).await {
+                    p.forget();
+                }
+            });
+        }
+        *current = new;
+    }
+
+    pub fn opened(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ConnGuard {
+            conns: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// How long there has been no open connection; `None` while one is open.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.open() > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_change_ms.load(Ordering::Acquire));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_change_ms.store(ms, Ordering::Release);
+    }
+
+    /// Asks every connection to finish its current request and close.
+    pub fn start_drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by a connection task for as long as the connection is open.
+pub struct ConnGuard {
+    conns: Arc<Connections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.conns.touch();
+        if self.conns.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conns.all_closed.notify_waiters();
+        }
+    }
+}

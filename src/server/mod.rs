@@ -1,0 +1,98 @@
+//! The serving side: listeners and their accept loops, connection accounting, one hyper
+//! connection per client, and the per-request pipeline (host → route → handler → access log).
+//!
+//! A request's path: `listener::accept_loop` → `conn::serve` → `request::handle` →
+//! `router::Router::route` → `handlers::respond` (or a later route kind).
+
+pub mod conn;
+pub mod connections;
+pub mod listener;
+pub mod request;
+
+use crate::config::Config;
+use crate::lifecycle::liveness::Liveness;
+use crate::router::Router;
+use arc_swap::ArcSwap;
+use connections::Connections;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Everything one configuration generation needs to serve requests. Swapped atomically on
+/// reload; requests in flight keep the generation they started with.
+pub struct Snapshot {
+    pub config: Config,
+    routers: HashMap<String, Router>,
+    /// hyper's connection builder, carrying this generation's limits and timeouts.
+    pub http: auto::Builder<TokioExecutor>,
+    pub loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    pub fn new(config: Config) -> Snapshot {
+        let routers = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), Router::for_listener(&config, &l.name)))
+            .collect();
+        let http = http_builder(&config);
+        Snapshot {
+            config,
+            routers,
+            http,
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    /// The router for a listener; in quick mode every passed socket uses the one listener.
+    pub fn router(&self, listener: &str) -> Option<&Router> {
+        self.routers.get(listener).or_else(|| {
+            if self.config.claims_every_passed_socket() {
+                self.routers.values().next()
+            } else {
+                None
+            }
+        })
+    }
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let s = &config.server;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // Bounds the wait for a complete request head, including an idle keep-alive
+        // connection's next request: the slowloris guard.
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_size)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(s.header_read_timeout))
+        .keep_alive_timeout(s.header_read_timeout);
+    b
+}
+
+/// State shared by every task of the server.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub conns: Arc<Connections>,
+    pub requests: AtomicU64,
+    pub liveness: Liveness,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, liveness: Liveness) -> Arc<Shared> {
+        let max = snapshot.config.server.max_connections;
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            conns: Arc::new(Connections::new(max)),
+            requests: AtomicU64::new(0),
+            liveness,
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! The per-request pipeline: find the host, route it, run the handler, write the access log.
+
+use super::Shared;
+use crate::handlers::{self, Body};
+use crate::log::{self, Remote};
+use crate::router::{normalize_host, Lookup};
+use http::{header, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct ConnContext {
+    pub shared: Arc<Shared>,
+    pub listener: Arc<str>,
+    pub remote: Remote,
+    /// Set once the connection has started a request (see the drain grace in `conn`).
+    pub started: Arc<AtomicBool>,
+}
+
+pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    ctx.started.store(true, Ordering::Release);
+    let snapshot = ctx.shared.snapshot.load_full();
+
+    let host = request_host(&req);
+    let response = match &host {
+        Err(status) => handlers::error(*status),
+        Ok(host) => match snapshot.router(&ctx.listener) {
+            None => handlers::error(StatusCode::NOT_FOUND),
+            Some(router) => match router.route(host, req.uri().path()) {
+                Lookup::Route(action) => handlers::dispatch(action, req.method()),
+                Lookup::NoSite | Lookup::NoRoute => handlers::error(StatusCode::NOT_FOUND),
+            },
+        },
+    };
+
+    ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+    log::access(
+        req.method().as_str(),
+        req.uri().path(),
+        host.as_deref().unwrap_or("-"),
+        response.status().as_u16(),
+        start.elapsed(),
+        ctx.remote,
+    );
+    Ok(response)
+}
+
+/// The normalised target host: the URI authority (HTTP/2, absolute-form) or the Host header.
+/// HTTP/1.1 without a Host, several Host headers or an invalid one → 400 (RFC 9112 §3.2).
+fn request_host(req: &Request<Incoming>) -> Result<String, StatusCode> {
+    if let Some(authority) = req.uri().authority() {
+        return normalize_host(authority.as_str()).ok_or(StatusCode::BAD_REQUEST);
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h
+            .to_str()
+            .ok()
+            .and_then(normalize_host)
+            .ok_or(StatusCode::BAD_REQUEST),
+        (Some(_), Some(_)) => Err(StatusCode::BAD_REQUEST),
+        // HTTP/1.0 may omit Host: it is served by the default site.
+        (None, _) if req.version() < Version::HTTP_11 => Ok(String::new()),
+        (None, _) => Err(StatusCode::BAD_REQUEST),
+    }
+}

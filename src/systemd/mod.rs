@@ -1,0 +1,37 @@
+//! Everything that speaks systemd's protocols, and nothing else does.
+//!
+//! * `activation`: sockets passed with LISTEN_FDS / LISTEN_FDNAMES (sd_listen_fds(3)).
+//! * `notify`: READY / STATUS / RELOADING / STOPPING / WATCHDOG datagrams (sd_notify(3)).
+//! * `watchdog`: the WATCHDOG_USEC contract, pinging only while the server is alive.
+//! * `journal`: JOURNAL_STREAM detection and the native journal protocol for logs.
+//!
+//! The environment variables are read and removed by [`take_environment`], which must run
+//! before any thread exists (mutating the environment is unsound once threads run).
+
+pub mod activation;
+pub mod journal;
+pub mod notify;
+pub mod watchdog;
+
+pub use activation::{ActivationError, PassedListener, PassedSocket};
+
+use std::time::Duration;
+
+/// What systemd handed this process at start.
+#[derive(Debug)]
+pub struct Environment {
+    pub sockets: Result<Vec<PassedSocket>, ActivationError>,
+    pub watchdog: Option<Duration>,
+}
+
+/// Reads LISTEN_*, NOTIFY_SOCKET and WATCHDOG_* and removes them from the environment so
+/// that no child process can mistake them for its own.
+///
+/// # Safety
+/// Must be called while the process has a single thread (before the tokio runtime starts).
+pub unsafe fn take_environment() -> Environment {
+    let sockets = unsafe { activation::take_passed_sockets() };
+    unsafe { notify::init_from_env() };
+    let watchdog = unsafe { watchdog::take_interval() };
+    Environment { sockets, watchdog }
+}
