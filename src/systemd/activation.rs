@@ -98,11 +98,13 @@ pub unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError
 fn classify(owned: OwnedFd, fd: RawFd, name: &str) -> Result<PassedListener, ActivationError> {
     let borrowed: BorrowedFd<'_> = std::os::fd::AsFd::as_fd(&owned);
     let sock = SockRef::from(&borrowed);
-    let ty = sock.r#type().map_err(|source| ActivationError::NotASocket {
-        fd,
-        name: name.to_owned(),
-        source,
-    })?;
+    let ty = sock
+        .r#type()
+        .map_err(|source| ActivationError::NotASocket {
+            fd,
+            name: name.to_owned(),
+            source,
+        })?;
     if ty != Type::STREAM {
         let kind = match ty {
             Type::DGRAM => "datagram (UDP or unix datagram)".to_owned(),
@@ -121,11 +123,13 @@ fn classify(owned: OwnedFd, fd: RawFd, name: &str) -> Result<PassedListener, Act
             name: name.to_owned(),
         });
     }
-    let domain = sock.domain().map_err(|source| ActivationError::NotASocket {
-        fd,
-        name: name.to_owned(),
-        source,
-    })?;
+    let domain = sock
+        .domain()
+        .map_err(|source| ActivationError::NotASocket {
+            fd,
+            name: name.to_owned(),
+            source,
+        })?;
     // Passed sockets arrive in blocking mode; tokio requires non-blocking ones.
     sock.set_nonblocking(true)
         .map_err(|source| ActivationError::NotASocket {
@@ -136,7 +140,9 @@ fn classify(owned: OwnedFd, fd: RawFd, name: &str) -> Result<PassedListener, Act
     if domain == Domain::IPV4 || domain == Domain::IPV6 {
         Ok(PassedListener::Tcp(std::net::TcpListener::from(owned)))
     } else if domain == Domain::UNIX {
-        Ok(PassedListener::Unix(std::os::unix::net::UnixListener::from(owned)))
+        Ok(PassedListener::Unix(
+            std::os::unix::net::UnixListener::from(owned),
+        ))
     } else {
         Err(ActivationError::Family {
             fd,
