@@ -75,6 +75,21 @@ pub enum ActivationError {
 /// # Safety
 /// Mutates the environment: the process must still be single-threaded.
 pub unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError> {
+    // sd-notify 0.5 ignores fds meant for another pid but still matches LISTEN_FDNAMES
+    // against their (zero) count and fails; variables inherited from a socket-activated
+    // parent are simply not ours, so check LISTEN_PID first.
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    if !ours {
+        unsafe {
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_FDNAMES");
+        }
+        return Ok(Vec::new());
+    }
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(ActivationError::Environment)?;
     let mut sockets = Vec::with_capacity(fds.len());
