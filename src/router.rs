@@ -38,7 +38,7 @@ impl Router {
         for site in applicable {
             let idx = router.sites.len();
             let mut routes = site.routes.clone();
-            routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
             router.sites.push(Site { routes });
             for host in &site.hosts {
                 match host {
@@ -52,7 +52,7 @@ impl Router {
                 }
             }
         }
-        router.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         router
     }
 
