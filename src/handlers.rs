@@ -1,9 +1,13 @@
-//! What a route does with a request. One function per route kind; `dispatch` picks it.
+//! What a route does with a request. Each route kind lives in its own module with its own
+//! config section; `dispatch` picks it. Adding a kind = a `RouteAction` variant, its raw
+//! config in `config/raw.rs`, its validation arm in `config/validate.rs`, and an arm here.
 
-use crate::config::{RespondConfig, RouteAction};
+use crate::config::{RespondConfig, RouteAction, RouteConfig};
+use crate::log::Remote;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body: fixed bytes now, streams for later route kinds.
@@ -13,15 +17,28 @@ pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-pub fn dispatch(action: &RouteAction, method: &Method) -> Response<Body> {
-    match action {
-        RouteAction::Respond(r) => respond(r, method),
+/// What a handler may know about the request beyond the request itself.
+pub struct RequestContext<'a> {
+    pub remote: Remote,
+    /// The `[[listener]]` the connection arrived on.
+    pub listener: &'a str,
+    /// Normalised host (lower case, no port); empty for HTTP/1.0 without Host.
+    pub host: &'a str,
+}
+
+pub async fn dispatch(
+    route: &RouteConfig,
+    req: Request<Incoming>,
+    _cx: &RequestContext<'_>,
+) -> Response<Body> {
+    match &route.action {
+        RouteAction::Respond(r) => respond(r, req),
     }
 }
 
 /// A `respond` route: the configured status, content type and body (none for HEAD, which
 /// hyper strips while keeping Content-Length).
-fn respond(r: &RespondConfig, _method: &Method) -> Response<Body> {
+fn respond(r: &RespondConfig, _req: Request<Incoming>) -> Response<Body> {
     let mut resp = Response::new(full(r.body.clone()));
     *resp.status_mut() = r.status;
     resp.headers_mut()

@@ -3,7 +3,7 @@
 //! One `Router` per listener name, built once per configuration, so a request does a hash
 //! lookup for its host and a short scan of that site's routes (longest prefix first).
 
-use crate::config::{Config, HostPattern, RouteAction, RouteConfig};
+use crate::config::{Config, HostPattern, RouteConfig};
 use std::collections::HashMap;
 
 #[derive(Debug)]
@@ -52,7 +52,9 @@ impl Router {
                 }
             }
         }
-        router.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        router
+            .suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         router
     }
 
@@ -73,14 +75,14 @@ impl Router {
             return Lookup::NoSite;
         };
         match site.routes.iter().find(|r| prefix_matches(&r.path, path)) {
-            Some(route) => Lookup::Route(&route.action),
+            Some(route) => Lookup::Route(route),
             None => Lookup::NoRoute,
         }
     }
 }
 
 pub enum Lookup<'a> {
-    Route(&'a RouteAction),
+    Route(&'a RouteConfig),
     /// No site claims this host (and there is no `*` site).
     NoSite,
     /// The site exists but none of its routes match the path.
@@ -114,7 +116,7 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_str, ConfigSource};
+    use crate::config::{parse_str, ConfigSource, RouteAction};
 
     fn router(text: &str, listener: &str) -> Router {
         let config = parse_str(text, ConfigSource::Quick).unwrap();
@@ -123,7 +125,10 @@ mod tests {
 
     fn body_of(lookup: Lookup<'_>) -> String {
         match lookup {
-            Lookup::Route(RouteAction::Respond(r)) => String::from_utf8_lossy(&r.body).into(),
+            Lookup::Route(RouteConfig {
+                action: RouteAction::Respond(r),
+                ..
+            }) => String::from_utf8_lossy(&r.body).into(),
             Lookup::NoSite => "no site".into(),
             Lookup::NoRoute => "no route".into(),
         }
