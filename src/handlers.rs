@@ -17,6 +17,12 @@ pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// What a handler may know about the request beyond the request itself.
 pub struct RequestContext<'a> {
     pub remote: Remote,
@@ -33,6 +39,7 @@ pub async fn dispatch(
 ) -> Response<Body> {
     match &route.action {
         RouteAction::Respond(r) => respond(r, req),
+        RouteAction::Static(s) => crate::static_files::serve(s, &route.path, req).await,
     }
 }
 

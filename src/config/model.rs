@@ -170,6 +170,7 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Respond(RespondConfig),
+    Static(crate::static_files::StaticConfig),
 }
 
 impl RouteAction {
@@ -177,6 +178,7 @@ impl RouteAction {
     pub fn kind(&self) -> &'static str {
         match self {
             RouteAction::Respond(_) => "respond",
+            RouteAction::Static(_) => "static",
         }
     }
 }

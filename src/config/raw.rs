@@ -50,6 +50,8 @@ pub struct RawSite {
 pub struct RawRoute {
     pub path: Spanned<String>,
     pub respond: Option<Spanned<RawRespond>>,
+    #[serde(rename = "static")]
+    pub static_files: Option<Spanned<crate::static_files::RawStatic>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -214,16 +214,24 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
                 None,
             );
         }
-        let action = match &r.respond {
-            Some(resp) => respond(resp, sink).map(RouteAction::Respond),
-            None => {
-                sink.push(
-                    Some(span),
-                    "this route has no action",
-                    Some("give it `respond = { status = 200, body = \"...\" }`"),
-                );
-                None
-            }
+        let kinds = usize::from(r.respond.is_some()) + usize::from(r.static_files.is_some());
+        let action = if kinds != 1 {
+            sink.push(
+                Some(span),
+                if kinds == 0 {
+                    "this route has no action"
+                } else {
+                    "this route has more than one action"
+                },
+                Some("give it exactly one of `respond = {...}` or `static = {...}`"),
+            );
+            None
+        } else if let Some(resp) = &r.respond {
+            respond(resp, sink).map(RouteAction::Respond)
+        } else if let Some(st) = &r.static_files {
+            crate::static_files::StaticConfig::from_raw(st.get_ref(), sink).map(RouteAction::Static)
+        } else {
+            None
         };
         if let Some(action) = action {
             out.push(RouteConfig {
