@@ -53,6 +53,10 @@ fn respond(r: &RespondConfig, _req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
+/// Marks a response as gatehouse's own error, which a site's `error_pages` may replace.
+#[derive(Debug, Clone, Copy)]
+pub struct GeneratedError;
+
 /// A small plain-text error page, e.g. "404 Not Found".
 pub fn error(status: StatusCode) -> Response<Body> {
     let text = format!(
@@ -66,5 +70,35 @@ pub fn error(status: StatusCode) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp.extensions_mut().insert(GeneratedError);
     resp
+}
+
+/// Replaces gatehouse's own error response with the site's page for that status, if the
+/// page is served by one of the site's `static` routes.
+pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) -> Response<Body> {
+    if response.extensions().get::<GeneratedError>().is_none() {
+        return response;
+    }
+    let status = response.status();
+    let Some(page) = site.error_page(status.as_u16()) else {
+        return response;
+    };
+    match site.route(page).map(|r| (&r.action, r.path.as_str())) {
+        Some((RouteAction::Static(cfg), prefix)) => {
+            match crate::static_files::error_page(cfg, prefix, page, status) {
+                Some(mut custom) => {
+                    // Keep what the status requires, e.g. Allow on 405.
+                    for name in [header::ALLOW, header::LOCATION, header::CONTENT_RANGE] {
+                        if let Some(v) = response.headers().get(&name) {
+                            custom.headers_mut().insert(name, v.clone());
+                        }
+                    }
+                    custom
+                }
+                None => response,
+            }
+        }
+        _ => response,
+    }
 }

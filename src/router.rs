@@ -16,9 +16,24 @@ pub struct Router {
 }
 
 #[derive(Debug)]
-struct Site {
+pub struct Site {
     /// Longest path first, so the first match is the longest prefix.
     routes: Vec<RouteConfig>,
+    error_pages: Vec<(u16, String)>,
+}
+
+impl Site {
+    /// The custom page for `status`, if the site has one.
+    pub fn error_page(&self, status: u16) -> Option<&str> {
+        self.error_pages
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, p)| p.as_str())
+    }
+
+    pub fn route(&self, path: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| prefix_matches(&r.path, path))
+    }
 }
 
 impl Router {
@@ -39,7 +54,10 @@ impl Router {
             let idx = router.sites.len();
             let mut routes = site.routes.clone();
             routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-            router.sites.push(Site { routes });
+            router.sites.push(Site {
+                routes,
+                error_pages: site.error_pages.clone(),
+            });
             for host in &site.hosts {
                 match host {
                     HostPattern::Any => {
@@ -74,19 +92,19 @@ impl Router {
         let Some(site) = site.and_then(|i| self.sites.get(i)) else {
             return Lookup::NoSite;
         };
-        match site.routes.iter().find(|r| prefix_matches(&r.path, path)) {
-            Some(route) => Lookup::Route(route),
-            None => Lookup::NoRoute,
+        match site.route(path) {
+            Some(route) => Lookup::Route(route, site),
+            None => Lookup::NoRoute(site),
         }
     }
 }
 
 pub enum Lookup<'a> {
-    Route(&'a RouteConfig),
+    Route(&'a RouteConfig, &'a Site),
     /// No site claims this host (and there is no `*` site).
     NoSite,
     /// The site exists but none of its routes match the path.
-    NoRoute,
+    NoRoute(&'a Site),
 }
 
 /// Segment-aware prefix: "/api" matches "/api" and "/api/x" but not "/apiary";
@@ -125,13 +143,16 @@ mod tests {
 
     fn body_of(lookup: Lookup<'_>) -> String {
         match lookup {
-            Lookup::Route(RouteConfig {
-                action: RouteAction::Respond(r),
-                ..
-            }) => String::from_utf8_lossy(&r.body).into(),
-            Lookup::Route(_) => "other kind".into(),
+            Lookup::Route(
+                RouteConfig {
+                    action: RouteAction::Respond(r),
+                    ..
+                },
+                _,
+            ) => String::from_utf8_lossy(&r.body).into(),
+            Lookup::Route(..) => "other kind".into(),
             Lookup::NoSite => "no site".into(),
-            Lookup::NoRoute => "no route".into(),
+            Lookup::NoRoute(_) => "no route".into(),
         }
     }
 

@@ -21,6 +21,7 @@ pub fn builtin_config() -> Config {
         sites: vec![SiteConfig {
             hosts: vec![HostPattern::Any],
             listeners: None,
+            error_pages: Vec::new(),
             routes: vec![RouteConfig {
                 path: "/".into(),
                 action: RouteAction::Respond(RespondConfig {

@@ -114,6 +114,8 @@ pub struct SiteConfig {
     /// Listener names this site answers on; `None` = all.
     pub listeners: Option<Vec<String>>,
     pub routes: Vec<RouteConfig>,
+    /// Status → URL path of the page shown instead of gatehouse's own error text.
+    pub error_pages: Vec<(u16, String)>,
 }
 
 /// A `hosts` entry: `*`, `*.example.com` or an exact name; stored lower-case.

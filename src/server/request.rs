@@ -36,15 +36,19 @@ pub async fn handle(
         Ok(host) => match snapshot.router(&ctx.listener) {
             None => handlers::error(StatusCode::NOT_FOUND),
             Some(router) => match router.route(host, uri.path()) {
-                Lookup::Route(route) => {
+                Lookup::Route(route, site) => {
                     let cx = RequestContext {
                         remote: ctx.remote,
                         listener: &ctx.listener,
                         host,
                     };
-                    handlers::dispatch(route, req, &cx).await
+                    let response = handlers::dispatch(route, req, &cx).await;
+                    handlers::apply_error_page(site, response)
                 }
-                Lookup::NoSite | Lookup::NoRoute => handlers::error(StatusCode::NOT_FOUND),
+                Lookup::NoRoute(site) => {
+                    handlers::apply_error_page(site, handlers::error(StatusCode::NOT_FOUND))
+                }
+                Lookup::NoSite => handlers::error(StatusCode::NOT_FOUND),
             },
         },
     };

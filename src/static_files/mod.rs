@@ -16,7 +16,7 @@ mod range;
 pub use config::{RawStatic, StaticConfig};
 
 use crate::handlers::{self, Body};
-use body::ReaderBody;
+use body::{FileBody, ReaderBody};
 use conditional::{Precondition, Validators};
 use config::Encoding;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -101,6 +101,34 @@ fn handle(
             handlers::error(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
+}
+
+/// Largest error page we serve from memory.
+const ERROR_PAGE_MAX: u64 = 1 << 20;
+
+/// Reads the site's error page `page` (a URL path below `route_path`) for `status`.
+pub fn error_page(
+    cfg: &StaticConfig,
+    route_path: &str,
+    page: &str,
+    status: StatusCode,
+) -> Option<Response<Body>> {
+    let below = page.strip_prefix(route_path)?.trim_start_matches('/');
+    let rel = path::decode(below, cfg.serve_hidden).ok()?;
+    let Ok(Opened::File(file, meta)) = path::open(&cfg.root, &rel.path, cfg.follow_symlinks) else {
+        tracing::warn!(page, "error page not found");
+        return None;
+    };
+    if meta.len() > ERROR_PAGE_MAX {
+        return None;
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(ERROR_PAGE_MAX).read_to_end(&mut buf).ok()?;
+    let mut resp = Response::new(handlers::full(buf.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, mime::content_type(&rel.path));
+    Some(resp)
 }
 
 /// `/dir` → `/dir/`, keeping the query. Leading slashes are collapsed so `//evil.example`
@@ -296,20 +324,19 @@ fn file_body(mut file: File, start: u64, count: u64) -> std::io::Result<Body> {
         }
         return Ok(handlers::full(buf.into()));
     }
-    let file = tokio::fs::File::from_std(file);
-    Ok(ReaderBody::new(file, Some(count)).boxed())
+    Ok(FileBody::new(file, count).boxed())
 }
 
 fn compressed_body(file: File, enc: Encoding) -> Body {
     use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
     let reader = tokio::io::BufReader::with_capacity(64 * 1024, tokio::fs::File::from_std(file));
     match enc {
-        Encoding::Gzip => ReaderBody::new(GzipEncoder::new(reader), None).boxed(),
-        Encoding::Brotli => ReaderBody::new(
-            BrotliEncoder::with_quality(reader, async_compression::Level::Fastest),
-            None,
-        )
+        Encoding::Gzip => ReaderBody::new(GzipEncoder::new(reader)).boxed(),
+        Encoding::Brotli => ReaderBody::new(BrotliEncoder::with_quality(
+            reader,
+            async_compression::Level::Fastest,
+        ))
         .boxed(),
-        Encoding::Zstd => ReaderBody::new(ZstdEncoder::new(reader), None).boxed(),
+        Encoding::Zstd => ReaderBody::new(ZstdEncoder::new(reader)).boxed(),
     }
 }
