@@ -41,6 +41,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate the configuration, print every error with file:line:column; exit 78 if invalid
     Check(CheckArgs),
+    /// Reload a running server synchronously (for ExecReload=): validate the configuration,
+    /// send SIGHUP, wait for the outcome; exit 78 if the configuration is refused
+    Reload(ReloadArgs),
     /// Write the man page (roff) or a shell completion script to stdout
     #[command(hide = true)]
     Generate {
@@ -86,6 +89,21 @@ pub struct CheckArgs {
     pub config: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The server's pid (ExecReload=... --pid $MAINPID)
+    #[arg(long)]
+    pub pid: i32,
+
+    /// The configuration file the server uses [default: as `serve`]
+    #[arg(short, long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// How long to wait for the server's outcome
+    #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
 fn parse_bind(s: &str) -> Result<BindAddr, String> {
     s.parse()
 }
@@ -111,6 +129,12 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Check(args) => check(args.config.as_deref()),
+        Command::Reload(args) => {
+            let origin = args
+                .config
+                .map_or(ConfigOrigin::Default, ConfigOrigin::File);
+            lifecycle::reload_status::request_reload(args.pid, &origin, args.timeout)
+        }
         Command::Generate { what } => generate(what),
     }
 }

@@ -31,7 +31,10 @@ pub fn init(level: Option<&str>, target: LogTarget) {
     if want_journal {
         match systemd::journal::layer() {
             Ok(layer) => {
-                let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .try_init();
                 return;
             }
             Err(e) => eprintln!("gatehouse: journald unavailable ({e}); logging to stderr"),
@@ -41,7 +44,10 @@ pub fn init(level: Option<&str>, target: LogTarget) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init();
 }
 
 /// Where a request came from, for REMOTE_ADDR.
@@ -62,7 +68,14 @@ impl std::fmt::Display for Remote {
 
 /// One access-log entry. The field names are a public interface: journalctl filters on
 /// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US and REMOTE_ADDR.
-pub fn access(method: &str, path: &str, host: &str, status: u16, elapsed: Duration, remote: Remote) {
+pub fn access(
+    method: &str,
+    path: &str,
+    host: &str,
+    status: u16,
+    elapsed: Duration,
+    remote: Remote,
+) {
     let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     tracing::info!(
         target: "gatehouse::access",

@@ -187,8 +187,14 @@ respond = { body = "deep" }
 
     #[test]
     fn host_normalisation() {
-        assert_eq!(normalize_host("Example.COM:8080").as_deref(), Some("example.com"));
-        assert_eq!(normalize_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(
+            normalize_host("Example.COM:8080").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host("user@example.com"), None);
         assert_eq!(normalize_host("a b"), None);

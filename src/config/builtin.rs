@@ -82,9 +82,9 @@ pub fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
 
 /// Parses `PREFIX=UPSTREAM` for `--proxy`.
 pub fn parse_proxy_arg(s: &str) -> Result<(String, Upstream), String> {
-    let (prefix, upstream) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected PREFIX=UPSTREAM, e.g. /api/=http://127.0.0.1:8001"))?;
+    let (prefix, upstream) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected PREFIX=UPSTREAM, e.g. /api/=http://127.0.0.1:8001")
+    })?;
     if !prefix.starts_with('/') {
         return Err(format!("{prefix:?}: the prefix must start with '/'"));
     }

@@ -87,7 +87,12 @@ impl<'a> ErrorSink<'a> {
         }
     }
 
-    pub fn push(&mut self, span: Option<Range<usize>>, message: impl Into<String>, hint: Option<&str>) {
+    pub fn push(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<&str>,
+    ) {
         let mut e = ConfigError::new(message);
         e.file = self.file.map(Path::to_path_buf);
         e.position = span.map(|s| line_col(self.source, s.start));

@@ -69,8 +69,15 @@ pub fn parse_str(text: &str, source: ConfigSource) -> Result<Config, ConfigError
     let raw: raw::RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
-            sink.push(e.span(), e.message().trim().to_owned(), hint_for(e.message()));
-            return Err(sink.finish().err().unwrap_or_else(|| ConfigErrors(Vec::new())));
+            sink.push(
+                e.span(),
+                e.message().trim().to_owned(),
+                hint_for(e.message()),
+            );
+            return Err(sink
+                .finish()
+                .err()
+                .unwrap_or_else(|| ConfigErrors(Vec::new())));
         }
     };
     let config = validate::validate(raw, source, &mut sink);

@@ -139,7 +139,8 @@ impl FromStr for HostPattern {
         let valid_label = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         let is_ip = name.parse::<std::net::IpAddr>().is_ok()
             || name
@@ -234,7 +235,10 @@ mod tests {
             "www.example.com.".parse(),
             Ok(HostPattern::Exact("www.example.com".into()))
         );
-        assert_eq!("127.0.0.1".parse(), Ok(HostPattern::Exact("127.0.0.1".into())));
+        assert_eq!(
+            "127.0.0.1".parse(),
+            Ok(HostPattern::Exact("127.0.0.1".into()))
+        );
         assert!("example.com:80".parse::<HostPattern>().is_err());
         assert!("http://x".parse::<HostPattern>().is_err());
         assert!("a..b".parse::<HostPattern>().is_err());

@@ -146,7 +146,11 @@ fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {
      -> Option<Duration> {
         let d = d.as_ref()?;
         if d.get_ref().0.is_zero() {
-            sink.push(Some(d.span()), format!("`{key}` must be greater than 0"), None);
+            sink.push(
+                Some(d.span()),
+                format!("`{key}` must be greater than 0"),
+                None,
+            );
             return None;
         }
         Some(d.get_ref().0)
@@ -198,7 +202,9 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
         {
             sink.push(
                 Some(r.path.span()),
-                format!("route path {path:?} must start with '/' and hold no query, fragment or space"),
+                format!(
+                    "route path {path:?} must start with '/' and hold no query, fragment or space"
+                ),
                 None,
             );
         } else if !paths.insert(path.clone()) {
@@ -250,7 +256,11 @@ fn respond(raw: &Spanned<RawRespond>, sink: &mut ErrorSink) -> Option<RespondCon
         Some(ct) => match HeaderValue::from_str(ct.get_ref()) {
             Ok(v) => v,
             Err(_) => {
-                sink.push(Some(ct.span()), "`content_type` is not a valid header value", None);
+                sink.push(
+                    Some(ct.span()),
+                    "`content_type` is not a valid header value",
+                    None,
+                );
                 return None;
             }
         },
@@ -264,7 +274,5 @@ fn respond(raw: &Spanned<RawRespond>, sink: &mut ErrorSink) -> Option<RespondCon
 
 /// systemd's rule for FileDescriptorName=: printable ASCII, no ':' and at most 255 chars.
 fn valid_fd_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }

@@ -42,9 +42,7 @@ impl Liveness {
     pub fn register(&self, what: String) -> Heartbeat {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let last = Arc::new(AtomicU64::new(self.inner.now_ms()));
-        self.inner
-            .lock()
-            .insert(id, (what, last.clone()));
+        self.inner.lock().insert(id, (what, last.clone()));
         Heartbeat {
             id,
             last,
@@ -56,7 +54,9 @@ impl Liveness {
     pub async fn check(&self, max_age: Duration) -> Result<(), String> {
         let probe = tokio::spawn(async {});
         if tokio::time::timeout(max_age, probe).await.is_err() {
-            return Err(format!("runtime did not run a probe task within {max_age:?}"));
+            return Err(format!(
+                "runtime did not run a probe task within {max_age:?}"
+            ));
         }
         let now = self.inner.now_ms();
         let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);

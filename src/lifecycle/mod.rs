@@ -3,6 +3,7 @@
 
 pub mod liveness;
 mod reload;
+pub mod reload_status;
 pub mod status;
 
 use crate::config::{Config, ConfigOrigin};
@@ -109,6 +110,8 @@ async fn serve(
         listeners.start(&shared, open);
     }
     let last_reload: LastReload = Default::default();
+    let reload_file = reload_status::StatusFile::from_env();
+    reload_file.started();
 
     notify::ready(&status::line(&shared, &last_reload));
     tracing::info!(
@@ -129,7 +132,8 @@ async fn serve(
         let idle_after = shared.snapshot.load().config.server.idle_exit_after;
         tokio::select! {
             _ = signals.hup.recv() => {
-                reload::reload(&origin, &shared, &mut listeners, &last_reload).await;
+                let error = reload::reload(&origin, &shared, &mut listeners, &last_reload).await;
+                reload_file.reloaded(error.as_deref());
             }
             _ = signals.term.recv() => break "SIGTERM".to_owned(),
             _ = signals.int.recv() => break "SIGINT".to_owned(),
@@ -148,7 +152,10 @@ async fn serve(
 }
 
 /// Pairs every passed socket with its `[[listener]]` and binds listeners that got none.
-fn open_listeners(config: &Config, passed: Vec<PassedSocket>) -> Result<Vec<OpenListener>, Failure> {
+fn open_listeners(
+    config: &Config,
+    passed: Vec<PassedSocket>,
+) -> Result<Vec<OpenListener>, Failure> {
     let mut opened = Vec::new();
     let mut served = HashSet::new();
     for socket in passed {
@@ -166,7 +173,11 @@ fn open_listeners(config: &Config, passed: Vec<PassedSocket>) -> Result<Vec<Open
                 .map_err(|e| Failure::Runtime(format!("cannot use {desc}: {e}")))?,
         );
     }
-    for l in config.listeners.iter().filter(|l| !served.contains(&l.name)) {
+    for l in config
+        .listeners
+        .iter()
+        .filter(|l| !served.contains(&l.name))
+    {
         if l.bind.is_empty() {
             return Err(Failure::Config(format!(
                 "listener {:?} received no socket from systemd and has no `bind` address",
@@ -175,7 +186,10 @@ fn open_listeners(config: &Config, passed: Vec<PassedSocket>) -> Result<Vec<Open
         }
         for addr in &l.bind {
             opened.push(listener::bind(&l.name, addr).map_err(|e| {
-                Failure::Runtime(format!("cannot listen on {addr} for listener {:?}: {e}", l.name))
+                Failure::Runtime(format!(
+                    "cannot listen on {addr} for listener {:?}: {e}",
+                    l.name
+                ))
             })?);
         }
     }
@@ -198,7 +212,11 @@ async fn idle_elapsed(shared: &Shared, idle_after: Option<Duration>) -> Duration
     let poll = (idle_after / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
     loop {
         tokio::time::sleep(poll).await;
-        if shared.conns.idle_for().is_some_and(|idle| idle >= idle_after) {
+        if shared
+            .conns
+            .idle_for()
+            .is_some_and(|idle| idle >= idle_after)
+        {
             return idle_after;
         }
     }

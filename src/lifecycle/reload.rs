@@ -15,7 +15,7 @@ pub async fn reload(
     shared: &Arc<Shared>,
     listeners: &mut ListenerSet,
     last_reload: &LastReload,
-) {
+) -> Option<String> {
     notify::reloading();
     tracing::info!("reloading configuration");
     let result = try_reload(origin, shared, listeners).await;
@@ -28,10 +28,11 @@ pub async fn reload(
     }
     *last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadOutcome {
         at: SystemTime::now(),
-        error: result.err(),
+        error: result.clone().err(),
     });
     // READY=1 ends the reload for systemd either way; STATUS tells whether it took.
     notify::ready(&status::line(shared, last_reload));
+    result.err()
 }
 
 async fn try_reload(
@@ -52,7 +53,9 @@ async fn try_reload(
                         let _ = std::fs::remove_file(path);
                     }
                 }
-                return Err(format!("cannot listen on {addr} for listener {name:?}: {e}"));
+                return Err(format!(
+                    "cannot listen on {addr} for listener {name:?}: {e}"
+                ));
             }
         }
     }
@@ -94,7 +97,11 @@ fn plan_listeners(config: &Config, running: &ListenerSet) -> Result<ListenerPlan
         }
     }
     let mut wanted = HashSet::new();
-    for l in config.listeners.iter().filter(|l| !with_passed.contains(&l.name)) {
+    for l in config
+        .listeners
+        .iter()
+        .filter(|l| !with_passed.contains(&l.name))
+    {
         if l.bind.is_empty() {
             return Err(format!(
                 "listener {:?} has no socket from systemd and no `bind` address",

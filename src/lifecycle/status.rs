@@ -21,16 +21,19 @@ pub fn line(shared: &Shared, last_reload: &LastReload) -> String {
         plural(open as u64),
         plural(requests)
     );
-    let last = last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let last = last_reload
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     match last {
         None => {}
         Some(ReloadOutcome { at, error: None }) => {
-            s.push_str(&format!("; reload ok at {}", humantime::format_rfc3339_seconds(at)));
+            s.push_str(&format!(
+                "; reload ok at {}",
+                humantime::format_rfc3339_seconds(at)
+            ));
         }
-        Some(ReloadOutcome {
-            at,
-            error: Some(e),
-        }) => {
+        Some(ReloadOutcome { at, error: Some(e) }) => {
             let first_line = e.lines().next().unwrap_or("");
             let short: String = first_line.chars().take(160).collect();
             s.push_str(&format!(

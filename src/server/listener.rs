@@ -137,7 +137,9 @@ struct Running {
 impl ListenerSet {
     pub fn start(&mut self, shared: &Arc<Shared>, open: OpenListener) {
         let (stop, stopped) = oneshot::channel();
-        let heartbeat = shared.liveness.register(format!("listener {:?} on {}", open.name, open.origin));
+        let heartbeat = shared
+            .liveness
+            .register(format!("listener {:?} on {}", open.name, open.origin));
         let name = open.name.clone();
         let origin = open.origin.clone();
         tracing::info!(listener = %name, address = %origin, "listening");
@@ -231,7 +233,13 @@ async fn accept_loop(
             Ok((stream, remote)) => {
                 if let Some(p) = permit.take() {
                     let guard = shared.conns.opened(p);
-                    tokio::spawn(conn::serve(shared.clone(), stream, remote, name.clone(), guard));
+                    tokio::spawn(conn::serve(
+                        shared.clone(),
+                        stream,
+                        remote,
+                        name.clone(),
+                        guard,
+                    ));
                 }
             }
             Err(e) => {

@@ -19,7 +19,10 @@ pub struct ConnContext {
     pub started: Arc<AtomicBool>,
 }
 
-pub async fn handle(req: Request<Incoming>, ctx: &ConnContext) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: &ConnContext,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     ctx.started.store(true, Ordering::Release);
     let snapshot = ctx.shared.snapshot.load_full();

@@ -75,6 +75,21 @@ pub enum ActivationError {
 /// # Safety
 /// Mutates the environment: the process must still be single-threaded.
 pub unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError> {
+    // sd-notify 0.5 ignores fds meant for another pid but still matches LISTEN_FDNAMES
+    // against their (zero) count and fails; variables inherited from a socket-activated
+    // parent are simply not ours, so check LISTEN_PID first.
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    if !ours {
+        unsafe {
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_FDNAMES");
+        }
+        return Ok(Vec::new());
+    }
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(ActivationError::Environment)?;
     let mut sockets = Vec::with_capacity(fds.len());
@@ -98,11 +113,13 @@ pub unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError
 fn classify(owned: OwnedFd, fd: RawFd, name: &str) -> Result<PassedListener, ActivationError> {
     let borrowed: BorrowedFd<'_> = std::os::fd::AsFd::as_fd(&owned);
     let sock = SockRef::from(&borrowed);
-    let ty = sock.r#type().map_err(|source| ActivationError::NotASocket {
-        fd,
-        name: name.to_owned(),
-        source,
-    })?;
+    let ty = sock
+        .r#type()
+        .map_err(|source| ActivationError::NotASocket {
+            fd,
+            name: name.to_owned(),
+            source,
+        })?;
     if ty != Type::STREAM {
         let kind = match ty {
             Type::DGRAM => "datagram (UDP or unix datagram)".to_owned(),
@@ -121,11 +138,13 @@ fn classify(owned: OwnedFd, fd: RawFd, name: &str) -> Result<PassedListener, Act
             name: name.to_owned(),
         });
     }
-    let domain = sock.domain().map_err(|source| ActivationError::NotASocket {
-        fd,
-        name: name.to_owned(),
-        source,
-    })?;
+    let domain = sock
+        .domain()
+        .map_err(|source| ActivationError::NotASocket {
+            fd,
+            name: name.to_owned(),
+            source,
+        })?;
     // Passed sockets arrive in blocking mode; tokio requires non-blocking ones.
     sock.set_nonblocking(true)
         .map_err(|source| ActivationError::NotASocket {
@@ -136,7 +155,9 @@ fn classify(owned: OwnedFd, fd: RawFd, name: &str) -> Result<PassedListener, Act
     if domain == Domain::IPV4 || domain == Domain::IPV6 {
         Ok(PassedListener::Tcp(std::net::TcpListener::from(owned)))
     } else if domain == Domain::UNIX {
-        Ok(PassedListener::Unix(std::os::unix::net::UnixListener::from(owned)))
+        Ok(PassedListener::Unix(
+            std::os::unix::net::UnixListener::from(owned),
+        ))
     } else {
         Err(ActivationError::Family {
             fd,

@@ -72,7 +72,11 @@ pub fn status(status: &str) {
 /// RELOADING=1 together with MONOTONIC_USEC, as Type=notify-reload requires.
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading")]),
+        Ok(now) => send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading"),
+        ]),
         Err(_) => send(&[NotifyState::Reloading, NotifyState::Status("reloading")]),
     }
 }

@@ -1,0 +1,400 @@
+//! Test harness: runs the real `gatehouse` binary the way systemd does — listening sockets
+//! dup'ed to fd 3.. with LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, and a real NOTIFY_SOCKET
+//! datagram socket owned by the test.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// Messages received on our NOTIFY_SOCKET, each with its arrival time.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    rx: mpsc::Receiver<(Instant, String)>,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if tx.send((Instant::now(), msg)).is_err() {
+                    break;
+                }
+            }
+        });
+        NotifySocket { path, rx }
+    }
+
+    /// Waits for a datagram that has a line equal to `line`; returns the whole datagram.
+    pub fn wait_for_line(&self, line: &str, timeout: Duration) -> Option<(Instant, String)> {
+        self.wait_for(|m| m.lines().any(|l| l == line), timeout)
+    }
+
+    pub fn wait_for(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok((t, m)) if pred(&m) => return Some((t, m)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Everything that arrives within `window`.
+    pub fn collect(&self, window: Duration) -> Vec<(Instant, String)> {
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(m) => out.push(m),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    pub fn clear(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Which LISTEN_PID the child sees.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ListenPid {
+    Own,
+    Other(u32),
+}
+
+pub struct Launch {
+    pub args: Vec<String>,
+    pub fds: Vec<(OwnedFd, String)>,
+    pub listen_pid: ListenPid,
+    pub env: Vec<(String, String)>,
+    pub notify: bool,
+    pub stderr: Option<PathBuf>,
+}
+
+impl Launch {
+    pub fn serve(config: &Path) -> Launch {
+        Launch {
+            args: vec![
+                "serve".into(),
+                "--config".into(),
+                config.display().to_string(),
+                "--log-target".into(),
+                "stderr".into(),
+            ],
+            fds: Vec::new(),
+            listen_pid: ListenPid::Own,
+            env: Vec::new(),
+            notify: true,
+            stderr: None,
+        }
+    }
+
+    pub fn fd(mut self, fd: impl Into<OwnedFd>, name: &str) -> Launch {
+        self.fds.push((fd.into(), name.to_owned()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Launch {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub notify: Option<NotifySocket>,
+    pub stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts the binary in `dir` with `launch`. Passed fds land on 3, 4, ... and LISTEN_PID
+    /// is the child's own pid: `sh` exports `$$` and execs, so the pid is unchanged.
+    pub fn start(dir: tempfile::TempDir, launch: Launch) -> Server {
+        let notify = launch.notify.then(|| NotifySocket::bind(dir.path()));
+        let stderr_path = launch
+            .stderr
+            .clone()
+            .unwrap_or_else(|| dir.path().join("stderr.log"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+
+        let mut cmd = Command::new("/bin/sh");
+        let pid_setup = match launch.listen_pid {
+            ListenPid::Own => "LISTEN_PID=$$".to_owned(),
+            ListenPid::Other(pid) => format!("LISTEN_PID={pid}"),
+        };
+        cmd.arg("-c")
+            .arg(format!("export {pid_setup}; exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(&launch.args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("LISTEN_PID")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if !launch.fds.is_empty() {
+            cmd.env("LISTEN_FDS", launch.fds.len().to_string());
+            let names: Vec<&str> = launch.fds.iter().map(|(_, n)| n.as_str()).collect();
+            cmd.env("LISTEN_FDNAMES", names.join(":"));
+        }
+        if let Some(n) = &notify {
+            cmd.env("NOTIFY_SOCKET", &n.path);
+        }
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        let raw: Vec<RawFd> = launch.fds.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Move every source out of the 3.. range first, so no dup2 clobbers another.
+                let mut high = Vec::with_capacity(raw.len());
+                for &fd in &raw {
+                    let h = libc::fcntl(fd, libc::F_DUPFD, 100);
+                    if h < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    high.push(h);
+                }
+                for (i, &h) in high.iter().enumerate() {
+                    // dup2 clears FD_CLOEXEC on the target, so the fd survives exec.
+                    if libc::dup2(h, 3 + i as RawFd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn gatehouse");
+        // The parent's copies close here; the child holds its own.
+        drop(launch.fds);
+        Server {
+            child,
+            dir,
+            notify,
+            stderr_path,
+        }
+    }
+
+    pub fn notify(&self) -> &NotifySocket {
+        self.notify.as_ref().expect("launched with a notify socket")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill({sig})");
+    }
+
+    pub fn wait_ready(&self) -> (Instant, String) {
+        self.notify()
+            .wait_for_line("READY=1", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no READY=1; stderr:\n{}", self.stderr()))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("gatehouse-test")
+        .tempdir()
+        .expect("tempdir")
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+/// A TCP listener on a free loopback port, as systemd would create it.
+pub fn tcp_listener() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}
+
+pub fn free_port() -> u16 {
+    tcp_listener().1
+}
+
+/// A config with one `respond` route on `/` answering `body`.
+pub fn respond_config(listener: &str, bind: &str, server: &str, body: &str) -> String {
+    format!(
+        r#"[server]
+{server}
+
+[[listener]]
+name = "{listener}"
+bind = [{bind}]
+
+[[site]]
+hosts = ["*"]
+[[site.route]]
+path = "/"
+respond = {{ status = 200, body = "{body}" }}
+"#
+    )
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// Sends raw request bytes and reads until the server closes; parses status and body.
+pub fn exchange(stream: &mut (impl Read + Write), request: &[u8]) -> std::io::Result<Reply> {
+    stream.write_all(request)?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf)?;
+    parse_reply(&buf)
+}
+
+pub fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            bad(&format!(
+                "no header end in {:?}",
+                String::from_utf8_lossy(buf)
+            ))
+        })?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    Ok(Reply {
+        status,
+        head,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+pub fn get_tcp(port: u16, host: &str, path: &str) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    exchange(
+        &mut s,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn get_unix(path: &Path, host: &str, url: &str) -> std::io::Result<Reply> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    exchange(
+        &mut s,
+        format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Retries until the server answers (for listeners it binds itself).
+pub fn get_eventually(port: u16, path: &str) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get_tcp(port, "localhost", path) {
+            Ok(r) => return r,
+            Err(e) if Instant::now() > deadline => panic!("no answer on port {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC= carries it.
+pub fn monotonic_usec() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1_000
+}
+
+/// Runs `gatehouse ARGS...` to completion.
+pub fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run gatehouse");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
