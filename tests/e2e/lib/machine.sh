@@ -123,11 +123,15 @@ copy_in() {
 
 machine_boot() {
     machine_stop
+    rm -rf "$E2E_WORK/upper" "$E2E_WORK/ovl" "$E2E_WORK/rootcopy"
     mkdir -p "$E2E_WORK/upper" "$E2E_WORK/ovl" "$E2E_ROOT"
-    rm -rf "$E2E_WORK/upper" "$E2E_WORK/ovl"; mkdir -p "$E2E_WORK/upper" "$E2E_WORK/ovl"
-    # overlay: every run starts from the pristine cached image
-    mount -t overlay gatehouse-e2e -o "lowerdir=$E2E_IMAGE,upperdir=$E2E_WORK/upper,workdir=$E2E_WORK/ovl" "$E2E_ROOT" \
-        || { log "overlay mount failed"; return 1; }
+    # overlay: every run starts from the pristine cached image. Where overlayfs cannot
+    # stack (e.g. /var/tmp itself on overlayfs in a container), use a copy instead.
+    if ! mount -t overlay gatehouse-e2e -o "lowerdir=$E2E_IMAGE,upperdir=$E2E_WORK/upper,workdir=$E2E_WORK/ovl" "$E2E_ROOT" 2>/dev/null; then
+        log "overlayfs mount failed, copying the rootfs instead"
+        cp -a --reflink=auto "$E2E_IMAGE" "$E2E_WORK/rootcopy" && mount --bind "$E2E_WORK/rootcopy" "$E2E_ROOT" \
+            || { log "cannot prepare the guest root"; return 1; }
+    fi
     local -a args=(-D "$E2E_ROOT" -M "$E2E_MACHINE" --register=no -b --console=read-only --private-network)
     local cg setup= unified=1
     cg=$(cgroup_root)
