@@ -1,9 +1,13 @@
-//! What a route does with a request. One function per route kind; `dispatch` picks it.
+//! What a route does with a request. Each route kind lives in its own module with its own
+//! config section; `dispatch` picks it. Adding a kind = a `RouteAction` variant, its raw
+//! config in `config/raw.rs`, its validation arm in `config/validate.rs`, and an arm here.
 
-use crate::config::{RespondConfig, RouteAction};
+use crate::config::{RespondConfig, RouteAction, RouteConfig};
+use crate::log::Remote;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body: fixed bytes now, streams for later route kinds.
@@ -13,21 +17,45 @@ pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-pub fn dispatch(action: &RouteAction, method: &Method) -> Response<Body> {
-    match action {
-        RouteAction::Respond(r) => respond(r, method),
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// What a handler may know about the request beyond the request itself.
+pub struct RequestContext<'a> {
+    pub remote: Remote,
+    /// The `[[listener]]` the connection arrived on.
+    pub listener: &'a str,
+    /// Normalised host (lower case, no port); empty for HTTP/1.0 without Host.
+    pub host: &'a str,
+}
+
+pub async fn dispatch(
+    route: &RouteConfig,
+    req: Request<Incoming>,
+    _cx: &RequestContext<'_>,
+) -> Response<Body> {
+    match &route.action {
+        RouteAction::Respond(r) => respond(r, req),
+        RouteAction::Static(s) => crate::static_files::serve(s, &route.path, req).await,
     }
 }
 
 /// A `respond` route: the configured status, content type and body (none for HEAD, which
 /// hyper strips while keeping Content-Length).
-fn respond(r: &RespondConfig, _method: &Method) -> Response<Body> {
+fn respond(r: &RespondConfig, _req: Request<Incoming>) -> Response<Body> {
     let mut resp = Response::new(full(r.body.clone()));
     *resp.status_mut() = r.status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, r.content_type.clone());
     resp
 }
+
+/// Marks a response as gatehouse's own error, which a site's `error_pages` may replace.
+#[derive(Debug, Clone, Copy)]
+pub struct GeneratedError;
 
 /// A small plain-text error page, e.g. "404 Not Found".
 pub fn error(status: StatusCode) -> Response<Body> {
@@ -42,5 +70,35 @@ pub fn error(status: StatusCode) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp.extensions_mut().insert(GeneratedError);
     resp
+}
+
+/// Replaces gatehouse's own error response with the site's page for that status, if the
+/// page is served by one of the site's `static` routes.
+pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) -> Response<Body> {
+    if response.extensions().get::<GeneratedError>().is_none() {
+        return response;
+    }
+    let status = response.status();
+    let Some(page) = site.error_page(status.as_u16()) else {
+        return response;
+    };
+    match site.route(page).map(|r| (&r.action, r.path.as_str())) {
+        Some((RouteAction::Static(cfg), prefix)) => {
+            match crate::static_files::error_page(cfg, prefix, page, status) {
+                Some(mut custom) => {
+                    // Keep what the status requires, e.g. Allow on 405.
+                    for name in [header::ALLOW, header::LOCATION, header::CONTENT_RANGE] {
+                        if let Some(v) = response.headers().get(&name) {
+                            custom.headers_mut().insert(name, v.clone());
+                        }
+                    }
+                    custom
+                }
+                None => response,
+            }
+        }
+        _ => response,
+    }
 }

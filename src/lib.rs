@@ -11,4 +11,5 @@ pub mod lifecycle;
 pub mod log;
 pub mod router;
 pub mod server;
+pub mod static_files;
 pub mod systemd;

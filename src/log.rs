@@ -66,25 +66,45 @@ impl std::fmt::Display for Remote {
     }
 }
 
+/// A response extension a handler sets when it forwarded the request: the access log's
+/// UPSTREAM field.
+#[derive(Debug, Clone)]
+pub struct UpstreamUsed(pub String);
+
 /// One access-log entry. The field names are a public interface: journalctl filters on
-/// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US and REMOTE_ADDR.
-pub fn access(
-    method: &str,
+/// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US, REMOTE_ADDR and UPSTREAM.
+pub fn access<B>(
+    method: &http::Method,
     path: &str,
     host: &str,
-    status: u16,
+    response: &http::Response<B>,
     elapsed: Duration,
     remote: Remote,
 ) {
     let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    tracing::info!(
-        target: "gatehouse::access",
-        http_method = method,
-        http_path = path,
-        http_host = host,
-        http_status = status,
-        http_duration_us = duration_us,
-        remote_addr = %remote,
-        "{method} {path} {status}"
-    );
+    let method = method.as_str();
+    let status = response.status().as_u16();
+    match response.extensions().get::<UpstreamUsed>() {
+        None => tracing::info!(
+            target: "gatehouse::access",
+            http_method = method,
+            http_path = path,
+            http_host = host,
+            http_status = status,
+            http_duration_us = duration_us,
+            remote_addr = %remote,
+            "{method} {path} {status}"
+        ),
+        Some(UpstreamUsed(upstream)) => tracing::info!(
+            target: "gatehouse::access",
+            http_method = method,
+            http_path = path,
+            http_host = host,
+            http_status = status,
+            http_duration_us = duration_us,
+            remote_addr = %remote,
+            upstream = upstream.as_str(),
+            "{method} {path} {status} via {upstream}"
+        ),
+    }
 }

@@ -3,7 +3,7 @@
 //! One `Router` per listener name, built once per configuration, so a request does a hash
 //! lookup for its host and a short scan of that site's routes (longest prefix first).
 
-use crate::config::{Config, HostPattern, RouteAction, RouteConfig};
+use crate::config::{Config, HostPattern, RouteConfig};
 use std::collections::HashMap;
 
 #[derive(Debug)]
@@ -16,9 +16,24 @@ pub struct Router {
 }
 
 #[derive(Debug)]
-struct Site {
+pub struct Site {
     /// Longest path first, so the first match is the longest prefix.
     routes: Vec<RouteConfig>,
+    error_pages: Vec<(u16, String)>,
+}
+
+impl Site {
+    /// The custom page for `status`, if the site has one.
+    pub fn error_page(&self, status: u16) -> Option<&str> {
+        self.error_pages
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, p)| p.as_str())
+    }
+
+    pub fn route(&self, path: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| prefix_matches(&r.path, path))
+    }
 }
 
 impl Router {
@@ -38,8 +53,11 @@ impl Router {
         for site in applicable {
             let idx = router.sites.len();
             let mut routes = site.routes.clone();
-            routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
-            router.sites.push(Site { routes });
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+            router.sites.push(Site {
+                routes,
+                error_pages: site.error_pages.clone(),
+            });
             for host in &site.hosts {
                 match host {
                     HostPattern::Any => {
@@ -52,7 +70,9 @@ impl Router {
                 }
             }
         }
-        router.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+            .suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         router
     }
 
@@ -72,19 +92,19 @@ impl Router {
         let Some(site) = site.and_then(|i| self.sites.get(i)) else {
             return Lookup::NoSite;
         };
-        match site.routes.iter().find(|r| prefix_matches(&r.path, path)) {
-            Some(route) => Lookup::Route(&route.action),
-            None => Lookup::NoRoute,
+        match site.route(path) {
+            Some(route) => Lookup::Route(route, site),
+            None => Lookup::NoRoute(site),
         }
     }
 }
 
 pub enum Lookup<'a> {
-    Route(&'a RouteAction),
+    Route(&'a RouteConfig, &'a Site),
     /// No site claims this host (and there is no `*` site).
     NoSite,
     /// The site exists but none of its routes match the path.
-    NoRoute,
+    NoRoute(&'a Site),
 }
 
 /// Segment-aware prefix: "/api" matches "/api" and "/api/x" but not "/apiary";
@@ -114,7 +134,7 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_str, ConfigSource};
+    use crate::config::{parse_str, ConfigSource, RouteAction};
 
     fn router(text: &str, listener: &str) -> Router {
         let config = parse_str(text, ConfigSource::Quick).unwrap();
@@ -123,9 +143,16 @@ mod tests {
 
     fn body_of(lookup: Lookup<'_>) -> String {
         match lookup {
-            Lookup::Route(RouteAction::Respond(r)) => String::from_utf8_lossy(&r.body).into(),
+            Lookup::Route(
+                RouteConfig {
+                    action: RouteAction::Respond(r),
+                    ..
+                },
+                _,
+            ) => String::from_utf8_lossy(&r.body).into(),
+            Lookup::Route(..) => "other kind".into(),
             Lookup::NoSite => "no site".into(),
-            Lookup::NoRoute => "no route".into(),
+            Lookup::NoRoute(_) => "no route".into(),
         }
     }
 

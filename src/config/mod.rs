@@ -15,7 +15,7 @@ pub use error::{line_col, ConfigError, ConfigErrors};
 pub use model::*;
 pub use units::parse_duration;
 
-use error::ErrorSink;
+pub use error::ErrorSink;
 use std::path::{Path, PathBuf};
 
 /// Where `serve` and `check` look when no `--config` is given.

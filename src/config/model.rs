@@ -114,6 +114,8 @@ pub struct SiteConfig {
     /// Listener names this site answers on; `None` = all.
     pub listeners: Option<Vec<String>>,
     pub routes: Vec<RouteConfig>,
+    /// Status → URL path of the page shown instead of gatehouse's own error text.
+    pub error_pages: Vec<(u16, String)>,
 }
 
 /// A `hosts` entry: `*`, `*.example.com` or an exact name; stored lower-case.
@@ -170,6 +172,7 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Respond(RespondConfig),
+    Static(crate::static_files::StaticConfig),
 }
 
 impl RouteAction {
@@ -177,6 +180,7 @@ impl RouteAction {
     pub fn kind(&self) -> &'static str {
         match self {
             RouteAction::Respond(_) => "respond",
+            RouteAction::Static(_) => "static",
         }
     }
 }

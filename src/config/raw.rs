@@ -43,6 +43,9 @@ pub struct RawSite {
     pub listeners: Option<Vec<Spanned<String>>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// `{ 404 = "/404.html" }`: status → a path served by one of this site's static routes.
+    #[serde(default)]
+    pub error_pages: std::collections::BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +53,8 @@ pub struct RawSite {
 pub struct RawRoute {
     pub path: Spanned<String>,
     pub respond: Option<Spanned<RawRespond>>,
+    #[serde(rename = "static")]
+    pub static_files: Option<Spanned<crate::static_files::RawStatic>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -96,10 +96,39 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                 Some("add [[site.route]] with path = \"/\" and an action such as respond = { status = 200, body = \"hello\\n\" }"),
             );
         }
+        let mut error_pages = Vec::new();
+        for (status, page) in &site.error_pages {
+            match status.get_ref().parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => {}
+                _ => {
+                    sink.push(
+                        Some(status.span()),
+                        format!(
+                            "error_pages key {:?} is not a status between 400 and 599",
+                            status.get_ref()
+                        ),
+                        None,
+                    );
+                    continue;
+                }
+            }
+            if !page.get_ref().starts_with('/') {
+                sink.push(
+                    Some(page.span()),
+                    "an error page is a URL path such as \"/404.html\", served by a `static` route of this site",
+                    None,
+                );
+                continue;
+            }
+            if let Ok(code) = status.get_ref().parse::<u16>() {
+                error_pages.push((code, page.get_ref().clone()));
+            }
+        }
         sites.push(SiteConfig {
             hosts,
             listeners: site_listeners,
             routes,
+            error_pages,
         });
     }
 
@@ -214,16 +243,24 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
                 None,
             );
         }
-        let action = match &r.respond {
-            Some(resp) => respond(resp, sink).map(RouteAction::Respond),
-            None => {
-                sink.push(
-                    Some(span),
-                    "this route has no action",
-                    Some("give it `respond = { status = 200, body = \"...\" }`"),
-                );
-                None
-            }
+        let kinds = usize::from(r.respond.is_some()) + usize::from(r.static_files.is_some());
+        let action = if kinds != 1 {
+            sink.push(
+                Some(span),
+                if kinds == 0 {
+                    "this route has no action"
+                } else {
+                    "this route has more than one action"
+                },
+                Some("give it exactly one of `respond = {...}` or `static = {...}`"),
+            );
+            None
+        } else if let Some(resp) = &r.respond {
+            respond(resp, sink).map(RouteAction::Respond)
+        } else if let Some(st) = &r.static_files {
+            crate::static_files::StaticConfig::from_raw(st.get_ref(), sink).map(RouteAction::Static)
+        } else {
+            None
         };
         if let Some(action) = action {
             out.push(RouteConfig {

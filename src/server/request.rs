@@ -1,7 +1,7 @@
 //! The per-request pipeline: find the host, route it, run the handler, write the access log.
 
 use super::Shared;
-use crate::handlers::{self, Body};
+use crate::handlers::{self, Body, RequestContext};
 use crate::log::{self, Remote};
 use crate::router::{normalize_host, Lookup};
 use http::{header, Request, Response, StatusCode, Version};
@@ -28,23 +28,37 @@ pub async fn handle(
     let snapshot = ctx.shared.snapshot.load_full();
 
     let host = request_host(&req);
+    // The handler consumes the request; keep what the access log needs (cheap clones).
+    let method = req.method().clone();
+    let uri = req.uri().clone();
     let response = match &host {
         Err(status) => handlers::error(*status),
         Ok(host) => match snapshot.router(&ctx.listener) {
             None => handlers::error(StatusCode::NOT_FOUND),
-            Some(router) => match router.route(host, req.uri().path()) {
-                Lookup::Route(action) => handlers::dispatch(action, req.method()),
-                Lookup::NoSite | Lookup::NoRoute => handlers::error(StatusCode::NOT_FOUND),
+            Some(router) => match router.route(host, uri.path()) {
+                Lookup::Route(route, site) => {
+                    let cx = RequestContext {
+                        remote: ctx.remote,
+                        listener: &ctx.listener,
+                        host,
+                    };
+                    let response = handlers::dispatch(route, req, &cx).await;
+                    handlers::apply_error_page(site, response)
+                }
+                Lookup::NoRoute(site) => {
+                    handlers::apply_error_page(site, handlers::error(StatusCode::NOT_FOUND))
+                }
+                Lookup::NoSite => handlers::error(StatusCode::NOT_FOUND),
             },
         },
     };
 
     ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
     log::access(
-        req.method().as_str(),
-        req.uri().path(),
+        &method,
+        uri.path(),
         host.as_deref().unwrap_or("-"),
-        response.status().as_u16(),
+        &response,
         start.elapsed(),
         ctx.remote,
     );

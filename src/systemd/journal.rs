@@ -27,8 +27,18 @@ pub fn stderr_is_journal() -> bool {
 
 /// A tracing layer that writes structured entries to /run/systemd/journal/socket; custom
 /// fields keep their own names (HTTP_STATUS, not F_HTTP_STATUS) so `journalctl` filters work.
+/// Levels map to syslog priorities as other daemons use them: INFO is 6 (info), not
+/// tracing-journald's default 5 (notice), so `journalctl -p notice` hides the access log.
 pub fn layer() -> std::io::Result<tracing_journald::Layer> {
+    use tracing_journald::{Priority, PriorityMappings};
     Ok(tracing_journald::layer()?
         .with_field_prefix(None)
-        .with_syslog_identifier("gatehouse".to_owned()))
+        .with_syslog_identifier("gatehouse".to_owned())
+        .with_priority_mappings(PriorityMappings {
+            error: Priority::Error,
+            warn: Priority::Warning,
+            info: Priority::Informational,
+            debug: Priority::Debug,
+            trace: Priority::Debug,
+        }))
 }

@@ -91,6 +91,10 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     pub notify: bool,
     pub stderr: Option<PathBuf>,
+    /// Runs the shell under this program (e.g. `unshare -m`).
+    pub wrapper: Vec<String>,
+    /// Shell commands run just before exec (e.g. mounts inside the wrapper's namespace).
+    pub before_exec: String,
 }
 
 impl Launch {
@@ -108,6 +112,8 @@ impl Launch {
             env: Vec::new(),
             notify: true,
             stderr: None,
+            wrapper: Vec::new(),
+            before_exec: String::new(),
         }
     }
 
@@ -140,13 +146,23 @@ impl Server {
             .unwrap_or_else(|| dir.path().join("stderr.log"));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
 
-        let mut cmd = Command::new("/bin/sh");
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("/bin/sh");
+                c
+            }
+            None => Command::new("/bin/sh"),
+        };
         let pid_setup = match launch.listen_pid {
             ListenPid::Own => "LISTEN_PID=$$".to_owned(),
             ListenPid::Other(pid) => format!("LISTEN_PID={pid}"),
         };
         cmd.arg("-c")
-            .arg(format!("export {pid_setup}; exec \"$0\" \"$@\""))
+            .arg(format!(
+                "{} export {pid_setup}; exec \"$0\" \"$@\"",
+                launch.before_exec
+            ))
             .arg(BIN)
             .args(&launch.args)
             .env_remove("NOTIFY_SOCKET")
