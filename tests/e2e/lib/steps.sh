@@ -292,6 +292,33 @@ EOF
     G rm -rf /var/www
 }
 
+# A stop drains open responses for up to shutdown_timeout, past the unit's TimeoutStopSec
+# (gatehouse sends EXTEND_TIMEOUT_USEC). 100 MB at 10 MB/s: far more than the loopback
+# socket buffers hold, so the server must stay alive for most of the ~10 s.
+step_drain() {
+    G mkdir -p /var/www/site /etc/systemd/system/gatehouse.service.d
+    G sh -c 'head -c 100000000 /dev/zero >/var/www/site/big.bin && chmod -R a+rX /var/www'
+    { printf '[server]\nshutdown_timeout = "20s"\n'; site_config unused | sed '1,3d'; } \
+        | sed 's|^respond = .*|static = { root = "/var/www/site" }|' | put_config /etc/gatehouse/gatehouse.toml
+    printf '[Service]\nTimeoutStopSec=4s\n' | put_config /etc/systemd/system/gatehouse.service.d/e2e-stop.conf
+    G systemctl daemon-reload
+    G systemctl restart gatehouse
+    G rm -f /root/dl.out
+    G sh -c 'curl -sS -o /dev/null --limit-rate 10M -w "%{http_code} %{size_download}" http://127.0.0.1/big.bin >/root/dl.out 2>&1' &
+    local dl=$! t0 dt
+    sleep 1
+    t0=$SECONDS
+    G systemctl stop gatehouse.service 2>/dev/null || fail "systemctl stop failed"
+    dt=$((SECONDS - t0))
+    wait "$dl" || true
+    expect_eq "download in flight at stop completed" "200 100000000" "$(G cat /root/dl.out)"
+    if [ "$dt" -gt 4 ]; then ok "stop waited ${dt}s for it, past TimeoutStopSec=4s"; else fail "stop took only ${dt}s: the response cannot have been drained"; fi
+    expect_eq "clean stop (Result)" success "$(prop gatehouse.service Result)"
+    G rm -rf /var/www /etc/systemd/system/gatehouse.service.d/e2e-stop.conf
+    restore_default_config
+    G systemctl daemon-reload
+}
+
 step_hardening() {
     http_get -o /dev/null http://127.0.0.1/ || true
     local pid status uid
