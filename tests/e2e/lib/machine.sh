@@ -183,6 +183,8 @@ machine_stop() {
         find "$cg/$E2E_CGROUP" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     fi
     if mountpoint -q "$E2E_ROOT" 2>/dev/null; then umount "$E2E_ROOT" 2>/dev/null || umount -l "$E2E_ROOT"; fi
+    # the guest's writes: not needed once it is down (the next boot starts afresh)
+    mountpoint -q "$E2E_ROOT" 2>/dev/null || rm -rf "$E2E_WORK/upper" "$E2E_WORK/ovl" "$E2E_WORK/rootcopy"
     rm -f "$E2E_WORK/nspawn.pid"
     return 0
 }

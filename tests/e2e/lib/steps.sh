@@ -81,8 +81,11 @@ step_install() {
     expect_eq "gatehouse.socket active" active "$(state gatehouse.socket)"
     expect_eq "gatehouse.service not started by the install" inactive "$(state gatehouse.service)"
     expect_eq "gatehouse.service is static (socket-activated only)" static "$(G systemctl is-enabled gatehouse.service || true)"
-    local listen; listen=$(prop gatehouse.socket Listen)
-    case $listen in *'[::]:80 (Stream)'*) ok "socket listens on $listen" ;; *) fail "socket Listen = '$listen', expected [::]:80" ;; esac
+    local listen want='[::]:80 (Stream)'
+    listen=$(prop gatehouse.socket Listen)
+    # without IPv6 in the kernel, systemd binds a bare port to 0.0.0.0 instead
+    G test -e /proc/net/if_inet6 || want='0.0.0.0:80 (Stream)'
+    case $listen in *"$want"*) ok "socket listens on $listen" ;; *) fail "socket Listen = '$listen', expected $want" ;; esac
 }
 
 step_verify() {
@@ -113,7 +116,9 @@ step_first_request() {
     if [ -n "$st" ]; then ok "StatusText = '$st'"; else fail "StatusText is empty"; fi
     G systemctl show -p Type,NRestarts,StatusText gatehouse.service | sed 's/^/      /'
     # the same request over IPv6: ListenStream=80 is a dual-stack [::]:80
-    body=$(http_get -g 'http://[::1]/') && ok "IPv6 [::1]:80 answers too" || fail "request to [::1]:80 failed"
+    if G test -e /proc/net/if_inet6; then
+        body=$(http_get -g 'http://[::1]/') && ok "IPv6 [::1]:80 answers too" || fail "request to [::1]:80 failed"
+    fi
 }
 
 step_journal() {
