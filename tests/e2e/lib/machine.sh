@@ -133,7 +133,7 @@ machine_boot() {
             || { log "cannot prepare the guest root"; return 1; }
     fi
     local -a args=(-D "$E2E_ROOT" -M "$E2E_MACHINE" --register=no -b --console=read-only --private-network)
-    local cg setup= unified=1
+    local cg setup='' unified=1
     cg=$(cgroup_root)
     [ -z "$cg" ] && unified=0
     if [ "$(cat /proc/1/comm)" != systemd ] && [ -n "$cg" ]; then
@@ -178,7 +178,9 @@ machine_stop() {
     cg=$(cgroup_root)
     if [ -n "$cg" ] && [ -d "$cg/$E2E_CGROUP" ]; then
         # only processes in our own subtree: leftovers of a crashed run
-        find "$cg/$E2E_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+        local pids; pids=$(find "$cg/$E2E_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null || true)
+        # shellcheck disable=SC2086
+        [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
         sleep 0.3
         find "$cg/$E2E_CGROUP" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     fi

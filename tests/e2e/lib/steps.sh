@@ -1,4 +1,8 @@
 # shellcheck shell=bash
+# SC2015: `cmd && ok ... || fail ...` is intended (ok always succeeds).
+# SC2317: the small check functions are called through wait_until.
+# SC2034: STEP_SKIP and SECURITY_LEVEL are read by tests/e2e/run.
+# shellcheck disable=SC2015,SC2317,SC2034
 # The end-to-end steps, run in order by tests/e2e/run inside the booted guest.
 # Each step_* function prints what it checks; a failed check records a message in
 # STEP_ERR (the step then counts as failed) and, where later checks of the same step
@@ -248,9 +252,9 @@ step_idle_exit() {
     # requests spaced around the idle timeout: some land while the server is exiting
     # Requests spaced around the idle timeout: some land while the server is exiting,
     # and the many on-demand starts must stay under the unit's start rate limit.
-    local i failed=0 starts0 starts1
+    local failed=0 starts0 starts1
     starts0=$(G journalctl -u gatehouse --no-pager -o cat | grep -c 'Started gatehouse.service' || true)
-    for i in 1 2 3 4 5 6 7 8; do
+    for _ in 1 2 3 4 5 6 7 8; do
         sleep "2.$((RANDOM % 10))"
         [ "$(http_get http://127.0.0.1/ 2>&1)" = idle-body ] || failed=$((failed + 1))
     done
@@ -429,6 +433,6 @@ step_remove_purge() {
         /etc/systemd/system/sockets.target.wants/gatehouse.socket /etc/systemd/system/gatehouse.socket \
         /var/lib/systemd/deb-systemd-helper-enabled/gatehouse.socket.dsh-also \
         /var/lib/systemd/deb-systemd-helper-masked/gatehouse.socket /usr/bin/gatehouse 2>/dev/null' || true)
-    expect_eq "nothing left behind" "" "$(echo $left)"
+    expect_eq "nothing left behind" "" "${left//$'\n'/ }"
     expect_eq "systemd forgot the units" "not-found" "$(prop gatehouse.socket LoadState)"
 }
