@@ -44,6 +44,13 @@ pub enum Command {
     /// Reload a running server synchronously (for ExecReload=): validate the configuration,
     /// send SIGHUP, wait for the outcome; exit 78 if the configuration is refused
     Reload(ReloadArgs),
+    /// Print a summary of a running server, asked over its admin listener; exit 69 if
+    /// unreachable
+    Status {
+        /// Admin listener: a unix socket path or IP:PORT
+        #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_SOCKET)]
+        admin: String,
+    },
     /// Write the man page (roff) or a shell completion script to stdout
     #[command(hide = true)]
     Generate {
@@ -135,6 +142,17 @@ pub fn main() -> ExitCode {
                 .map_or(ConfigOrigin::Default, ConfigOrigin::File);
             lifecycle::reload_status::request_reload(args.pid, &origin, args.timeout)
         }
+        Command::Status { admin } => match crate::admin::query_status(&admin) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gatehouse status: {e}");
+                // EX_UNAVAILABLE
+                ExitCode::from(69)
+            }
+        },
         Command::Generate { what } => generate(what),
     }
 }

@@ -84,7 +84,10 @@ pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) ->
     let Some(page) = site.error_page(status.as_u16()) else {
         return response;
     };
-    match site.route(page).map(|r| (&r.action, r.path.as_str())) {
+    match site
+        .route(page)
+        .map(|r| (&r.config.action, r.config.path.as_str()))
+    {
         Some((RouteAction::Static(cfg), prefix)) => {
             match crate::static_files::error_page(cfg, prefix, page, status) {
                 Some(mut custom) => {

@@ -4,6 +4,7 @@
 //! lookup for its host and a short scan of that site's routes (longest prefix first).
 
 use crate::config::{Config, HostPattern, RouteConfig};
+use crate::metrics::{Metrics, RouteCounters};
 use std::collections::HashMap;
 
 #[derive(Debug)]
@@ -13,13 +14,24 @@ pub struct Router {
     suffixes: Vec<(String, usize)>,
     any: Option<usize>,
     sites: Vec<Site>,
+    /// Requests no site claimed.
+    pub no_site: RouteCounters,
 }
 
 #[derive(Debug)]
 pub struct Site {
     /// Longest path first, so the first match is the longest prefix.
-    routes: Vec<RouteConfig>,
+    routes: Vec<Route>,
     error_pages: Vec<(u16, String)>,
+    /// Requests for this site that no route matched.
+    pub no_route: RouteCounters,
+}
+
+/// A route with its request counters, resolved once per configuration.
+#[derive(Debug)]
+pub struct Route {
+    pub config: RouteConfig,
+    pub counters: RouteCounters,
 }
 
 impl Site {
@@ -31,19 +43,22 @@ impl Site {
             .map(|(_, p)| p.as_str())
     }
 
-    pub fn route(&self, path: &str) -> Option<&RouteConfig> {
-        self.routes.iter().find(|r| prefix_matches(&r.path, path))
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(&r.config.path, path))
     }
 }
 
 impl Router {
     /// The router for connections arriving on listener `listener`.
-    pub fn for_listener(config: &Config, listener: &str) -> Router {
+    pub fn for_listener(config: &Config, listener: &str, metrics: &Metrics) -> Router {
         let mut router = Router {
             exact: HashMap::new(),
             suffixes: Vec::new(),
             any: None,
             sites: Vec::new(),
+            no_site: metrics.route_counters("-", "none"),
         };
         let applicable = config.sites.iter().filter(|s| {
             s.listeners
@@ -52,11 +67,20 @@ impl Router {
         });
         for site in applicable {
             let idx = router.sites.len();
-            let mut routes = site.routes.clone();
-            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+            let label = site_label(&site.hosts);
+            let mut routes: Vec<Route> = site
+                .routes
+                .iter()
+                .map(|r| Route {
+                    config: r.clone(),
+                    counters: metrics.route_counters(&label, r.action.kind()),
+                })
+                .collect();
+            routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));
             router.sites.push(Site {
                 routes,
                 error_pages: site.error_pages.clone(),
+                no_route: metrics.route_counters(&label, "none"),
             });
             for host in &site.hosts {
                 match host {
@@ -99,8 +123,17 @@ impl Router {
     }
 }
 
+/// The metrics label of a site: its first host as written ("*", "*.example.com").
+fn site_label(hosts: &[HostPattern]) -> String {
+    match hosts.first() {
+        Some(HostPattern::Any) | None => "*".into(),
+        Some(HostPattern::Suffix(s)) => format!("*{s}"),
+        Some(HostPattern::Exact(h)) => h.clone(),
+    }
+}
+
 pub enum Lookup<'a> {
-    Route(&'a RouteConfig, &'a Site),
+    Route(&'a Route, &'a Site),
     /// No site claims this host (and there is no `*` site).
     NoSite,
     /// The site exists but none of its routes match the path.
@@ -138,14 +171,18 @@ mod tests {
 
     fn router(text: &str, listener: &str) -> Router {
         let config = parse_str(text, ConfigSource::Quick).unwrap();
-        Router::for_listener(&config, listener)
+        Router::for_listener(&config, listener, &Metrics::new())
     }
 
     fn body_of(lookup: Lookup<'_>) -> String {
         match lookup {
             Lookup::Route(
-                RouteConfig {
-                    action: RouteAction::Respond(r),
+                Route {
+                    config:
+                        RouteConfig {
+                            action: RouteAction::Respond(r),
+                            ..
+                        },
                     ..
                 },
                 _,

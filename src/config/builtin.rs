@@ -17,6 +17,7 @@ pub fn builtin_config() -> Config {
         listeners: vec![ListenerConfig {
             name: "http".into(),
             bind: vec![BindAddr::Tcp(([127, 0, 0, 1], 8080).into())],
+            role: ListenerRole::Public,
         }],
         sites: vec![SiteConfig {
             hosts: vec![HostPattern::Any],

@@ -41,6 +41,11 @@ impl Config {
         self.listeners.iter().find(|l| l.name == name)
     }
 
+    pub fn is_admin_listener(&self, name: &str) -> bool {
+        self.listener(name)
+            .is_some_and(|l| l.role == ListenerRole::Admin)
+    }
+
     /// In quick mode every socket systemd passes is a plain HTTP listener, whatever its name.
     pub fn claims_every_passed_socket(&self) -> bool {
         self.source == ConfigSource::Quick
@@ -75,6 +80,16 @@ impl Default for ServerSettings {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: Vec<BindAddr>,
+    pub role: ListenerRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenerRole {
+    /// Serves the sites.
+    #[default]
+    Public,
+    /// Serves only the admin endpoints; never a site.
+    Admin,
 }
 
 /// Where a listener binds when systemd passed no socket for it.

@@ -33,6 +33,8 @@ pub struct RawListener {
     pub name: Spanned<String>,
     #[serde(default)]
     pub bind: Vec<Spanned<String>>,
+    /// "public" (default): serves the sites; "admin": /metrics, /status, /healthz only.
+    pub role: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

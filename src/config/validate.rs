@@ -37,9 +37,22 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                 Err(msg) => sink.push(Some(b.span()), msg, None),
             }
         }
+        let role = match l.role.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+            None | Some(("public", _)) => ListenerRole::Public,
+            Some(("admin", _)) => ListenerRole::Admin,
+            Some((other, span)) => {
+                sink.push(
+                    Some(span),
+                    format!("unknown listener role {other:?}"),
+                    Some("use \"public\" (the default) or \"admin\""),
+                );
+                ListenerRole::Public
+            }
+        };
         listeners.push(ListenerConfig {
             name: name.clone(),
             bind,
+            role,
         });
     }
     if raw.listeners.is_empty() {
@@ -75,7 +88,25 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
         let site_listeners = site.listeners.as_ref().map(|ls| {
             ls.iter()
                 .filter_map(|l| {
-                    if names.contains(l.get_ref()) {
+                    let admin = raw.listeners.iter().any(|rl| {
+                        rl.get_ref().name.get_ref() == l.get_ref()
+                            && rl
+                                .get_ref()
+                                .role
+                                .as_ref()
+                                .is_some_and(|r| r.get_ref() == "admin")
+                    });
+                    if admin {
+                        sink.push(
+                            Some(l.span()),
+                            format!(
+                                "listener {:?} has role \"admin\" and serves no site",
+                                l.get_ref()
+                            ),
+                            None,
+                        );
+                        None
+                    } else if names.contains(l.get_ref()) {
                         Some(l.get_ref().clone())
                     } else {
                         sink.push(
