@@ -307,7 +307,8 @@ EOF
 step_drain() {
     G mkdir -p /var/www/site /etc/systemd/system/gatehouse.service.d
     G sh -c 'head -c 100000000 /dev/zero >/var/www/site/big.bin && chmod -R a+rX /var/www'
-    { printf '[server]\nshutdown_timeout = "20s"\n'; site_config unused | sed '1,3d'; } \
+    { printf '[server]\nshutdown_timeout = "20s"\n'; site_config unused | sed '1,3d'
+      printf '[[listener]]\nname = "admin"\nbind = ["unix:/run/gatehouse/admin.sock"]\nrole = "admin"\n'; } \
         | sed 's|^respond = .*|static = { root = "/var/www/site" }|' | put_config /etc/gatehouse/gatehouse.toml
     printf '[Service]\nTimeoutStopSec=4s\n' | put_config /etc/systemd/system/gatehouse.service.d/e2e-stop.conf
     G systemctl daemon-reload
@@ -317,7 +318,12 @@ step_drain() {
     local dl=$! t0 dt
     sleep 1
     t0=$SECONDS
-    G systemctl stop gatehouse.service 2>/dev/null || fail "systemctl stop failed"
+    G systemctl stop gatehouse.service 2>/dev/null &
+    local stop=$!
+    sleep 1.5
+    # the admin listener stays open while draining, so health checks see the stop
+    expect_eq "/healthz while draining" 503 "$(G curl -s -o /dev/null -w '%{http_code}' --unix-socket /run/gatehouse/admin.sock http://localhost/healthz)"
+    wait "$stop" || fail "systemctl stop failed"
     dt=$((SECONDS - t0))
     wait "$dl" || true
     expect_eq "download in flight at stop completed" "200 100000000" "$(G cat /root/dl.out)"
@@ -326,6 +332,23 @@ step_drain() {
     G rm -rf /var/www /etc/systemd/system/gatehouse.service.d/e2e-stop.conf
     restore_default_config
     G systemctl daemon-reload
+}
+
+# The admin listener of the packaged config: a root-only unix socket in /run/gatehouse.
+step_admin() {
+    http_get -o /dev/null http://127.0.0.1/ || true
+    local pid out sock
+    pid=$(prop gatehouse.service MainPID)
+    out=$(G gatehouse status 2>&1) || fail "gatehouse status failed: $out"
+    case $out in *"(pid $pid)"*) ok "gatehouse status: $(head -1 <<<"$out")" ;; *) fail "gatehouse status did not report pid $pid: $out" ;; esac
+    G curl -sS --unix-socket /run/gatehouse/admin.sock http://localhost/metrics | grep -q '^gatehouse_http_requests_total{' \
+        && ok "/metrics has gatehouse_http_requests_total" || fail "/metrics lacks gatehouse_http_requests_total"
+    expect_eq "/healthz" ok "$(G curl -sS --unix-socket /run/gatehouse/admin.sock http://localhost/healthz)"
+    sock=$(G stat -c '%A %u' /run/gatehouse/admin.sock)
+    expect_eq "socket mode and owner" "srwx------ $(G stat -c %u "/proc/$pid")" "$sock"
+    G setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -o /dev/null --unix-socket /run/gatehouse/admin.sock http://localhost/healthz \
+        && fail "an unprivileged user reached the admin socket" || ok "unprivileged users cannot connect"
+    expect_eq "admin paths do not exist on the public listener" 200 "$(G curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/metrics)"
 }
 
 step_hardening() {
