@@ -87,6 +87,8 @@ pub struct CacheRule {
 #[derive(Debug, Clone)]
 pub struct StaticConfig {
     pub root: super::path::RootDir,
+    /// Small hot files of this route, validated on every request.
+    pub cache: super::cache::FileCache,
     pub index: Vec<String>,
     pub precompressed: Vec<Encoding>,
     pub spa_fallback: Option<String>,
@@ -103,6 +105,7 @@ impl StaticConfig {
     pub fn for_root(root: PathBuf) -> StaticConfig {
         StaticConfig {
             root: super::path::RootDir::new(root),
+            cache: Default::default(),
             index: vec!["index.html".into()],
             precompressed: Vec::new(),
             spa_fallback: None,

@@ -94,6 +94,9 @@ pub enum Opened {
     File(File, Metadata),
     /// A directory, opened O_PATH: enough to look inside, nothing else.
     Dir(OwnedFd),
+    /// A regular file the caller said it already holds (see [`open_unless_known`]): not
+    /// opened for reading.
+    Known(Metadata),
 }
 
 /// The document root, opened O_PATH and reused for a second at a time: saves an open and a
@@ -144,8 +147,19 @@ impl std::fmt::Debug for RootDir {
 /// Opens `rel` below the root under `policy`. Regular files and directories only: anything
 /// else (FIFO, device, socket) is reported as not found without being opened.
 pub fn open(root: &RootDir, rel: &Path, policy: FollowSymlinks) -> Result<Opened, OpenError> {
+    open_unless_known(root, rel, policy, &|_| false)
+}
+
+/// Like [`open`], but a regular file for which `known(metadata)` is true is only probed,
+/// not opened: the caller has its content (see `cache`).
+pub fn open_unless_known(
+    root: &RootDir,
+    rel: &Path,
+    policy: FollowSymlinks,
+    known: &dyn Fn(&Metadata) -> bool,
+) -> Result<Opened, OpenError> {
     let root_fd = root.fd()?;
-    open_in(root_fd.as_fd(), &root.path, rel, policy)
+    open_in(root_fd.as_fd(), &root.path, rel, policy, known)
 }
 
 /// Like [`open`], relative to an already opened directory of the same root.
@@ -154,6 +168,7 @@ pub fn open_in(
     root: &Path,
     rel: &Path,
     policy: FollowSymlinks,
+    known: &dyn Fn(&Metadata) -> bool,
 ) -> Result<Opened, OpenError> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
@@ -165,7 +180,7 @@ pub fn open_in(
         FollowSymlinks::InsideRoot => RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
         FollowSymlinks::Always => 0,
     };
-    match open_checked(dir, rel, resolve) {
+    match open_checked(dir, rel, resolve, known) {
         // RESOLVE_BENEATH refuses absolute symlinks even when they point inside the root:
         // resolve those in user space and open the symlink-free result.
         Err(e) if policy == FollowSymlinks::InsideRoot && e.raw_os_error() == Some(libc::EXDEV) => {
@@ -184,6 +199,7 @@ pub fn open_in(
                 croot.as_fd(),
                 inside,
                 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+                known,
             )?)
         }
         other => Ok(other?),
@@ -213,16 +229,25 @@ const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_BENEATH: u64 = 0x08;
 
-fn open_checked(dir: BorrowedFd<'_>, rel: &Path, resolve: u64) -> io::Result<Opened> {
+fn open_checked(
+    dir: BorrowedFd<'_>,
+    rel: &Path,
+    resolve: u64,
+    known: &dyn Fn(&Metadata) -> bool,
+) -> io::Result<Opened> {
     // O_PATH first: stat without opening, so a FIFO or device is never opened.
-    let probe = openat2(dir, rel, libc::O_PATH | libc::O_CLOEXEC, resolve)?;
-    let meta = File::from(probe.try_clone()?).metadata()?;
+    let probe = File::from(openat2(dir, rel, libc::O_PATH | libc::O_CLOEXEC, resolve)?);
+    let meta = probe.metadata()?;
     if meta.is_dir() {
-        return Ok(Opened::Dir(probe));
+        return Ok(Opened::Dir(OwnedFd::from(probe)));
     }
     if !meta.is_file() {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
+    if known(&meta) {
+        return Ok(Opened::Known(meta));
+    }
+    drop(probe);
     // O_NONBLOCK: should the file be swapped for a FIFO in between, open must not hang.
     let file = File::from(openat2(
         dir,
