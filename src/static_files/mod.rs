@@ -10,7 +10,7 @@ mod conditional;
 mod listing;
 mod mime;
 mod negotiate;
-mod path;
+pub mod path;
 mod range;
 
 pub use config::{RawStatic, StaticConfig};

@@ -14,6 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Longest URL path below the route we look up; longer ones are refused.
 const MAX_PATH: usize = 4096;
@@ -94,11 +96,56 @@ pub enum Opened {
     Dir(OwnedFd),
 }
 
-/// Opens `rel` below `root` under `policy`. Regular files and directories only: anything
+/// The document root, opened O_PATH and reused for a second at a time: saves an open and a
+/// close per request, while a root that is swapped (a symlink repointed by a deploy, say)
+/// takes effect within a second, as it would with a path lookup per request.
+#[derive(Clone)]
+pub struct RootDir {
+    path: PathBuf,
+    cached: Arc<Mutex<Option<OpenedAt>>>,
+}
+
+/// When the root was opened, and its O_PATH descriptor.
+type OpenedAt = (Instant, Arc<OwnedFd>);
+
+const ROOT_REUSE: Duration = Duration::from_secs(1);
+
+impl RootDir {
+    pub fn new(path: PathBuf) -> RootDir {
+        RootDir {
+            path,
+            cached: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, fd)) = cached.as_ref() {
+            if at.elapsed() < ROOT_REUSE {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Arc::new(open_root(&self.path)?);
+        *cached = Some((Instant::now(), fd.clone()));
+        Ok(fd)
+    }
+}
+
+impl std::fmt::Debug for RootDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RootDir").field(&self.path).finish()
+    }
+}
+
+/// Opens `rel` below the root under `policy`. Regular files and directories only: anything
 /// else (FIFO, device, socket) is reported as not found without being opened.
-pub fn open(root: &Path, rel: &Path, policy: FollowSymlinks) -> Result<Opened, OpenError> {
-    let root_fd = open_root(root)?;
-    open_in(root_fd.as_fd(), root, rel, policy)
+pub fn open(root: &RootDir, rel: &Path, policy: FollowSymlinks) -> Result<Opened, OpenError> {
+    let root_fd = root.fd()?;
+    open_in(root_fd.as_fd(), &root.path, rel, policy)
 }
 
 /// Like [`open`], relative to an already opened directory of the same root.
