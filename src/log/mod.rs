@@ -62,7 +62,9 @@ pub enum Remote {
 impl std::fmt::Display for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Remote::Tcp(a) => write!(f, "{}", a.ip()),
+            // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; log them as a.b.c.d
+            // so `journalctl REMOTE_ADDR=…` finds them.
+            Remote::Tcp(a) => write!(f, "{}", a.ip().to_canonical()),
             Remote::Unix => f.write_str("unix"),
         }
     }
