@@ -157,3 +157,22 @@ fn man_page_is_section_8_with_its_own_command_list() {
         "examples stay preformatted"
     );
 }
+
+#[test]
+fn packaged_man_page_and_completions_match_the_cli() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/generated");
+    for (what, file) in [
+        ("man", "gatehouse.8"),
+        ("bash", "gatehouse.bash"),
+        ("zsh", "_gatehouse"),
+        ("fish", "gatehouse.fish"),
+    ] {
+        let (code, out, _) = run_cli(&["generate", what]);
+        assert_eq!(code, Some(0));
+        let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert!(
+            out == committed,
+            "packaging/generated/{file} is stale: run packaging/build-deb (or `gatehouse generate {what} > packaging/generated/{file}`)"
+        );
+    }
+}
