@@ -59,12 +59,20 @@ pub struct GeneratedError;
 
 /// A small plain-text error page, e.g. "404 Not Found".
 pub fn error(status: StatusCode) -> Response<Body> {
-    let text = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    let mut resp = Response::new(full(Bytes::from(text)));
+    let text = match status.as_u16() {
+        // The common ones without formatting: 404s come by the thousand from scanners.
+        400 => Bytes::from_static(b"400 Bad Request\n"),
+        403 => Bytes::from_static(b"403 Forbidden\n"),
+        404 => Bytes::from_static(b"404 Not Found\n"),
+        405 => Bytes::from_static(b"405 Method Not Allowed\n"),
+        502 => Bytes::from_static(b"502 Bad Gateway\n"),
+        504 => Bytes::from_static(b"504 Gateway Timeout\n"),
+        code => Bytes::from(format!(
+            "{code} {}\n",
+            status.canonical_reason().unwrap_or("Error")
+        )),
+    };
+    let mut resp = Response::new(full(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

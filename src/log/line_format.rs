@@ -60,8 +60,7 @@ where
         writer.write_str(event.metadata().level().as_str())?;
         let mut visitor = LineVisitor {
             writer: &mut writer,
-            // The access message already says method, path and status.
-            skip_message_fields: event.metadata().target() == super::ACCESS_TARGET,
+            access: event.metadata().target() == super::ACCESS_TARGET,
             result: Ok(()),
         };
         event.record(&mut visitor);
@@ -72,19 +71,25 @@ where
 
 struct LineVisitor<'a, 'w> {
     writer: &'a mut Writer<'w>,
-    skip_message_fields: bool,
+    /// An access entry: its message repeats method, path and status, which lead the event's
+    /// fields; print those bare instead of formatting the message.
+    access: bool,
     result: fmt::Result,
 }
 
 impl LineVisitor<'_, '_> {
     fn skip(&self, field: &Field) -> bool {
-        self.skip_message_fields
-            && matches!(field.name(), "http_method" | "http_path" | "http_status")
+        self.access && field.name() == "message"
+    }
+
+    fn bare(&self, field: &Field) -> bool {
+        field.name() == "message"
+            || (self.access && matches!(field.name(), "http_method" | "http_path" | "http_status"))
     }
 
     fn key(&mut self, field: &Field) -> fmt::Result {
         self.writer.write_char(' ')?;
-        if field.name() != "message" {
+        if !self.bare(field) {
             self.writer.write_str(field.name())?;
             self.writer.write_char('=')?;
         }
@@ -99,9 +104,7 @@ impl Visit for LineVisitor<'_, '_> {
         }
         self.result = self.key(field).and_then(|()| {
             // Quote only what would otherwise be ambiguous on one line.
-            if field.name() != "message"
-                && (value.is_empty() || value.contains([' ', '"', '\n', '=']))
-            {
+            if !self.bare(field) && (value.is_empty() || value.contains([' ', '"', '\n', '='])) {
                 write!(self.writer, "{value:?}")
             } else {
                 self.writer.write_str(value)

@@ -45,6 +45,7 @@ where
         shared: shared.clone(),
         listener,
         remote,
+        remote_text: remote.to_string().into_boxed_str(),
         started: started.clone(),
         admin,
     });

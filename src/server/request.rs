@@ -15,6 +15,8 @@ pub struct ConnContext {
     pub shared: Arc<Shared>,
     pub listener: Arc<str>,
     pub remote: Remote,
+    /// `remote` as the access log writes it, formatted once per connection.
+    pub remote_text: Box<str>,
     /// Set once the connection has started a request (see the drain grace in `conn`).
     pub started: Arc<AtomicBool>,
     /// Arrived on a `role = "admin"` listener: admin endpoints only.
@@ -78,7 +80,7 @@ pub async fn handle(
         host.as_deref().unwrap_or("-"),
         &response,
         start.elapsed(),
-        ctx.remote,
+        &ctx.remote_text,
     );
     Ok(response)
 }
