@@ -39,6 +39,16 @@ peak_rss_kib() { # pid
     echo "$total"
 }
 
+# Sum of VmRSS (current RSS, KiB) over a process and its children.
+rss_kib() { # pid
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
 # wrk on the client core; prints "req_per_sec p50_ms p99_ms errors".
 run_wrk() { # url connections [extra wrk args...]
     local url=$1 conns=$2; shift 2

@@ -56,17 +56,19 @@ http {
 }
 NGINX
 
-start_gatehouse() {
-    taskset -c "$SERVER_CPU" "$GH" serve --config "$WORK/gatehouse.toml" --log-target stderr 2>"$WORK/gatehouse.log" &
-    SERVER_PID=$!
-    wait_port $GH_PORT
-}
-start_nginx() {
-    taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" &
-    SERVER_PID=$!
-    wait_port $NGX_PORT
-}
-stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
+# Both servers run for the whole benchmark, pinned to the same CPU; only the one under
+# load uses it. Runs alternate per scenario and repetition (gatehouse, nginx, gatehouse,
+# ...), so a burst of background load hits both alike.
+taskset -c "$SERVER_CPU" "$GH" serve --config "$WORK/gatehouse.toml" --log-target stderr 2>"$WORK/gatehouse.log" &
+GH_PID=$!
+taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" &
+NGX_PID=$!
+wait_port $GH_PORT
+wait_port $NGX_PORT
+sleep 0.5
+declare -A R
+R[gatehouse,idle]=$(rss_kib $GH_PID)
+R[nginx,idle]=$(rss_kib $NGX_PID)
 
 # name | path | connections | extra wrk args
 SCENARIOS=(
@@ -76,14 +78,12 @@ SCENARIOS=(
     "1 KiB static, new connection per request|/1k.bin|50|-H Connection:close"
 )
 
-declare -A R
 FAIL=0
-for rep in $(seq "$BENCH_REPS"); do
-    for server in gatehouse nginx; do
-        if [ $server = gatehouse ]; then start_gatehouse; port=$GH_PORT; else start_nginx; port=$NGX_PORT; fi
-        idle=$(awk '/^VmRSS:/ {print $2}' /proc/$SERVER_PID/status)
-        for i in "${!SCENARIOS[@]}"; do
-            IFS='|' read -r name path conns extra <<<"${SCENARIOS[$i]}"
+for i in "${!SCENARIOS[@]}"; do
+    IFS='|' read -r name path conns extra <<<"${SCENARIOS[$i]}"
+    for rep in $(seq "$BENCH_REPS"); do
+        for server in gatehouse nginx; do
+            if [ $server = gatehouse ]; then port=$GH_PORT; else port=$NGX_PORT; fi
             # shellcheck disable=SC2086
             read -r rps p50 p99 err non2xx < <(run_wrk "http://127.0.0.1:$port$path" "$conns" $extra)
             if [ "$err" != 0 ] || { [ "$path" != /missing ] && [ "$non2xx" != 0 ]; }; then
@@ -94,11 +94,10 @@ for rep in $(seq "$BENCH_REPS"); do
             R[$server,$i,p50]+="$p50 "
             R[$server,$i,p99]+="$p99 "
         done
-        R[$server,rss]+="$(peak_rss_kib "$SERVER_PID") "
-        R[$server,idle]+="$idle "
-        stop_server
     done
 done
+R[gatehouse,rss]=$(peak_rss_kib $GH_PID)
+R[nginx,rss]=$(peak_rss_kib $NGX_PID)
 
 med() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | median; }
 echo
