@@ -128,6 +128,10 @@ fn access_log_entries_carry_the_documented_journal_fields() {
     );
     assert_eq!(first["PRIORITY"], "6", "access log at info priority");
     assert_eq!(first["SYSLOG_IDENTIFIER"], "gatehouse");
+    assert!(
+        !first.contains_key("UPSTREAM"),
+        "UPSTREAM only on proxied requests"
+    );
     assert!(first["MESSAGE"].contains("GET /hello 200"), "{first:?}");
     assert!(
         !first.keys().any(|k| k.starts_with("F_")),

@@ -91,28 +91,21 @@ pub fn access<B>(
     let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let method = method.as_str();
     let status = response.status().as_u16();
+    // Only proxied responses carry UPSTREAM: tracing records an Option field only if Some.
+    let upstream = response
+        .extensions()
+        .get::<UpstreamUsed>()
+        .map(|u| u.0.as_str());
     // Field order matters to the stderr format: method, path and status lead the line.
-    match response.extensions().get::<UpstreamUsed>() {
-        None => tracing::info!(
-            target: ACCESS_TARGET,
-            http_method = method,
-            http_path = path,
-            http_status = status,
-            http_host = host,
-            http_duration_us = duration_us,
-            remote_addr = remote,
-            "{method} {path} {status}"
-        ),
-        Some(UpstreamUsed(upstream)) => tracing::info!(
-            target: ACCESS_TARGET,
-            http_method = method,
-            http_path = path,
-            http_status = status,
-            http_host = host,
-            http_duration_us = duration_us,
-            remote_addr = remote,
-            upstream = upstream.as_str(),
-            "{method} {path} {status} via {upstream}"
-        ),
-    }
+    tracing::info!(
+        target: ACCESS_TARGET,
+        http_method = method,
+        http_path = path,
+        http_status = status,
+        http_host = host,
+        http_duration_us = duration_us,
+        remote_addr = remote,
+        upstream,
+        "{method} {path} {status}"
+    );
 }
