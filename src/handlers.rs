@@ -33,6 +33,7 @@ pub async fn dispatch(
 ) -> Response<Body> {
     match &route.action {
         RouteAction::Respond(r) => respond(r, req),
+        RouteAction::Proxy(p) => crate::proxy::handle(p, &route.path, req, _cx).await,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod handlers;
 pub mod lifecycle;
 pub mod log;
+pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod systemd;

@@ -129,6 +129,7 @@ mod tests {
                 action: RouteAction::Respond(r),
                 ..
             }) => String::from_utf8_lossy(&r.body).into(),
+            Lookup::Route(other) => other.action.kind().into(),
             Lookup::NoSite => "no site".into(),
             Lookup::NoRoute => "no route".into(),
         }

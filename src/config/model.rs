@@ -170,6 +170,8 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Respond(RespondConfig),
+    /// Shared with every router built from this config: it holds the upstream pool.
+    Proxy(std::sync::Arc<crate::proxy::ProxyRoute>),
 }
 
 impl RouteAction {
@@ -177,6 +179,7 @@ impl RouteAction {
     pub fn kind(&self) -> &'static str {
         match self {
             RouteAction::Respond(_) => "respond",
+            RouteAction::Proxy(_) => "proxy",
         }
     }
 }

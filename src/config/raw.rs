@@ -50,6 +50,7 @@ pub struct RawSite {
 pub struct RawRoute {
     pub path: Spanned<String>,
     pub respond: Option<Spanned<RawRespond>>,
+    pub proxy: Option<Spanned<crate::proxy::RawProxy>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -214,13 +214,24 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
                 None,
             );
         }
-        let action = match &r.respond {
-            Some(resp) => respond(resp, sink).map(RouteAction::Respond),
-            None => {
+        let actions = usize::from(r.respond.is_some()) + usize::from(r.proxy.is_some());
+        let action = match (&r.respond, &r.proxy) {
+            _ if actions > 1 => {
+                sink.push(
+                    Some(span),
+                    "this route has more than one action",
+                    Some("a route does one thing: give it either `respond` or `proxy`"),
+                );
+                None
+            }
+            (Some(resp), _) => respond(resp, sink).map(RouteAction::Respond),
+            (_, Some(p)) => crate::proxy::config::validate(p, sink)
+                .map(|c| RouteAction::Proxy(crate::proxy::ProxyRoute::new(c))),
+            (None, None) => {
                 sink.push(
                     Some(span),
                     "this route has no action",
-                    Some("give it `respond = { status = 200, body = \"...\" }`"),
+                    Some("give it `respond = { status = 200, body = \"...\" }` or `proxy = { upstreams = [\"http://127.0.0.1:8001\"] }`"),
                 );
                 None
             }

@@ -21,6 +21,9 @@ pub fn line(shared: &Shared, last_reload: &LastReload) -> String {
         plural(open as u64),
         plural(requests)
     );
+    if let Some((up, total)) = crate::proxy::upstreams_up(&shared.snapshot.load().config) {
+        s.push_str(&format!("; upstreams {up}/{total} up"));
+    }
     let last = last_reload
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -29,6 +29,8 @@ pub struct Snapshot {
     /// hyper's connection builder, carrying this generation's limits and timeouts.
     pub http: auto::Builder<TokioExecutor>,
     pub loaded_at: SystemTime,
+    /// This generation's proxy health checks; dropping the snapshot stops them.
+    _proxy_tasks: crate::proxy::Background,
 }
 
 impl Snapshot {
@@ -39,7 +41,9 @@ impl Snapshot {
             .map(|l| (l.name.clone(), Router::for_listener(&config, &l.name)))
             .collect();
         let http = http_builder(&config);
+        let _proxy_tasks = crate::proxy::start(&config);
         Snapshot {
+            _proxy_tasks,
             config,
             routers,
             http,

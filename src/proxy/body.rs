@@ -1,0 +1,259 @@
+//! Streaming bodies between client and upstream. Nothing is buffered beyond hyper's own
+//! frames; back-pressure flows through `poll_frame`.
+//!
+//! - `UpBody` (client → upstream) enforces `max_body`, stalls out after `idle_timeout`, records
+//!   when its last byte went (the response-header timer starts from there), and, if hyper
+//!   never polled it, hands the client's body back on drop so a failed connect can be retried
+//!   with the same body.
+//! - `DownBody` (upstream → client) stalls out after `idle_timeout` and holds the upstream's
+//!   in-flight count until the response is done.
+
+use super::balance::{now_ms, InFlight};
+use crate::handlers::BoxError;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than max_body")
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+#[derive(Debug)]
+pub struct IdleTimeout(pub Duration);
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no body data for {:?} (idle_timeout)", self.0)
+    }
+}
+impl std::error::Error for IdleTimeout {}
+
+/// When the request last made progress, shared between the body and the response timer.
+#[derive(Clone, Default)]
+pub struct Activity(Arc<AtomicU64>);
+
+impl Activity {
+    pub fn new() -> Activity {
+        let a = Activity::default();
+        a.touch();
+        a
+    }
+    pub fn touch(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+    /// Time since the last progress.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Where an unpolled body goes back to when hyper drops the request.
+pub type Reclaim = Arc<Mutex<Option<Incoming>>>;
+
+/// Re-arms a stall timer on progress; fires if a poll stays pending for `idle`.
+struct Stall {
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    fn new(idle: Duration) -> Stall {
+        Stall { idle, sleep: None }
+    }
+    fn progress(&mut self) {
+        if let Some(s) = &mut self.sleep {
+            s.as_mut().reset(Instant::now() + self.idle);
+        }
+    }
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.idle;
+        let s = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        s.as_mut().poll(cx).is_ready()
+    }
+}
+
+pub struct UpBody {
+    inner: Option<Incoming>,
+    limit: Option<u64>,
+    seen: u64,
+    polled: bool,
+    reclaim: Option<Reclaim>,
+    activity: Option<Activity>,
+    stall: Stall,
+}
+
+impl UpBody {
+    pub fn empty() -> UpBody {
+        UpBody {
+            inner: None,
+            limit: None,
+            seen: 0,
+            polled: false,
+            reclaim: None,
+            activity: None,
+            stall: Stall::new(Duration::from_secs(60)),
+        }
+    }
+
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        idle: Duration,
+        activity: Activity,
+        reclaim: Reclaim,
+    ) -> UpBody {
+        UpBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+            polled: false,
+            reclaim: Some(reclaim),
+            activity: Some(activity),
+            stall: Stall::new(idle),
+        }
+    }
+
+    fn touch(&self) {
+        if let Some(a) = &self.activity {
+            a.touch();
+        }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        this.polled = true;
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.limit.is_some_and(|l| this.seen > l) {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                this.touch();
+                this.stall.progress();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => {
+                this.touch();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.stall.poll_expired(cx) {
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.stall.idle)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for UpBody {
+    fn drop(&mut self) {
+        if self.polled {
+            return;
+        }
+        if let (Some(slot), Some(inner)) = (&self.reclaim, self.inner.take()) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(inner);
+        }
+    }
+}
+
+pub struct DownBody {
+    inner: Incoming,
+    stall: Stall,
+    _in_flight: InFlight,
+}
+
+impl DownBody {
+    pub fn new(inner: Incoming, idle: Duration, in_flight: InFlight) -> DownBody {
+        DownBody {
+            inner,
+            stall: Stall::new(idle),
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl Body for DownBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.stall.poll_expired(cx) {
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.stall.idle)))));
+                }
+                Poll::Pending
+            }
+            ready => {
+                this.stall.progress();
+                let r = ready!(ready);
+                Poll::Ready(r.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Is `T` somewhere in this error's source chain?
+pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
