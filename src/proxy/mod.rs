@@ -174,11 +174,11 @@ pub async fn handle(
             None => {
                 // Every upstream failed this round: back off and go again until
                 // retry_connect_for is used up (an app restarting, a socket coming back).
-                let now = Instant::now();
-                if now + backoff > deadline {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
                     return failed(failure);
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff.min(remaining)).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
                 tried.clear();
                 continue;
