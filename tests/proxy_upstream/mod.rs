@@ -242,7 +242,11 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<BoxBody> {
 
 async fn answer(req: Request<Incoming>, state: Arc<State>) -> Response<BoxBody> {
     let close = state.close_mode.load(Ordering::SeqCst);
+    let name = state.name.lock().unwrap().clone();
     let mut r = answer_inner(req, state).await;
+    if let Ok(v) = name.parse() {
+        r.headers_mut().entry("x-upstream").or_insert(v);
+    }
     if close {
         r.headers_mut()
             .insert("connection", "close".parse().unwrap());
