@@ -470,8 +470,8 @@ proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], response_header_timeout =
     );
 }
 
-/// Keeps `threads` clients sending requests for `run_for`: GETs, and with `post` every other
-/// one a POST with a body. Returns the count of 200s and the failures.
+/// Keeps `threads` clients sending requests for `run_for`: GETs, and with `post` two in
+/// three a POST with a body. Returns the count of 200s and the failures.
 fn load(port: u16, threads: usize, run_for: Duration, post: bool) -> (usize, Vec<String>) {
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -484,15 +484,24 @@ fn load(port: u16, threads: usize, run_for: Duration, post: bool) -> (usize, Vec
                 let mut i = 0;
                 while Instant::now() < deadline {
                     i += 1;
-                    let r = if !post || i % 2 == 0 {
-                        get_tcp(port, "a", &format!("/t{t}/{i}"))
-                    } else {
-                        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                        exchange(
-                            &mut s,
-                            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-                        )
+                    // Bodies: with Content-Length (small, read whole first) and chunked
+                    // (streamed, kept for a retry only while unread).
+                    let body = match i % 3 {
+                        1 => Some("Content-Length: 5\r\n\r\nhello"),
+                        2 => Some("Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+                        _ => None,
+                    };
+                    let r = match body.filter(|_| post) {
+                        None => get_tcp(port, "a", &format!("/t{t}/{i}")),
+                        Some(body) => {
+                            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                            exchange(
+                                &mut s,
+                                format!("POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{body}")
+                                    .as_bytes(),
+                            )
+                        }
                     };
                     match r {
                         Ok(r) if r.status == 200 => {

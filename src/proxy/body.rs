@@ -89,6 +89,8 @@ impl Stall {
 
 pub struct UpBody {
     inner: Option<Incoming>,
+    /// A body read whole beforehand (small, with a Content-Length): sent as one frame.
+    full: Option<Bytes>,
     limit: Option<u64>,
     seen: u64,
     polled: bool,
@@ -101,6 +103,7 @@ impl UpBody {
     pub fn empty() -> UpBody {
         UpBody {
             inner: None,
+            full: None,
             limit: None,
             seen: 0,
             polled: false,
@@ -119,6 +122,7 @@ impl UpBody {
     ) -> UpBody {
         UpBody {
             inner: Some(inner),
+            full: None,
             limit,
             seen: 0,
             polled: false,
@@ -126,6 +130,14 @@ impl UpBody {
             activity: Some(activity),
             stall: Stall::new(idle),
         }
+    }
+
+    /// A body already read; every attempt gets its own (cheap) clone.
+    pub fn full(bytes: Bytes, activity: Activity) -> UpBody {
+        let mut b = UpBody::empty();
+        b.full = Some(bytes).filter(|b| !b.is_empty());
+        b.activity = Some(activity);
+        b
     }
 
     fn touch(&self) {
@@ -144,6 +156,10 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(full) = this.full.take() {
+            this.touch();
+            return Poll::Ready(Some(Ok(Frame::data(full))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -175,13 +191,14 @@ impl Body for UpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.full.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(b) => b.size_hint(),
-            None => SizeHint::with_exact(0),
+        match (&self.full, &self.inner) {
+            (Some(f), _) => SizeHint::with_exact(f.len() as u64),
+            (None, Some(b)) => b.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
         }
     }
 }

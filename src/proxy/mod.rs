@@ -83,6 +83,9 @@ pub fn upstreams_up(config: &Config) -> Option<(usize, usize)> {
         .reduce(|a, b| (a.0 + b.0, a.1 + b.1))
 }
 
+/// Request bodies up to this size with a Content-Length are read whole before forwarding.
+const BUFFER_BODY_MAX: u64 = 64 * 1024;
+
 /// Why a send failed.
 enum SendError {
     /// No response head within `response_header_timeout` of the last request byte.
@@ -103,12 +106,12 @@ pub async fn handle(
     if req.method() == Method::CONNECT {
         return handlers::error(StatusCode::METHOD_NOT_ALLOWED);
     }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if let Some(max) = cfg.max_body {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
             // Before reading anything: a client that sent Expect: 100-continue never gets
             // the 100 and need not send the body.
@@ -120,6 +123,7 @@ pub async fn handle(
     let client_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
+    let reclaim: Reclaim = Arc::new(Mutex::new(None));
     let host_value: Option<HeaderValue> = match parts.uri.authority() {
         // absolute-form or HTTP/2: the target's authority is the host (RFC 9112 §3.2.2).
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -160,8 +164,40 @@ pub async fn handle(
     };
 
     let activity = Activity::new();
-    let reclaim: Reclaim = Arc::new(Mutex::new(Some(body)));
-    let take_body = || reclaim.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // A small body with a declared length is read first, like nginx's request buffering:
+    // the upstream gets it in one write instead of several, and it can be sent again after
+    // a failed connect without relying on the reclaim below.
+    let full = match declared {
+        Some(n) if n > 0 && n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
+            match tokio::time::timeout(cfg.idle_timeout, body.collect()).await {
+                Ok(Ok(c)) => Some(c.to_bytes()),
+                Ok(Err(_)) => return closing(handlers::error(StatusCode::BAD_REQUEST)),
+                Err(_) => return closing(handlers::error(StatusCode::REQUEST_TIMEOUT)),
+            }
+        }
+        _ => {
+            *reclaim.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
+            None
+        }
+    };
+    activity.touch();
+    let take_body = || match &full {
+        Some(bytes) => Some(UpBody::full(bytes.clone(), activity.clone())),
+        None => reclaim
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|body| {
+                UpBody::new(
+                    body,
+                    cfg.max_body,
+                    cfg.idle_timeout,
+                    activity.clone(),
+                    reclaim.clone(),
+                )
+            }),
+    };
+    let body_back = || full.is_some() || reclaim.lock().map(|s| s.is_some()).unwrap_or(false);
     let deadline = Instant::now() + cfg.retry_connect_for;
     let mut tried: Vec<usize> = Vec::new();
     let mut backoff = Duration::from_millis(20);
@@ -186,16 +222,9 @@ pub async fn handle(
         };
         tried.push(idx);
         let u = &route.pool.upstreams[idx];
-        let Some(body) = take_body() else {
+        let Some(up_body) = take_body() else {
             return failed(failure);
         };
-        let up_body = UpBody::new(
-            body,
-            cfg.max_body,
-            cfg.idle_timeout,
-            activity.clone(),
-            reclaim.clone(),
-        );
         let req = match out.build(u, up_body) {
             Ok(r) => r,
             Err(_) => return failed((StatusCode::BAD_REQUEST, u.label.clone())),
@@ -220,7 +249,7 @@ pub async fn handle(
                 if caused_by::<body::IdleTimeout>(&e) {
                     return closing(tag(handlers::error(StatusCode::REQUEST_TIMEOUT), &u.label));
                 }
-                let body_back = reclaim.lock().map(|s| s.is_some()).unwrap_or(false);
+                let body_back = body_back();
                 if e.is_connect() {
                     let timed_out = matches!(
                         connector::find_connect_error(&e),
