@@ -612,3 +612,87 @@ fn refused_connections_are_retried_until_the_app_is_back() {
         "no refused connect was retried:\n{log}"
     );
 }
+
+#[test]
+fn http2_clients_reach_http1_upstreams_with_their_authority_as_host() {
+    let dir = tempdir();
+    let (l, up_port) = Listen::tcp();
+    let up = UpstreamServer::start(l, "tcp");
+    let cfg = site(
+        "",
+        &format!("[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"] }}\n"),
+    );
+    let (_server, port) = start(dir, &cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, x_upstream) = rt.block_on(async {
+        let io = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("http://app.example.com:8443/h2/path?q=1")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.headers().get("x-upstream").cloned(),
+        )
+    });
+    assert_eq!(status, 200);
+    assert_eq!(x_upstream.unwrap(), "tcp");
+    let s = up.seen().pop().unwrap();
+    assert_eq!(s.path, "/h2/path?q=1");
+    assert_eq!(s.header("host"), Some("app.example.com:8443"));
+    assert_eq!(s.header("x-forwarded-host"), Some("app.example.com:8443"));
+}
+
+#[test]
+fn a_connect_that_hangs_is_504_after_connect_timeout() {
+    // A listener whose backlog is full and that never accepts: the kernel drops further
+    // SYNs, so a connect hangs, as with an unreachable host.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let dir = tempdir();
+    let cfg = site(
+        "",
+        &format!("[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://{addr}\"], connect_timeout = \"500ms\", retry_connect_for = \"0s\" }}\n"),
+    );
+    let (server, port) = start(dir, &cfg);
+    let t = Instant::now();
+    let r = get(port, "/hang");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    wait_log(&server, &format!("GET /hang 504 via http://{addr}"));
+}
