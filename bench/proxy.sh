@@ -137,7 +137,17 @@ start_nginx() {
 }
 stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
 
-# wrk on the client core; prints "req_per_sec p99_ms errors non2xx".
+# CPU time (clock ticks) used so far by a process and its children (nginx master + worker).
+cpu_ticks() { # pid
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+# wrk on the client core; prints "req_per_sec p99_ms errors non2xx requests".
 run_wrk() { # url [extra wrk args...]
     local url=$1; shift
     local out
@@ -149,7 +159,8 @@ run_wrk() { # url [extra wrk args...]
         /^ +99%/ {p99=ms($2)}
         /Socket errors/ {gsub(",",""); err+=$4+$6+$8+$10}
         /Non-2xx or 3xx/ {non2xx=$NF}
-        END {printf "%s %s %d %d\n", rps, p99, err, non2xx}
+        / requests in / {n=$1}
+        END {printf "%s %s %d %d %d\n", rps, p99, err, non2xx, n}
     ' <<<"$out"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -167,31 +178,38 @@ for s in "${SCENARIOS[@]}"; do
     for rep in $(seq "$BENCH_REPS"); do
         for server in gatehouse nginx; do
             if [ $server = gatehouse ]; then start_gatehouse; port=$GH_PORT; else start_nginx; port=$NGX_PORT; fi
+            t0=$(cpu_ticks "$SERVER_PID")
             # shellcheck disable=SC2086
-            read -r rps p99 err non2xx < <(run_wrk "http://127.0.0.1:$port$path" $extra)
+            read -r rps p99 err non2xx n < <(run_wrk "http://127.0.0.1:$port$path" $extra)
+            t1=$(cpu_ticks "$SERVER_PID")
             stop_server
+            # Proxy CPU per request: unlike req/s, not skewed by other load on the machine.
+            us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / hz / n : 0 }')
             if [ "$err" != 0 ] || [ "${non2xx:-0}" != 0 ]; then
                 echo "$server / $name: $err socket errors, ${non2xx:-0} non-2xx" >&2
                 FAIL=1
             fi
             R[$name,$server,rps]+="$rps "
             R[$name,$server,p99]+="$p99 "
-            echo "rep $rep $server $name: $rps req/s, p99 $p99 ms" >&2
+            R[$name,$server,us]+="$us "
+            echo "rep $rep $server $name: $rps req/s, p99 $p99 ms, $us µs CPU/request" >&2
         done
     done
 done
 
 echo
-echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p99 ms | nginx p99 ms |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p99 ms | nginx p99 ms | gatehouse CPU µs/req | nginx CPU µs/req |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for s in "${SCENARIOS[@]}"; do
     IFS='|' read -r name _ _ <<<"$s"
     g=$(tr ' ' '\n' <<<"${R[$name,gatehouse,rps]}" | grep . | median)
     n=$(tr ' ' '\n' <<<"${R[$name,nginx,rps]}" | grep . | median)
     gp=$(tr ' ' '\n' <<<"${R[$name,gatehouse,p99]}" | grep . | median)
     np=$(tr ' ' '\n' <<<"${R[$name,nginx,p99]}" | grep . | median)
+    gu=$(tr ' ' '\n' <<<"${R[$name,gatehouse,us]}" | grep . | median)
+    nu=$(tr ' ' '\n' <<<"${R[$name,nginx,us]}" | grep . | median)
     ratio=$(awk -v g="$g" -v n="$n" 'BEGIN { printf "%.2f", (n > 0) ? g / n : 0 }')
-    printf "| %s | %.0f | %.0f | %s× | %.2f | %.2f |\n" "$name" "$g" "$n" "$ratio" "$gp" "$np"
+    printf "| %s | %.0f | %.0f | %s× | %.2f | %.2f | %.1f | %.1f |\n" "$name" "$g" "$n" "$ratio" "$gp" "$np" "$gu" "$nu"
 done
 echo
 echo "$BENCH_REPS alternating runs of $BENCH_DURATION each, $CONNS connections, medians;" \

@@ -89,8 +89,9 @@ impl Stall {
 
 pub struct UpBody {
     inner: Option<Incoming>,
-    /// A body read whole beforehand (small, with a Content-Length): sent as one frame.
-    full: Option<Bytes>,
+    /// A body read whole beforehand (small, with a Content-Length), as the frames it came
+    /// in: all ready at once, so hyper writes them in one writev, without copying them.
+    full: std::collections::VecDeque<Bytes>,
     limit: Option<u64>,
     seen: u64,
     polled: bool,
@@ -103,7 +104,7 @@ impl UpBody {
     pub fn empty() -> UpBody {
         UpBody {
             inner: None,
-            full: None,
+            full: Default::default(),
             limit: None,
             seen: 0,
             polled: false,
@@ -122,7 +123,7 @@ impl UpBody {
     ) -> UpBody {
         UpBody {
             inner: Some(inner),
-            full: None,
+            full: Default::default(),
             limit,
             seen: 0,
             polled: false,
@@ -133,9 +134,9 @@ impl UpBody {
     }
 
     /// A body already read; every attempt gets its own (cheap) clone.
-    pub fn full(bytes: Bytes, activity: Activity) -> UpBody {
+    pub fn full(frames: &[Bytes], activity: Activity) -> UpBody {
         let mut b = UpBody::empty();
-        b.full = Some(bytes).filter(|b| !b.is_empty());
+        b.full = frames.iter().filter(|f| !f.is_empty()).cloned().collect();
         b.activity = Some(activity);
         b
     }
@@ -156,9 +157,9 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(full) = this.full.take() {
+        if let Some(data) = this.full.pop_front() {
             this.touch();
-            return Poll::Ready(Some(Ok(Frame::data(full))));
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -191,14 +192,16 @@ impl Body for UpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.full.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.full.is_empty() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.full, &self.inner) {
-            (Some(f), _) => SizeHint::with_exact(f.len() as u64),
-            (None, Some(b)) => b.size_hint(),
-            (None, None) => SizeHint::with_exact(0),
+        match &self.inner {
+            _ if !self.full.is_empty() => {
+                SizeHint::with_exact(self.full.iter().map(|f| f.len() as u64).sum())
+            }
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
         }
     }
 }
@@ -273,4 +276,17 @@ pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 's
         cur = err.source();
     }
     false
+}
+
+/// Reads a whole (small) body as its frames, without copying them together. Trailers are
+/// dropped: a Content-Length body has none in HTTP/1.1.
+pub async fn read_frames(mut body: Incoming) -> Result<Vec<Bytes>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let mut frames = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            frames.push(data);
+        }
+    }
+    Ok(frames)
 }

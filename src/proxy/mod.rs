@@ -169,8 +169,8 @@ pub async fn handle(
     // a failed connect without relying on the reclaim below.
     let full = match declared {
         Some(n) if n > 0 && n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
-            match tokio::time::timeout(cfg.idle_timeout, body.collect()).await {
-                Ok(Ok(c)) => Some(c.to_bytes()),
+            match tokio::time::timeout(cfg.idle_timeout, body::read_frames(body)).await {
+                Ok(Ok(frames)) => Some(frames),
                 Ok(Err(_)) => return closing(handlers::error(StatusCode::BAD_REQUEST)),
                 Err(_) => return closing(handlers::error(StatusCode::REQUEST_TIMEOUT)),
             }
@@ -182,7 +182,7 @@ pub async fn handle(
     };
     activity.touch();
     let take_body = || match &full {
-        Some(bytes) => Some(UpBody::full(bytes.clone(), activity.clone())),
+        Some(frames) => Some(UpBody::full(frames, activity.clone())),
         None => reclaim
             .lock()
             .unwrap_or_else(|e| e.into_inner())
