@@ -15,6 +15,9 @@ pub struct UpstreamState {
     /// "unix:/run/app.sock" or "http://127.0.0.1:8001": the UPSTREAM journal field.
     pub label: String,
     pub upstream: Upstream,
+    /// The URI authority of requests to this upstream: its pool key (and, over HTTP/1, not
+    /// sent). "localhost" for unix sockets.
+    pub authority: http::uri::Authority,
     pub client: Client<Connector, UpBody>,
     pub in_flight: AtomicUsize,
     /// Passive health: milliseconds (see `now_ms`) until which this upstream is ejected.
@@ -37,8 +40,14 @@ impl UpstreamState {
             // Host is always set explicitly by the handler (the client's, or rewrite_host).
             .set_host(false)
             .http2_only(cfg.http2);
+        let authority = match upstream {
+            Upstream::Http { authority } => authority.parse().ok(),
+            Upstream::Unix(_) => None,
+        }
+        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
         UpstreamState {
             label,
+            authority,
             upstream: upstream.clone(),
             client: b.build(Connector::new(upstream, cfg.connect_timeout)),
             in_flight: AtomicUsize::new(0),

@@ -6,6 +6,7 @@ use super::config::Trusted;
 use crate::log::Remote;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
+use std::fmt::Write as _;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -111,8 +112,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, trusted: 
         Remote::Tcp(addr) => Some(addr.ip().to_canonical()),
         Remote::Unix => None,
     };
+    // One scratch string for both values: this runs on every proxied request.
+    let mut item = String::with_capacity(96);
     if let Some(ip) = ip {
-        append_list(headers, &X_FORWARDED_FOR, &ip.to_string());
+        let _ = write!(item, "{ip}");
+        append_list(headers, &X_FORWARDED_FOR, &item);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
@@ -124,43 +128,52 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, trusted: 
     }
 
     // RFC 7239: for=1.2.3.4, IPv6 quoted in brackets, "unknown" for unix clients.
-    let node = match ip {
-        Some(std::net::IpAddr::V6(v6)) => format!("\"[{v6}]\""),
-        Some(v4) => v4.to_string(),
-        None => "unknown".to_owned(),
+    item.clear();
+    let _ = match ip {
+        Some(std::net::IpAddr::V6(v6)) => write!(item, "for=\"[{v6}]\""),
+        Some(v4) => write!(item, "for={v4}"),
+        None => write!(item, "for=unknown"),
     };
-    let mut elem = format!("for={node}");
     if let Some(host) = client.host.and_then(|h| h.to_str().ok()) {
-        elem.push_str(&format!(";host={}", quote(host)));
+        item.push_str(";host=");
+        push_quoted(&mut item, host);
     }
-    elem.push_str(&format!(";proto={}", client.proto));
-    append_list(headers, &FORWARDED, &elem);
+    item.push_str(";proto=");
+    item.push_str(client.proto);
+    append_list(headers, &FORWARDED, &item);
 }
 
 /// Appends `item` to a comma-separated header, merging repeated lines into one.
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
-    let mut parts: Vec<String> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    parts.push(item.to_owned());
-    if let Ok(v) = HeaderValue::from_str(&parts.join(", ")) {
+    let mut out = String::new();
+    for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        out.push_str(v);
+        out.push_str(", ");
+    }
+    out.push_str(item);
+    // from_maybe_shared takes the buffer as it is: no second copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)) {
         headers.insert(name, v);
     }
 }
 
-/// An RFC 7230 token stays bare; anything else is a quoted-string.
-fn quote(s: &str) -> String {
+/// An RFC 7230 token stays bare; anything else becomes a quoted-string.
+fn push_quoted(out: &mut String, s: &str) {
     let token = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if token {
-        s.to_owned()
-    } else {
-        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+        out.push_str(s);
+        return;
     }
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 #[cfg(test)]

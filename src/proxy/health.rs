@@ -62,10 +62,7 @@ async fn check_loop(pool: Weak<Pool>, idx: usize, health: HealthConfig) {
 
 /// One check: any 2xx or 3xx within `timeout` passes.
 async fn check_once(u: &UpstreamState, health: &HealthConfig) -> bool {
-    let authority = match &u.upstream {
-        crate::config::Upstream::Http { authority } => authority.as_str(),
-        crate::config::Upstream::Unix(_) => "localhost",
-    };
+    let authority = u.authority.as_str();
     let Ok(req) = http::Request::get(format!("http://{authority}{}", health.path))
         .header(http::header::HOST, authority)
         .header(http::header::USER_AGENT, "gatehouse-health-check")

@@ -17,15 +17,17 @@ pub mod upgrade;
 pub use config::{ProxyConfig, RawProxy};
 pub use health::Background;
 
-use crate::config::{Config, RouteAction, Upstream};
+use crate::config::{Config, RouteAction};
 use crate::handlers::{self, Body, RequestContext};
 use crate::log::UpstreamUsed;
 use balance::{InFlight, Pool, UpstreamState};
 use body::{caused_by, Activity, BodyTooLarge, DownBody, Reclaim, UpBody};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -123,17 +125,20 @@ pub async fn handle(
     let client_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
-    let reclaim: Reclaim = Arc::new(Mutex::new(None));
     let host_value: Option<HeaderValue> = match parts.uri.authority() {
         // absolute-form or HTTP/2: the target's authority is the host (RFC 9112 §3.2.2).
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path = if cfg.strip_prefix {
-        strip_prefix(prefix, pq)
-    } else {
-        pq.to_owned()
+    let path = match parts.uri.path_and_query() {
+        Some(pq) if !cfg.strip_prefix => pq.clone(),
+        pq => {
+            let pq = pq.map_or("/", |pq| pq.as_str());
+            match strip_prefix(prefix, pq).parse::<PathAndQuery>() {
+                Ok(p) => p,
+                Err(_) => return handlers::error(StatusCode::BAD_REQUEST),
+            }
+        }
     };
     let mut head = parts.headers;
     headers::strip_hop_by_hop(&mut head);
@@ -155,6 +160,9 @@ pub async fn handle(
         head.insert(header::UPGRADE, proto.clone());
     }
     let host = cfg.rewrite_host.clone().or(host_value);
+    if let (Some(h), false) = (&host, cfg.http2) {
+        head.insert(header::HOST, h.clone());
+    }
     let out = Outgoing {
         method: parts.method,
         path,
@@ -166,24 +174,23 @@ pub async fn handle(
     let activity = Activity::new();
     // A small body with a declared length is read first, like nginx's request buffering:
     // the upstream gets it in one write instead of several, and it can be sent again after
-    // a failed connect without relying on the reclaim below.
-    let full = match declared {
-        Some(n) if n > 0 && n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
+    // a failed connect. Larger and chunked bodies stream, parked in `reclaim` between
+    // attempts (see `UpBody`).
+    let (full, reclaim): (Option<Vec<Bytes>>, Option<Reclaim>) = match declared {
+        _ if body.is_end_stream() => (Some(Vec::new()), None),
+        Some(n) if n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
             match tokio::time::timeout(cfg.idle_timeout, body::read_frames(body)).await {
-                Ok(Ok(frames)) => Some(frames),
+                Ok(Ok(frames)) => (Some(frames), None),
                 Ok(Err(_)) => return closing(handlers::error(StatusCode::BAD_REQUEST)),
                 Err(_) => return closing(handlers::error(StatusCode::REQUEST_TIMEOUT)),
             }
         }
-        _ => {
-            *reclaim.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
-            None
-        }
+        _ => (None, Some(Arc::new(Mutex::new(Some(body))))),
     };
     activity.touch();
-    let take_body = || match &full {
-        Some(frames) => Some(UpBody::full(frames, activity.clone())),
-        None => reclaim
+    let take_body = || match (&full, &reclaim) {
+        (Some(frames), _) => Some(UpBody::full(frames, activity.clone())),
+        (None, Some(slot)) => slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
@@ -193,16 +200,24 @@ pub async fn handle(
                     cfg.max_body,
                     cfg.idle_timeout,
                     activity.clone(),
-                    reclaim.clone(),
+                    slot.clone(),
                 )
             }),
+        (None, None) => None,
     };
-    let body_back = || full.is_some() || reclaim.lock().map(|s| s.is_some()).unwrap_or(false);
+    // Whether the body can still be sent: buffered, or streamed but never read.
+    let body_back = || {
+        full.is_some()
+            || reclaim
+                .as_ref()
+                .is_some_and(|s| s.lock().map(|b| b.is_some()).unwrap_or(false))
+    };
     let deadline = Instant::now() + cfg.retry_connect_for;
     let mut tried: Vec<usize> = Vec::new();
     let mut backoff = Duration::from_millis(20);
     let mut resent = false;
-    let mut failure = (StatusCode::BAD_GATEWAY, String::from("-"));
+    // What to answer if every attempt fails: status, and the upstream tried last.
+    let mut failure: (StatusCode, Option<usize>) = (StatusCode::BAD_GATEWAY, None);
 
     loop {
         let idx = match route.pool.pick(&tried) {
@@ -212,7 +227,7 @@ pub async fn handle(
                 // retry_connect_for is used up (an app restarting, a socket coming back).
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
-                    return failed(failure);
+                    return failed(&route.pool, failure);
                 }
                 tokio::time::sleep(backoff.min(remaining)).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -223,11 +238,11 @@ pub async fn handle(
         tried.push(idx);
         let u = &route.pool.upstreams[idx];
         let Some(up_body) = take_body() else {
-            return failed(failure);
+            return failed(&route.pool, failure);
         };
         let req = match out.build(u, up_body) {
             Ok(r) => r,
-            Err(_) => return failed((StatusCode::BAD_REQUEST, u.label.clone())),
+            Err(_) => return failed(&route.pool, (StatusCode::BAD_REQUEST, Some(idx))),
         };
         let in_flight = InFlight::new(u);
         match send(u, req, cfg.response_header_timeout, &activity).await {
@@ -237,7 +252,7 @@ pub async fn handle(
             }
             Err(SendError::Timeout) => {
                 u.eject(cfg.eject_for, "no response header in time");
-                return failed((StatusCode::GATEWAY_TIMEOUT, u.label.clone()));
+                return failed(&route.pool, (StatusCode::GATEWAY_TIMEOUT, Some(idx)));
             }
             Err(SendError::Client(e)) => {
                 if caused_by::<BodyTooLarge>(&e) {
@@ -262,22 +277,22 @@ pub async fn handle(
                     } else {
                         StatusCode::BAD_GATEWAY
                     };
-                    failure = (status, u.label.clone());
+                    failure = (status, Some(idx));
                     if body_back {
                         continue;
                     }
-                    return failed(failure);
+                    return failed(&route.pool, failure);
                 }
                 // Sent, but the connection died before a response head. Safe to send again
                 // only when the method is idempotent and the body was never read (empty).
                 tracing::debug!(upstream = %u.label, error = %e_chain(&e), "upstream failed before responding");
-                failure = (StatusCode::BAD_GATEWAY, u.label.clone());
+                failure = (StatusCode::BAD_GATEWAY, Some(idx));
                 if !resent && body_back && is_idempotent(&out.method) {
                     resent = true;
                     tried.clear();
                     continue;
                 }
-                return failed(failure);
+                return failed(&route.pool, failure);
             }
         }
     }
@@ -286,7 +301,7 @@ pub async fn handle(
 /// The outgoing request head, rebuilt for each attempt.
 struct Outgoing {
     method: Method,
-    path: String,
+    path: PathAndQuery,
     headers: HeaderMap,
     host: Option<HeaderValue>,
     http2: bool,
@@ -294,10 +309,6 @@ struct Outgoing {
 
 impl Outgoing {
     fn build(&self, u: &UpstreamState, body: UpBody) -> Result<Request<UpBody>, http::Error> {
-        let upstream_authority = match &u.upstream {
-            Upstream::Http { authority } => authority.as_str(),
-            Upstream::Unix(_) => "localhost",
-        };
         let mut headers = self.headers.clone();
         let (authority, version) = if self.http2 {
             // HTTP/2 carries the host as :authority, taken from the URI.
@@ -305,23 +316,26 @@ impl Outgoing {
                 .host
                 .as_ref()
                 .and_then(|h| h.to_str().ok())
-                .filter(|h| h.parse::<http::uri::Authority>().is_ok())
-                .unwrap_or(upstream_authority);
-            (a.to_owned(), Version::HTTP_2)
+                .and_then(|h| h.parse::<Authority>().ok())
+                .unwrap_or_else(|| u.authority.clone());
+            (a, Version::HTTP_2)
         } else {
-            let host = self
-                .host
-                .clone()
-                .or_else(|| HeaderValue::from_str(upstream_authority).ok());
-            if let Some(h) = host {
-                headers.insert(header::HOST, h);
+            if self.host.is_none() {
+                // HTTP/1.0 without Host: name the upstream.
+                if let Ok(h) = HeaderValue::from_str(u.authority.as_str()) {
+                    headers.insert(header::HOST, h);
+                }
             }
             // The URI's authority is only the pool key; HTTP/1 sends the origin form.
-            (upstream_authority.to_owned(), Version::HTTP_11)
+            (u.authority.clone(), Version::HTTP_11)
         };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(self.path.clone());
         let mut req = Request::builder()
             .method(self.method.clone())
-            .uri(format!("http://{authority}{}", self.path))
+            .uri(Uri::from_parts(uri)?)
             .version(version)
             .body(body)?;
         *req.headers_mut() = headers;
@@ -390,8 +404,11 @@ fn tag(mut resp: Response<Body>, label: &str) -> Response<Body> {
     resp
 }
 
-fn failed((status, label): (StatusCode, String)) -> Response<Body> {
-    tag(handlers::error(status), &label)
+fn failed(pool: &Pool, (status, idx): (StatusCode, Option<usize>)) -> Response<Body> {
+    let label = idx
+        .and_then(|i| pool.upstreams.get(i))
+        .map_or("-", |u| u.label.as_str());
+    tag(handlers::error(status), label)
 }
 
 /// Asks hyper to close the connection after this response (the request body was not
