@@ -437,3 +437,27 @@ fn http2_clients_reach_http1_upstreams_with_their_authority_as_host() {
     assert_eq!(s.header("host"), Some("app.example.com:8443"));
     assert_eq!(s.header("x-forwarded-host"), Some("app.example.com:8443"));
 }
+
+#[test]
+fn head_requests_get_the_upstreams_length_and_no_body() {
+    let dir = tempdir();
+    let (l, up_port) = Listen::tcp();
+    let _up = UpstreamServer::start(l, "tcp");
+    let cfg = site(
+        "",
+        &format!("[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"] }}\n"),
+    );
+    let (_server, port) = start(dir, &cfg);
+    let r = raw(
+        port,
+        b"HEAD /big/1000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("1000"));
+    assert!(r.body.is_empty());
+    let r = raw(
+        port,
+        b"GET /big/1000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.body.len(), 1000);
+}

@@ -130,7 +130,7 @@ fn active_health_checks_take_an_upstream_out_and_back() {
 }
 
 #[test]
-fn reload_stops_the_previous_generations_health_checks() {
+fn reload_retires_the_previous_generations_health_checks_and_connections() {
     let (la, pa) = Listen::tcp();
     let a = UpstreamServer::start(la, "a");
     let with_health = site(&format!(
@@ -158,6 +158,17 @@ fn reload_stops_the_previous_generations_health_checks() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(a.state.health_checks.load(Ordering::SeqCst), after_reload);
     assert_eq!(who(port, "/x"), "a");
+    // The old generation's pool is gone with it: its kept-alive connections close, and only
+    // the new generation's connection stays open.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.state.open.load(Ordering::SeqCst) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} upstream connections still open",
+            a.state.open.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -91,6 +91,8 @@ impl Listen {
 pub struct State {
     pub seen: Mutex<Vec<Seen>>,
     pub connections: AtomicUsize,
+    /// Connections open right now.
+    pub open: AtomicUsize,
     pub unhealthy: AtomicBool,
     pub health_checks: AtomicUsize,
     /// Like gunicorn's sync workers: `Connection: close` on every response, and a stopping
@@ -187,13 +189,16 @@ async fn accept_loop(
         };
         let Ok(conn) = accepted else { continue };
         state.connections.fetch_add(1, Ordering::SeqCst);
+        state.open.fetch_add(1, Ordering::SeqCst);
         let st = state.clone();
         let stop = stop.clone();
         conns.spawn(async move {
+            let open = st.clone();
             match conn {
                 Conn::Tcp(s) => serve_conn(TokioIo::new(s), st, stop).await,
                 Conn::Unix(s) => serve_conn(TokioIo::new(s), st, stop).await,
             }
+            open.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
     // Dropping `l` here closes only this copy; the test may hold another.
