@@ -268,3 +268,34 @@ proxy = { upstreams = ["http://127.0.0.1:1"] }
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[test]
+fn an_ejected_upstream_returns_after_eject_for() {
+    let (la, pa) = Listen::tcp();
+    let (lb, pb) = Listen::tcp();
+    let _a = UpstreamServer::start(la, "a");
+    let mut b = UpstreamServer::start(lb, "b");
+    let cfg = site(&format!(
+        "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{pa}\", \"http://127.0.0.1:{pb}\"], retry_connect_for = \"0s\", eject_for = \"700ms\" }}\n"
+    ));
+    let (server, port) = start(tempdir(), &cfg);
+    b.stop();
+    drop(b);
+    for i in 0..4 {
+        assert_eq!(who(port, &format!("/{i}")), "a");
+    }
+    wait_status(&server, "upstreams 1/2 up");
+    // b comes back on the same port; once eject_for has passed it is in the rotation again.
+    let b = UpstreamServer::start(
+        Listen::Tcp(std::net::TcpListener::bind(("127.0.0.1", pb)).unwrap()),
+        "b",
+    );
+    wait_status(&server, "upstreams 2/2 up");
+    let answers: Vec<String> = (0..6).map(|i| who(port, &format!("/back/{i}"))).collect();
+    assert_eq!(
+        answers.iter().filter(|w| *w == "b").count(),
+        3,
+        "{answers:?}"
+    );
+    assert_eq!(b.seen().len(), 3);
+}
