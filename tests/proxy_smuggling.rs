@@ -118,3 +118,18 @@ fn content_length_with_chunked_cannot_smuggle_a_second_request() {
         assert!(seen.is_empty());
     }
 }
+
+/// Repeated identical Content-Length lines are merged into one by hyper (RFC 9110 §8.6
+/// allows it); the upstream gets a single, consistent length.
+#[test]
+fn identical_content_length_lines_are_merged_into_one() {
+    let (_server, port, up) = start();
+    let reply = send(
+        port,
+        b"POST /twice HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert_eq!(parse_reply(&reply).unwrap().status, 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].all("content-length"), ["5"]);
+}

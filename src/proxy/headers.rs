@@ -73,7 +73,8 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), StatusCode> {
         (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => {}
         _ => return Err(StatusCode::BAD_REQUEST),
     }
-    // hyper keeps repeated identical Content-Length lines as one; a comma list it rejects.
+    // hyper merges repeated identical Content-Length lines and rejects differing ones or a
+    // list; this only guards against that ever changing.
     let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
     if let (Some(_), Some(_)) = (cl.next(), cl.next()) {
         return Err(StatusCode::BAD_REQUEST);
