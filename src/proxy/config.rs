@@ -352,6 +352,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let text = r#"
+[[listener]]
+name = "http"
+[[site]]
+hosts = ["app1.example.com"]
+[[site.route]]
+path = "/api/"
+proxy = { upstreams = ["unix:/run/app1/gunicorn.sock", "http://127.0.0.1:8001"], strip_prefix = false, balance = "least_conn", connect_timeout = "2s", response_header_timeout = "30s", idle_timeout = "60s", max_body = "10MiB", retry_connect_for = "5s", health = { path = "/healthz", interval = "5s" } }
+"#;
+        let c = crate::config::parse_str(text, crate::config::ConfigSource::Quick).unwrap();
+        let crate::config::RouteAction::Proxy(p) = &c.sites[0].routes[0].action else {
+            panic!("not a proxy route");
+        };
+        let p = &p.config;
+        assert_eq!(p.upstreams.len(), 2);
+        assert_eq!(p.balance, Balance::LeastConn);
+        assert_eq!(p.connect_timeout, Duration::from_secs(2));
+        assert_eq!(p.max_body, Some(10 << 20));
+        assert_eq!(p.retry_connect_for, Duration::from_secs(5));
+        assert_eq!(
+            p.health.as_ref().map(|h| h.timeout),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("10MiB"), Ok(10 << 20));
         assert_eq!(parse_size("512k"), Ok(512 << 10));
