@@ -297,3 +297,40 @@ fn a_connect_that_hangs_is_504_after_connect_timeout() {
     );
     wait_log(&server, &format!("GET /hang 504 via http://{addr}"));
 }
+
+#[test]
+fn a_client_that_stops_reading_releases_the_upstream_after_idle_timeout() {
+    let dir = tempdir();
+    let sock = dir.path().join("app.sock");
+    let up = UpstreamServer::start(Listen::unix(&sock), "unix");
+    let cfg = site(&format!(
+        "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"unix:{}\"], idle_timeout = \"500ms\" }}\n",
+        sock.display()
+    ));
+    let (server, port) = start(dir, &cfg);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /big/1000000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 4096];
+    s.read_exact(&mut first).unwrap();
+    // Now the client reads nothing more: the upstream blocks writing, its app worker held.
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(5);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(up.state.open.load(Ordering::SeqCst), 1);
+    while up.state.open.load(Ordering::SeqCst) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream connection is still held by a client that reads nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    wait_log(&server, "client stopped reading");
+    drop(s);
+}

@@ -5,8 +5,9 @@
 //!   when its last byte went (the response-header timer starts from there), and, if hyper
 //!   never polled it, hands the client's body back on drop so a failed connect can be retried
 //!   with the same body.
-//! - `DownBody` (upstream → client) stalls out after `idle_timeout` and holds the upstream's
-//!   in-flight count until the response is done.
+//! - `DownBody` (upstream → client) stalls out after `idle_timeout`, lets go of the upstream
+//!   when a client stops reading a large response for `idle_timeout`, and holds the
+//!   upstream's in-flight count until the response is done.
 
 use super::balance::{now_ms, InFlight};
 use crate::handlers::BoxError;
@@ -218,17 +219,92 @@ impl Drop for UpBody {
 }
 
 pub struct DownBody {
-    inner: Incoming,
+    inner: Down,
     stall: Stall,
     _in_flight: InFlight,
 }
 
+enum Down {
+    /// Small or finished responses: the kernel's socket buffers absorb them whatever the
+    /// client does.
+    Direct(Incoming),
+    /// Larger responses: a watchdog releases the upstream if the client stops reading.
+    Watched(Arc<Watched>),
+}
+
+/// A response body a watchdog task may take away. hyper polls a response body only while
+/// the client reads, so a client that stops reading would otherwise keep the upstream
+/// connection (and an app worker behind it) busy until it goes away.
+struct Watched {
+    inner: Mutex<Option<Incoming>>,
+    /// `now_ms()` of the last frame handed to the client.
+    delivered: AtomicU64,
+}
+
+/// Responses declaring at most this many bytes get no watchdog.
+const WATCH_ABOVE: u64 = 64 * 1024;
+
 impl DownBody {
     pub fn new(inner: Incoming, idle: Duration, in_flight: InFlight) -> DownBody {
+        let small =
+            inner.is_end_stream() || inner.size_hint().exact().is_some_and(|n| n <= WATCH_ABOVE);
+        let inner = if small || tokio::runtime::Handle::try_current().is_err() {
+            Down::Direct(inner)
+        } else {
+            let watched = Arc::new(Watched {
+                inner: Mutex::new(Some(inner)),
+                delivered: AtomicU64::new(now_ms()),
+            });
+            tokio::spawn(watchdog(Arc::downgrade(&watched), idle));
+            Down::Watched(watched)
+        };
         DownBody {
             inner,
             stall: Stall::new(idle),
             _in_flight: in_flight,
+        }
+    }
+}
+
+/// Drops the upstream body once no frame reached the client for `idle`. Holds only a Weak,
+/// so a finished or abandoned response is freed at once, not at the next wake-up.
+async fn watchdog(body: std::sync::Weak<Watched>, idle: Duration) {
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let since = match body.upgrade() {
+            None => return,
+            Some(w) => {
+                let since = now_ms().saturating_sub(w.delivered.load(Ordering::Relaxed));
+                if since >= idle_ms {
+                    let taken = w.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if taken.is_some() {
+                        tracing::debug!("client stopped reading for {idle:?}; upstream released");
+                    }
+                    return;
+                }
+                since
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+    }
+}
+
+fn poll_incoming(
+    inner: &mut Incoming,
+    stall: &mut Stall,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match Pin::new(inner).poll_frame(cx) {
+        Poll::Pending => {
+            if stall.poll_expired(cx) {
+                return Poll::Ready(Some(Err(Box::new(IdleTimeout(stall.idle)))));
+            }
+            Poll::Pending
+        }
+        ready => {
+            stall.progress();
+            let r = ready!(ready);
+            Poll::Ready(r.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
         }
     }
 }
@@ -242,27 +318,45 @@ impl Body for DownBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                if this.stall.poll_expired(cx) {
+        match &mut this.inner {
+            Down::Direct(inner) => poll_incoming(inner, &mut this.stall, cx),
+            Down::Watched(w) => {
+                let mut guard = w.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(inner) = guard.as_mut() else {
                     return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.stall.idle)))));
+                };
+                let r = poll_incoming(inner, &mut this.stall, cx);
+                if r.is_ready() {
+                    w.delivered.store(now_ms(), Ordering::Relaxed);
                 }
-                Poll::Pending
-            }
-            ready => {
-                this.stall.progress();
-                let r = ready!(ready);
-                Poll::Ready(r.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+                r
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Down::Direct(b) => b.is_end_stream(),
+            Down::Watched(w) => w
+                .inner
+                .lock()
+                // Taken by the watchdog: not ended, so the next poll reports the error
+                // instead of hyper finishing a truncated response as if it were whole.
+                .map(|b| b.as_ref().is_some_and(|b| b.is_end_stream()))
+                .unwrap_or(false),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Down::Direct(b) => b.size_hint(),
+            Down::Watched(w) => w
+                .inner
+                .lock()
+                .ok()
+                .and_then(|b| b.as_ref().map(|b| b.size_hint()))
+                .unwrap_or_default(),
+        }
     }
 }
 
