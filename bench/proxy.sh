@@ -37,6 +37,8 @@ if [ -z "$GH" ]; then
 fi
 
 WORK=$(mktemp -d /tmp/gatehouse-bench-proxy.XXXXXX)
+# nginx workers run as an unprivileged user and must reach the upstream socket in here.
+chmod 755 "$WORK"
 BENCH_LOG=$WORK/wrk.log
 cleanup() {
     [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null
@@ -122,7 +124,6 @@ wait_sock() { # path
 taskset -c "$CLIENT_CPU" nginx -c "$WORK/upstream.conf" -p "$WORK/up" &
 UP_PID=$!
 wait_sock "$UP_SOCK"
-# nginx workers run as an unprivileged user; let them (and gatehouse) connect.
 chmod 666 "$UP_SOCK"
 
 start_gatehouse() {
@@ -135,7 +136,11 @@ start_nginx() {
     SERVER_PID=$!
     wait_port "$NGX_PORT"
 }
-stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || echo "server $SERVER_PID had already exited" >&2
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
 
 # CPU time (clock ticks) used so far by a process and its children (nginx master + worker).
 cpu_ticks() { # pid
@@ -187,6 +192,7 @@ for s in "${SCENARIOS[@]}"; do
             us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / hz / n : 0 }')
             if [ "$err" != 0 ] || [ "${non2xx:-0}" != 0 ]; then
                 echo "$server / $name: $err socket errors, ${non2xx:-0} non-2xx" >&2
+                tail -n 3 "$WORK/nginx/error.log" "$WORK/up/error.log" >&2 2>/dev/null || true
                 FAIL=1
             fi
             R[$name,$server,rps]+="$rps "
