@@ -48,8 +48,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-GH_PORT=${GH_PORT:-18091}
-NGX_PORT=${NGX_PORT:-18092}
+# A port nothing listens on (the machine may run other benchmarks and test servers).
+free_port() {
+    local p
+    for p in $(shuf -i 20000-60000 -n 100); do
+        if ! (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "no free port" >&2
+    return 1
+}
+GH_PORT=${GH_PORT:-$(free_port)}
+NGX_PORT=${NGX_PORT:-$(free_port)}
 UP_SOCK=$WORK/upstream.sock
 
 nginx_common() { # dir
@@ -126,15 +138,27 @@ UP_PID=$!
 wait_sock "$UP_SOCK"
 chmod 666 "$UP_SOCK"
 
+# The port answering must be ours: a server that failed to start (port taken) is fatal.
+check_started() { # name
+    kill -0 "$SERVER_PID" 2>/dev/null || {
+        echo "$1 exited at start:" >&2
+        tail -n 5 "$WORK/gatehouse.log" "$WORK/nginx/error.log" >&2 2>/dev/null || true
+        exit 1
+    }
+}
 start_gatehouse() {
     taskset -c "$SERVER_CPU" "$GH" serve --config "$WORK/gatehouse.toml" --log-target stderr 2>"$WORK/gatehouse.log" &
     SERVER_PID=$!
     wait_port "$GH_PORT"
+    sleep 0.2
+    check_started gatehouse
 }
 start_nginx() {
     taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" &
     SERVER_PID=$!
     wait_port "$NGX_PORT"
+    sleep 0.2
+    check_started nginx
 }
 stop_server() {
     kill "$SERVER_PID" 2>/dev/null || echo "server $SERVER_PID had already exited" >&2
