@@ -283,8 +283,9 @@ pub async fn handle(
                     }
                     return failed(&route.pool, failure);
                 }
-                // Sent, but the connection died before a response head. Safe to send again
-                // only when the method is idempotent and the body was never read (empty).
+                // Sent, but the connection died before a response head. Sent again (once) only
+                // when the method is idempotent (RFC 9110 §9.2.2) and the body can be
+                // replayed: buffered, empty, or never read.
                 tracing::debug!(upstream = %u.label, error = %e_chain(&e), "upstream failed before responding");
                 failure = (StatusCode::BAD_GATEWAY, Some(idx));
                 if !resent && body_back && is_idempotent(&out.method) {
