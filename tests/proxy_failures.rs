@@ -334,3 +334,73 @@ fn a_client_that_stops_reading_releases_the_upstream_after_idle_timeout() {
     wait_log(&server, "client stopped reading");
     drop(s);
 }
+
+/// A raw upstream whose first connection reads one request and hangs up without answering;
+/// later connections answer 200. Returns the port and the request lines it received.
+fn hang_up_once_upstream() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                }
+            }
+            let line = String::from_utf8_lossy(&got)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            log.lock().unwrap().push(line);
+            if n == 0 {
+                continue; // drop: closed with nothing sent back
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecond",
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_request_the_upstream_dropped_unanswered_is_resent_only_if_idempotent() {
+    let (port_get, seen_get) = hang_up_once_upstream();
+    let (port_post, seen_post) = hang_up_once_upstream();
+    let cfg = site(&format!(
+        r#"[[site.route]]
+path = "/get/"
+proxy = {{ upstreams = ["http://127.0.0.1:{port_get}"] }}
+[[site.route]]
+path = "/post/"
+proxy = {{ upstreams = ["http://127.0.0.1:{port_post}"] }}
+"#
+    ));
+    let (_server, port) = start(tempdir(), &cfg);
+
+    let r = get(port, "/get/x");
+    assert_eq!((r.status, r.text().as_str()), (200, "second"));
+    assert_eq!(
+        *seen_get.lock().unwrap(),
+        ["GET /get/x HTTP/1.1", "GET /get/x HTTP/1.1"]
+    );
+
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = exchange(
+        &mut s,
+        b"POST /post/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(*seen_post.lock().unwrap(), ["POST /post/x HTTP/1.1"]);
+}
