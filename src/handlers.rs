@@ -17,6 +17,12 @@ pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// What a handler may know about the request beyond the request itself.
 pub struct RequestContext<'a> {
     pub remote: Remote,
@@ -33,6 +39,7 @@ pub async fn dispatch(
 ) -> Response<Body> {
     match &route.action {
         RouteAction::Respond(r) => respond(r, req),
+        RouteAction::Static(s) => crate::static_files::serve(s, &route.path, req).await,
         RouteAction::Proxy(p) => crate::proxy::handle(p, &route.path, req, _cx).await,
     }
 }
@@ -47,6 +54,10 @@ fn respond(r: &RespondConfig, _req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
+/// Marks a response as gatehouse's own error, which a site's `error_pages` may replace.
+#[derive(Debug, Clone, Copy)]
+pub struct GeneratedError;
+
 /// A small plain-text error page, e.g. "404 Not Found".
 pub fn error(status: StatusCode) -> Response<Body> {
     let text = format!(
@@ -60,5 +71,42 @@ pub fn error(status: StatusCode) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp.extensions_mut().insert(GeneratedError);
     resp
+}
+
+/// Replaces gatehouse's own error response with the site's page for that status, if the
+/// page is served by one of the site's `static` routes.
+pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) -> Response<Body> {
+    if response.extensions().get::<GeneratedError>().is_none() {
+        return response;
+    }
+    let status = response.status();
+    let Some(page) = site.error_page(status.as_u16()) else {
+        return response;
+    };
+    match site
+        .route(page)
+        .map(|r| (&r.config.action, r.config.path.as_str()))
+    {
+        Some((RouteAction::Static(cfg), prefix)) => {
+            match crate::static_files::error_page(cfg, prefix, page, status) {
+                Some(mut custom) => {
+                    // Keep what the status requires, e.g. Allow on 405.
+                    for name in [header::ALLOW, header::LOCATION, header::CONTENT_RANGE] {
+                        if let Some(v) = response.headers().get(&name) {
+                            custom.headers_mut().insert(name, v.clone());
+                        }
+                    }
+                    // A proxy's 502/504 keeps naming its upstream in the access log.
+                    if let Some(u) = response.extensions().get::<crate::log::UpstreamUsed>() {
+                        custom.extensions_mut().insert(u.clone());
+                    }
+                    custom
+                }
+                None => response,
+            }
+        }
+        _ => response,
+    }
 }

@@ -4,12 +4,15 @@
 //! accepts; `server::conn` runs hyper; `server::request` finds the route via `router` and
 //! calls `handlers`; `log` writes the access log. Only `systemd` speaks systemd's protocols.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod handlers;
 pub mod lifecycle;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod static_files;
 pub mod systemd;

@@ -4,6 +4,7 @@
 //! lookup for its host and a short scan of that site's routes (longest prefix first).
 
 use crate::config::{Config, HostPattern, RouteConfig};
+use crate::metrics::{Metrics, RouteCounters};
 use std::collections::HashMap;
 
 #[derive(Debug)]
@@ -13,22 +14,51 @@ pub struct Router {
     suffixes: Vec<(String, usize)>,
     any: Option<usize>,
     sites: Vec<Site>,
+    /// Requests no site claimed.
+    pub no_site: RouteCounters,
 }
 
 #[derive(Debug)]
-struct Site {
+pub struct Site {
     /// Longest path first, so the first match is the longest prefix.
-    routes: Vec<RouteConfig>,
+    routes: Vec<Route>,
+    error_pages: Vec<(u16, String)>,
+    /// Requests for this site that no route matched.
+    pub no_route: RouteCounters,
+}
+
+/// A route with its request counters, resolved once per configuration.
+#[derive(Debug)]
+pub struct Route {
+    pub config: RouteConfig,
+    pub counters: RouteCounters,
+}
+
+impl Site {
+    /// The custom page for `status`, if the site has one.
+    pub fn error_page(&self, status: u16) -> Option<&str> {
+        self.error_pages
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, p)| p.as_str())
+    }
+
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(&r.config.path, path))
+    }
 }
 
 impl Router {
     /// The router for connections arriving on listener `listener`.
-    pub fn for_listener(config: &Config, listener: &str) -> Router {
+    pub fn for_listener(config: &Config, listener: &str, metrics: &Metrics) -> Router {
         let mut router = Router {
             exact: HashMap::new(),
             suffixes: Vec::new(),
             any: None,
             sites: Vec::new(),
+            no_site: metrics.route_counters("-", "none"),
         };
         let applicable = config.sites.iter().filter(|s| {
             s.listeners
@@ -37,9 +67,21 @@ impl Router {
         });
         for site in applicable {
             let idx = router.sites.len();
-            let mut routes = site.routes.clone();
-            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-            router.sites.push(Site { routes });
+            let label = site_label(&site.hosts);
+            let mut routes: Vec<Route> = site
+                .routes
+                .iter()
+                .map(|r| Route {
+                    config: r.clone(),
+                    counters: metrics.route_counters(&label, r.action.kind()),
+                })
+                .collect();
+            routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));
+            router.sites.push(Site {
+                routes,
+                error_pages: site.error_pages.clone(),
+                no_route: metrics.route_counters(&label, "none"),
+            });
             for host in &site.hosts {
                 match host {
                     HostPattern::Any => {
@@ -74,19 +116,28 @@ impl Router {
         let Some(site) = site.and_then(|i| self.sites.get(i)) else {
             return Lookup::NoSite;
         };
-        match site.routes.iter().find(|r| prefix_matches(&r.path, path)) {
-            Some(route) => Lookup::Route(route),
-            None => Lookup::NoRoute,
+        match site.route(path) {
+            Some(route) => Lookup::Route(route, site),
+            None => Lookup::NoRoute(site),
         }
     }
 }
 
+/// The metrics label of a site: its first host as written ("*", "*.example.com").
+fn site_label(hosts: &[HostPattern]) -> String {
+    match hosts.first() {
+        Some(HostPattern::Any) | None => "*".into(),
+        Some(HostPattern::Suffix(s)) => format!("*{s}"),
+        Some(HostPattern::Exact(h)) => h.clone(),
+    }
+}
+
 pub enum Lookup<'a> {
-    Route(&'a RouteConfig),
+    Route(&'a Route, &'a Site),
     /// No site claims this host (and there is no `*` site).
     NoSite,
     /// The site exists but none of its routes match the path.
-    NoRoute,
+    NoRoute(&'a Site),
 }
 
 /// Segment-aware prefix: "/api" matches "/api" and "/api/x" but not "/apiary";
@@ -120,18 +171,25 @@ mod tests {
 
     fn router(text: &str, listener: &str) -> Router {
         let config = parse_str(text, ConfigSource::Quick).unwrap();
-        Router::for_listener(&config, listener)
+        Router::for_listener(&config, listener, &Metrics::new())
     }
 
     fn body_of(lookup: Lookup<'_>) -> String {
         match lookup {
-            Lookup::Route(RouteConfig {
-                action: RouteAction::Respond(r),
-                ..
-            }) => String::from_utf8_lossy(&r.body).into(),
-            Lookup::Route(other) => other.action.kind().into(),
+            Lookup::Route(
+                Route {
+                    config:
+                        RouteConfig {
+                            action: RouteAction::Respond(r),
+                            ..
+                        },
+                    ..
+                },
+                _,
+            ) => String::from_utf8_lossy(&r.body).into(),
+            Lookup::Route(..) => "other kind".into(),
             Lookup::NoSite => "no site".into(),
-            Lookup::NoRoute => "no route".into(),
+            Lookup::NoRoute(_) => "no route".into(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use super::error::{ConfigError, ConfigErrors};
 use super::model::*;
+use crate::static_files::StaticConfig;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use std::path::PathBuf;
@@ -16,10 +17,12 @@ pub fn builtin_config() -> Config {
         listeners: vec![ListenerConfig {
             name: "http".into(),
             bind: vec![BindAddr::Tcp(([127, 0, 0, 1], 8080).into())],
+            role: ListenerRole::Public,
         }],
         sites: vec![SiteConfig {
             hosts: vec![HostPattern::Any],
             listeners: None,
+            error_pages: Vec::new(),
             routes: vec![RouteConfig {
                 path: "/".into(),
                 action: RouteAction::Respond(RespondConfig {
@@ -49,19 +52,22 @@ impl QuickArgs {
 /// Builds the quick-mode config. Every socket systemd passes is claimed by its one listener.
 pub fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
+    let mut root_route = None;
     if let Some(root) = &args.root {
-        match std::fs::metadata(root) {
-            Ok(m) if m.is_dir() => {}
+        // Absolute, so the route keeps working whatever the working directory becomes.
+        match std::fs::canonicalize(root) {
+            Ok(abs) if abs.is_dir() => {
+                root_route = Some(RouteConfig {
+                    path: "/".into(),
+                    action: RouteAction::Static(StaticConfig::for_root(abs)),
+                })
+            }
             Ok(_) => errors.push(ConfigError::new(format!(
                 "--root {}: not a directory",
                 root.display()
             ))),
             Err(e) => errors.push(ConfigError::new(format!("--root {}: {e}", root.display()))),
         }
-        errors.push(
-            ConfigError::new("--root: static file serving is not available in this version yet")
-                .with_hint("use a config file with a `respond` route for now"),
-        );
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -70,6 +76,9 @@ pub fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
     config.source = ConfigSource::Quick;
     if !args.listen.is_empty() {
         config.listeners[0].bind = args.listen.clone();
+    }
+    if let Some(route) = root_route {
+        config.sites[0].routes = vec![route];
     }
     config.sites[0]
         .routes

@@ -104,6 +104,10 @@ impl<'a> ErrorSink<'a> {
         self.errors.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
     pub fn finish(self) -> Result<(), ConfigErrors> {
         if self.errors.is_empty() {
             Ok(())

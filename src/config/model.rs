@@ -41,6 +41,11 @@ impl Config {
         self.listeners.iter().find(|l| l.name == name)
     }
 
+    pub fn is_admin_listener(&self, name: &str) -> bool {
+        self.listener(name)
+            .is_some_and(|l| l.role == ListenerRole::Admin)
+    }
+
     /// In quick mode every socket systemd passes is a plain HTTP listener, whatever its name.
     pub fn claims_every_passed_socket(&self) -> bool {
         self.source == ConfigSource::Quick
@@ -56,6 +61,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub status_interval: Duration,
     pub max_header_size: usize,
+    /// Runtime threads; 0 = one per CPU this process may use. Read at start only.
+    pub workers: usize,
 }
 
 impl Default for ServerSettings {
@@ -67,6 +74,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             status_interval: Duration::from_secs(5),
             max_header_size: 16 * 1024,
+            workers: 0,
         }
     }
 }
@@ -75,6 +83,16 @@ impl Default for ServerSettings {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: Vec<BindAddr>,
+    pub role: ListenerRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenerRole {
+    /// Serves the sites.
+    #[default]
+    Public,
+    /// Serves only the admin endpoints; never a site.
+    Admin,
 }
 
 /// Where a listener binds when systemd passed no socket for it.
@@ -114,6 +132,8 @@ pub struct SiteConfig {
     /// Listener names this site answers on; `None` = all.
     pub listeners: Option<Vec<String>>,
     pub routes: Vec<RouteConfig>,
+    /// Status → URL path of the page shown instead of gatehouse's own error text.
+    pub error_pages: Vec<(u16, String)>,
 }
 
 /// A `hosts` entry: `*`, `*.example.com` or an exact name; stored lower-case.
@@ -170,6 +190,7 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Respond(RespondConfig),
+    Static(crate::static_files::StaticConfig),
     /// Shared with every router built from this config: it holds the upstream pool.
     Proxy(std::sync::Arc<crate::proxy::ProxyRoute>),
 }
@@ -179,6 +200,7 @@ impl RouteAction {
     pub fn kind(&self) -> &'static str {
         match self {
             RouteAction::Respond(_) => "respond",
+            RouteAction::Static(_) => "static",
             RouteAction::Proxy(_) => "proxy",
         }
     }

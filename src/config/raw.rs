@@ -25,6 +25,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<Spanned<HumanDuration>>,
     pub status_interval: Option<Spanned<HumanDuration>>,
     pub max_header_size: Option<Spanned<i64>>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +34,8 @@ pub struct RawListener {
     pub name: Spanned<String>,
     #[serde(default)]
     pub bind: Vec<Spanned<String>>,
+    /// "public" (default): serves the sites; "admin": /metrics, /status, /healthz only.
+    pub role: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +46,9 @@ pub struct RawSite {
     pub listeners: Option<Vec<Spanned<String>>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// `{ 404 = "/404.html" }`: status → a path served by one of this site's static routes.
+    #[serde(default)]
+    pub error_pages: std::collections::BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +56,8 @@ pub struct RawSite {
 pub struct RawRoute {
     pub path: Spanned<String>,
     pub respond: Option<Spanned<RawRespond>>,
+    #[serde(rename = "static")]
+    pub static_files: Option<Spanned<crate::static_files::RawStatic>>,
     pub proxy: Option<Spanned<crate::proxy::RawProxy>>,
 }
 

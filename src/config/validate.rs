@@ -37,9 +37,22 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                 Err(msg) => sink.push(Some(b.span()), msg, None),
             }
         }
+        let role = match l.role.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+            None | Some(("public", _)) => ListenerRole::Public,
+            Some(("admin", _)) => ListenerRole::Admin,
+            Some((other, span)) => {
+                sink.push(
+                    Some(span),
+                    format!("unknown listener role {other:?}"),
+                    Some("use \"public\" (the default) or \"admin\""),
+                );
+                ListenerRole::Public
+            }
+        };
         listeners.push(ListenerConfig {
             name: name.clone(),
             bind,
+            role,
         });
     }
     if raw.listeners.is_empty() {
@@ -75,7 +88,25 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
         let site_listeners = site.listeners.as_ref().map(|ls| {
             ls.iter()
                 .filter_map(|l| {
-                    if names.contains(l.get_ref()) {
+                    let admin = raw.listeners.iter().any(|rl| {
+                        rl.get_ref().name.get_ref() == l.get_ref()
+                            && rl
+                                .get_ref()
+                                .role
+                                .as_ref()
+                                .is_some_and(|r| r.get_ref() == "admin")
+                    });
+                    if admin {
+                        sink.push(
+                            Some(l.span()),
+                            format!(
+                                "listener {:?} has role \"admin\" and serves no site",
+                                l.get_ref()
+                            ),
+                            None,
+                        );
+                        None
+                    } else if names.contains(l.get_ref()) {
                         Some(l.get_ref().clone())
                     } else {
                         sink.push(
@@ -96,10 +127,39 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                 Some("add [[site.route]] with path = \"/\" and an action such as respond = { status = 200, body = \"hello\\n\" }"),
             );
         }
+        let mut error_pages = Vec::new();
+        for (status, page) in &site.error_pages {
+            match status.get_ref().parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => {}
+                _ => {
+                    sink.push(
+                        Some(status.span()),
+                        format!(
+                            "error_pages key {:?} is not a status between 400 and 599",
+                            status.get_ref()
+                        ),
+                        None,
+                    );
+                    continue;
+                }
+            }
+            if !page.get_ref().starts_with('/') {
+                sink.push(
+                    Some(page.span()),
+                    "an error page is a URL path such as \"/404.html\", served by a `static` route of this site",
+                    None,
+                );
+                continue;
+            }
+            if let Ok(code) = status.get_ref().parse::<u16>() {
+                error_pages.push((code, page.get_ref().clone()));
+            }
+        }
         sites.push(SiteConfig {
             hosts,
             listeners: site_listeners,
             routes,
+            error_pages,
         });
     }
 
@@ -178,6 +238,16 @@ fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {
             ),
         }
     }
+    if let Some(n) = &raw.workers {
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if v <= 1024 => s.workers = v,
+            _ => sink.push(
+                Some(n.span()),
+                "`workers` must be between 0 (one per CPU) and 1024",
+                None,
+            ),
+        }
+    }
     if let Some(n) = &raw.max_header_size {
         match usize::try_from(*n.get_ref()) {
             Ok(v) if (8192..=1 << 20).contains(&v) => s.max_header_size = v,
@@ -214,27 +284,31 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
                 None,
             );
         }
-        let actions = usize::from(r.respond.is_some()) + usize::from(r.proxy.is_some());
-        let action = match (&r.respond, &r.proxy) {
-            _ if actions > 1 => {
-                sink.push(
-                    Some(span),
-                    "this route has more than one action",
-                    Some("a route does one thing: give it either `respond` or `proxy`"),
-                );
-                None
-            }
-            (Some(resp), _) => respond(resp, sink).map(RouteAction::Respond),
-            (_, Some(p)) => crate::proxy::config::validate(p, sink)
-                .map(|c| RouteAction::Proxy(crate::proxy::ProxyRoute::new(c))),
-            (None, None) => {
-                sink.push(
-                    Some(span),
-                    "this route has no action",
-                    Some("give it `respond = { status = 200, body = \"...\" }` or `proxy = { upstreams = [\"http://127.0.0.1:8001\"] }`"),
-                );
-                None
-            }
+        let kinds = usize::from(r.respond.is_some())
+            + usize::from(r.static_files.is_some())
+            + usize::from(r.proxy.is_some());
+        let action = if kinds != 1 {
+            sink.push(
+                Some(span),
+                if kinds == 0 {
+                    "this route has no action"
+                } else {
+                    "this route has more than one action"
+                },
+                Some(
+                    "give it exactly one of `respond = {...}`, `static = {...}` or `proxy = {...}`",
+                ),
+            );
+            None
+        } else if let Some(resp) = &r.respond {
+            respond(resp, sink).map(RouteAction::Respond)
+        } else if let Some(st) = &r.static_files {
+            crate::static_files::StaticConfig::from_raw(st.get_ref(), sink).map(RouteAction::Static)
+        } else if let Some(p) = &r.proxy {
+            crate::proxy::config::validate(p, sink)
+                .map(|c| RouteAction::Proxy(crate::proxy::ProxyRoute::new(c)))
+        } else {
+            None
         };
         if let Some(action) = action {
             out.push(RouteConfig {

@@ -9,10 +9,9 @@ pub mod status;
 use crate::config::{Config, ConfigOrigin};
 use crate::log::{self, LogTarget};
 use crate::server::listener::{self, ListenerSet, OpenListener};
-use crate::server::{Shared, Snapshot};
+use crate::server::Shared;
 use crate::systemd::{self, notify, PassedSocket};
 use liveness::Liveness;
-use status::LastReload;
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,10 +52,7 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -73,6 +69,25 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             tracing::error!("{msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One worker → a current-thread runtime: no work-stealing machinery or cross-thread
+/// wake-ups, the cheapest way to use one CPU. Otherwise a work-stealing pool.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }
 
@@ -104,22 +119,21 @@ async fn serve(
 
     let opened = open_listeners(&config, passed)?;
     let liveness = Liveness::new(Liveness::period_for(watchdog));
-    let shared = Shared::new(Snapshot::new(config), liveness);
+    let shared = Shared::new(config, liveness);
     let mut listeners = ListenerSet::default();
     for open in opened {
         listeners.start(&shared, open);
     }
-    let last_reload: LastReload = Default::default();
     let reload_file = reload_status::StatusFile::from_env();
     reload_file.started();
 
-    notify::ready(&status::line(&shared, &last_reload));
+    notify::ready(&status::line(&status::collect(&shared)));
     tracing::info!(
         config = %shared.snapshot.load().config.source,
         "gatehouse {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    let status_task = tokio::spawn(refresh_status(shared.clone(), last_reload.clone()));
+    let status_task = tokio::spawn(refresh_status(shared.clone()));
     let watchdog_task = watchdog.map(|interval| {
         let liveness = shared.liveness.clone();
         tokio::spawn(systemd::watchdog::run(interval, move || {
@@ -132,7 +146,7 @@ async fn serve(
         let idle_after = shared.snapshot.load().config.server.idle_exit_after;
         tokio::select! {
             _ = signals.hup.recv() => {
-                let error = reload::reload(&origin, &shared, &mut listeners, &last_reload).await;
+                let error = reload::reload(&origin, &shared, &mut listeners).await;
                 reload_file.reloaded(error.as_deref());
             }
             _ = signals.term.recv() => break "SIGTERM".to_owned(),
@@ -196,11 +210,11 @@ fn open_listeners(
     Ok(opened)
 }
 
-async fn refresh_status(shared: Arc<Shared>, last_reload: LastReload) {
+async fn refresh_status(shared: Arc<Shared>) {
     loop {
         let every = shared.snapshot.load().config.server.status_interval;
         tokio::time::sleep(every).await;
-        notify::status(&status::line(&shared, &last_reload));
+        notify::status(&status::line(&status::collect(&shared)));
     }
 }
 
@@ -225,15 +239,20 @@ async fn idle_elapsed(shared: &Shared, idle_after: Option<Duration>) -> Duration
 /// STOPPING=1, stop accepting, let in-flight requests finish within `shutdown_timeout`.
 async fn drain(shared: &Shared, listeners: &mut ListenerSet, signals: &mut Signals, reason: &str) {
     let timeout = shared.snapshot.load().config.server.shutdown_timeout;
+    // First, so /healthz already answers 503 when systemd learns we are stopping.
+    shared.conns.start_drain();
     notify::stopping(&format!(
         "stopping ({reason}): draining {} connections",
         shared.conns.open()
     ));
     tracing::info!(reason, open = shared.conns.open(), "stopping");
     // Closing our copies of systemd's sockets leaves them listening in systemd: clients
-    // that connect now wait in the backlog for the next instance.
-    listeners.stop_all().await;
-    shared.conns.start_drain();
+    // that connect now wait in the backlog for the next instance. Admin listeners stay
+    // until the end, so the drain can be watched.
+    let snapshot = shared.snapshot.load_full();
+    listeners
+        .stop_where(|name, _| !snapshot.config.is_admin_listener(name))
+        .await;
 
     let deadline = Instant::now() + timeout;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -258,5 +277,6 @@ async fn drain(shared: &Shared, listeners: &mut ListenerSet, signals: &mut Signa
             _ = signals.int.recv() => { tracing::warn!("second SIGINT: exiting now"); break; }
         }
     }
+    listeners.stop_all().await;
     tracing::info!("stopped");
 }

@@ -1,10 +1,10 @@
 //! SIGHUP: re-read the configuration and swap it in without dropping a connection.
 //! A configuration that fails validation or whose new sockets cannot be bound changes nothing.
 
-use super::status::{self, LastReload, ReloadOutcome};
+use super::status::{self, ReloadOutcome};
 use crate::config::{BindAddr, Config, ConfigOrigin};
 use crate::server::listener::{self, ListenerSet, OpenListener, Origin};
-use crate::server::{Shared, Snapshot};
+use crate::server::Shared;
 use crate::systemd::notify;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,7 +14,6 @@ pub async fn reload(
     origin: &ConfigOrigin,
     shared: &Arc<Shared>,
     listeners: &mut ListenerSet,
-    last_reload: &LastReload,
 ) -> Option<String> {
     notify::reloading();
     tracing::info!("reloading configuration");
@@ -26,12 +25,13 @@ pub async fn reload(
         ),
         Err(e) => tracing::error!("reload refused, still serving the previous configuration:\n{e}"),
     }
-    *last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadOutcome {
+    shared.metrics.reload(result.is_ok());
+    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadOutcome {
         at: SystemTime::now(),
         error: result.clone().err(),
     });
     // READY=1 ends the reload for systemd either way; STATUS tells whether it took.
-    notify::ready(&status::line(shared, last_reload));
+    notify::ready(&status::line(&status::collect(shared)));
     result.err()
 }
 
@@ -61,7 +61,7 @@ async fn try_reload(
     }
 
     let max_connections = config.server.max_connections;
-    shared.snapshot.store(Arc::new(Snapshot::new(config)));
+    shared.snapshot.store(Arc::new(shared.snapshot_for(config)));
     shared.conns.set_limit(max_connections);
     for l in opened {
         listeners.start(shared, l);

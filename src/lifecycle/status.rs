@@ -1,8 +1,9 @@
-//! The one-line STATUS= that `systemctl status gatehouse` shows.
+//! One view of the server's state, shown three ways from the same counters: the STATUS=
+//! line (`systemctl status`), /status (JSON) and `gatehouse status`.
 
 use crate::server::Shared;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 #[derive(Debug, Clone)]
@@ -11,40 +12,134 @@ pub struct ReloadOutcome {
     pub error: Option<String>,
 }
 
-pub type LastReload = Arc<Mutex<Option<ReloadOutcome>>>;
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: String,
+    pub uptime_seconds: u64,
+    pub draining: bool,
+    pub config: String,
+    pub open_connections: usize,
+    pub connections_accepted: u64,
+    pub requests_total: u64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload: Option<LastReload>,
+    /// Proxy upstreams up / configured; absent without proxy routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Upstreams>,
+}
 
-pub fn line(shared: &Shared, last_reload: &LastReload) -> String {
-    let open = shared.conns.open();
-    let requests = shared.requests.load(Ordering::Relaxed);
-    let mut s = format!(
-        "{open} connection{} open, {requests} request{} served",
-        plural(open as u64),
-        plural(requests)
-    );
-    if let Some((up, total)) = crate::proxy::upstreams_up(&shared.snapshot.load().config) {
-        s.push_str(&format!("; upstreams {up}/{total} up"));
-    }
-    let last = last_reload
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Upstreams {
+    pub up: usize,
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastReload {
+    pub at: String,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+pub fn collect(shared: &Shared) -> Report {
+    let m = &shared.metrics;
+    let last = shared
+        .last_reload
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    match last {
+    Report {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        started_at: humantime::format_rfc3339_seconds(m.start_time).to_string(),
+        uptime_seconds: m.start_time.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        draining: shared.conns.is_draining(),
+        config: shared.snapshot.load().config.source.to_string(),
+        open_connections: shared.conns.open(),
+        connections_accepted: shared.conns.accepted(),
+        requests_total: shared.requests.load(Ordering::Relaxed),
+        received_bytes: m.bytes_in.get(),
+        sent_bytes: m.bytes_out.get(),
+        reloads_ok: m.reloads(true),
+        reloads_failed: m.reloads(false),
+        upstreams: crate::proxy::upstreams_up(&shared.snapshot.load().config)
+            .map(|(up, total)| Upstreams { up, total }),
+        last_reload: last.map(|r| LastReload {
+            at: humantime::format_rfc3339_seconds(r.at).to_string(),
+            ok: r.error.is_none(),
+            error: r.error,
+        }),
+    }
+}
+
+/// The STATUS= line: short, since systemctl shows one line.
+pub fn line(r: &Report) -> String {
+    let mut s = format!(
+        "{} connection{} open, {} request{} served",
+        r.open_connections,
+        plural(r.open_connections as u64),
+        r.requests_total,
+        plural(r.requests_total)
+    );
+    if let Some(u) = r.upstreams {
+        s.push_str(&format!("; upstreams {}/{} up", u.up, u.total));
+    }
+    match &r.last_reload {
         None => {}
-        Some(ReloadOutcome { at, error: None }) => {
-            s.push_str(&format!(
-                "; reload ok at {}",
-                humantime::format_rfc3339_seconds(at)
-            ));
-        }
-        Some(ReloadOutcome { at, error: Some(e) }) => {
-            let first_line = e.lines().next().unwrap_or("");
+        Some(LastReload { at, ok: true, .. }) => s.push_str(&format!("; reload ok at {at}")),
+        Some(LastReload { at, error, .. }) => {
+            let first_line = error.as_deref().unwrap_or("").lines().next().unwrap_or("");
             let short: String = first_line.chars().take(160).collect();
             s.push_str(&format!(
-                "; reload FAILED at {}, serving previous config: {short}",
-                humantime::format_rfc3339_seconds(at)
+                "; reload FAILED at {at}, serving previous config: {short}"
             ));
         }
     }
+    s
+}
+
+/// `gatehouse status`: a few human lines.
+pub fn human(r: &Report) -> String {
+    let mut s = format!(
+        "gatehouse {} (pid {}), up {}, started {}{}\n",
+        r.version,
+        r.pid,
+        humantime::format_duration(std::time::Duration::from_secs(r.uptime_seconds)),
+        r.started_at,
+        if r.draining { ", DRAINING" } else { "" }
+    );
+    s.push_str(&format!("config: {}\n", r.config));
+    s.push_str(&format!(
+        "connections: {} open, {} accepted\nrequests: {}\ntraffic: {} bytes in, {} bytes out\n",
+        r.open_connections,
+        r.connections_accepted,
+        r.requests_total,
+        r.received_bytes,
+        r.sent_bytes
+    ));
+    if let Some(u) = r.upstreams {
+        s.push_str(&format!("upstreams: {} of {} up\n", u.up, u.total));
+    }
+    s.push_str(&format!(
+        "reloads: {} ok, {} failed",
+        r.reloads_ok, r.reloads_failed
+    ));
+    if let Some(last) = &r.last_reload {
+        s.push_str(&format!(
+            "; last at {}: {}",
+            last.at,
+            if last.ok { "ok" } else { "FAILED" }
+        ));
+        if let Some(e) = &last.error {
+            s.push_str(&format!("\n  {}", e.lines().next().unwrap_or("")));
+        }
+    }
+    s.push('\n');
     s
 }
 

@@ -8,10 +8,12 @@ use super::Shared;
 use crate::log::Remote;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long a draining server waits for the first request of a connection it has just
 /// accepted: the client connected to send one, and closing now would fail it.
@@ -38,12 +40,18 @@ where
     let snapshot = shared.snapshot.load_full();
     let mut drain = shared.conns.drain_signal();
     let started = Arc::new(AtomicBool::new(false));
+    let admin = snapshot.config.is_admin_listener(&listener);
     let ctx = Arc::new(request::ConnContext {
         shared: shared.clone(),
         listener,
         remote,
         started: started.clone(),
+        admin,
     });
+    let io = CountingIo {
+        inner: io,
+        shared: shared.clone(),
+    };
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { request::handle(req, &ctx).await }
@@ -77,6 +85,66 @@ where
     }
     conn.as_mut().graceful_shutdown();
     log_connection_end(conn.await);
+}
+
+/// Counts the bytes of a client connection for the metrics.
+struct CountingIo<I> {
+    inner: I,
+    shared: Arc<Shared>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for CountingIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.shared.metrics.bytes_in.inc_by(n as u64);
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.shared.metrics.bytes_out.inc_by(*n as u64);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.shared.metrics.bytes_out.inc_by(*n as u64);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {

@@ -66,8 +66,23 @@ impl Connections {
         self.touch();
         ConnGuard {
             conns: self.clone(),
+            counted: true,
             _permit: permit,
         }
+    }
+
+    /// An admin connection: limited like any other, but invisible to the open count, idle
+    /// exit and drain, so a metrics scraper neither keeps the server up nor holds a stop.
+    pub fn opened_admin(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnGuard {
+        ConnGuard {
+            conns: self.clone(),
+            counted: false,
+            _permit: permit,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow()
     }
 
     pub fn open(&self) -> usize {
@@ -116,11 +131,15 @@ impl Connections {
 /// Held by a connection task for as long as the connection is open.
 pub struct ConnGuard {
     conns: Arc<Connections>,
+    counted: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         self.conns.touch();
         if self.conns.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.conns.all_closed.notify_waiters();

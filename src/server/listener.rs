@@ -232,7 +232,12 @@ async fn accept_loop(
         match accepted {
             Ok((stream, remote)) => {
                 if let Some(p) = permit.take() {
-                    let guard = shared.conns.opened(p);
+                    shared.metrics.connections_accepted.inc();
+                    let guard = if shared.snapshot.load().config.is_admin_listener(&name) {
+                        shared.conns.opened_admin(p)
+                    } else {
+                        shared.conns.opened(p)
+                    };
                     tokio::spawn(conn::serve(
                         shared.clone(),
                         stream,

@@ -11,6 +11,8 @@ pub mod request;
 
 use crate::config::Config;
 use crate::lifecycle::liveness::Liveness;
+use crate::lifecycle::status::ReloadOutcome;
+use crate::metrics::Metrics;
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use connections::Connections;
@@ -18,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Everything one configuration generation needs to serve requests. Swapped atomically on
@@ -34,11 +36,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(config: Config) -> Snapshot {
+    pub fn new(config: Config, metrics: &Metrics) -> Snapshot {
         let routers = config
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), Router::for_listener(&config, &l.name)))
+            .filter(|l| !config.is_admin_listener(&l.name))
+            .map(|l| {
+                let router = Router::for_listener(&config, &l.name, metrics);
+                (l.name.clone(), router)
+            })
             .collect();
         let http = http_builder(&config);
         let _proxy_tasks = crate::proxy::start(&config);
@@ -87,16 +93,27 @@ pub struct Shared {
     pub conns: Arc<Connections>,
     pub requests: AtomicU64,
     pub liveness: Liveness,
+    pub metrics: Metrics,
+    pub last_reload: Mutex<Option<ReloadOutcome>>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, liveness: Liveness) -> Arc<Shared> {
+    pub fn new(config: Config, liveness: Liveness) -> Arc<Shared> {
+        let metrics = Metrics::new();
+        let snapshot = Snapshot::new(config, &metrics);
         let max = snapshot.config.server.max_connections;
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             conns: Arc::new(Connections::new(max)),
             requests: AtomicU64::new(0),
             liveness,
+            metrics,
+            last_reload: Mutex::new(None),
         })
+    }
+
+    /// A new configuration generation, with counters from this server's registry.
+    pub fn snapshot_for(&self, config: Config) -> Snapshot {
+        Snapshot::new(config, &self.metrics)
     }
 }

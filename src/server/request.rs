@@ -17,6 +17,8 @@ pub struct ConnContext {
     pub remote: Remote,
     /// Set once the connection has started a request (see the drain grace in `conn`).
     pub started: Arc<AtomicBool>,
+    /// Arrived on a `role = "admin"` listener: admin endpoints only.
+    pub admin: bool,
 }
 
 pub async fn handle(
@@ -26,30 +28,50 @@ pub async fn handle(
     let start = Instant::now();
     ctx.started.store(true, Ordering::Release);
     let snapshot = ctx.shared.snapshot.load_full();
+    if ctx.admin {
+        return Ok(crate::admin::handle(req, &ctx.shared).await);
+    }
 
     let host = request_host(&req);
     // The handler consumes the request; keep what the access log needs (cheap clones).
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let response = match &host {
-        Err(status) => handlers::error(*status),
-        Ok(host) => match snapshot.router(&ctx.listener) {
-            None => handlers::error(StatusCode::NOT_FOUND),
-            Some(router) => match router.route(host, uri.path()) {
-                Lookup::Route(route) => {
-                    let cx = RequestContext {
-                        remote: ctx.remote,
-                        listener: &ctx.listener,
-                        host,
-                    };
-                    handlers::dispatch(route, req, &cx).await
-                }
-                Lookup::NoSite | Lookup::NoRoute => handlers::error(StatusCode::NOT_FOUND),
-            },
+    let router = snapshot.router(&ctx.listener);
+    let (response, counters) = match (&host, router) {
+        (_, None) => (handlers::error(StatusCode::NOT_FOUND), None),
+        (Err(status), Some(router)) => (handlers::error(*status), Some(&router.no_site)),
+        (Ok(host), Some(router)) => match router.route(host, uri.path()) {
+            Lookup::Route(route, site) => {
+                let cx = RequestContext {
+                    remote: ctx.remote,
+                    listener: &ctx.listener,
+                    host,
+                };
+                let response = handlers::dispatch(&route.config, req, &cx).await;
+                (
+                    handlers::apply_error_page(site, response),
+                    Some(&route.counters),
+                )
+            }
+            Lookup::NoRoute(site) => (
+                handlers::apply_error_page(site, handlers::error(StatusCode::NOT_FOUND)),
+                Some(&site.no_route),
+            ),
+            Lookup::NoSite => (
+                handlers::error(StatusCode::NOT_FOUND),
+                Some(&router.no_site),
+            ),
         },
     };
 
     ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(c) = counters {
+        c.count(response.status().as_u16());
+    }
+    ctx.shared
+        .metrics
+        .duration
+        .observe(start.elapsed().as_secs_f64());
     log::access(
         &method,
         uri.path(),

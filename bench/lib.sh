@@ -1,0 +1,59 @@
+# Shared by the bench scripts: tools, server start/stop, wrk runs, RSS, medians, the table.
+# Every load run is bounded by wrk's -d; every wait loop by a deadline.
+
+BENCH_DURATION=${BENCH_DURATION:-5s}
+BENCH_REPS=${BENCH_REPS:-3}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+
+need_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]}" >&2
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+    fi
+    # The distro's nginx service must not hold ports or CPU during the run.
+    systemctl stop nginx 2>/dev/null || true
+}
+
+wait_port() { # port
+    local deadline=$((SECONDS + 10))
+    until (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; do
+        [ $SECONDS -lt $deadline ] || { echo "nothing listens on $1" >&2; return 1; }
+        sleep 0.05
+    done
+}
+
+# Sum of VmHWM (peak RSS, KiB) over a process and its children (nginx master + worker).
+peak_rss_kib() { # pid
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        local v
+        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# wrk on the client core; prints "req_per_sec p50_ms p99_ms errors".
+run_wrk() { # url connections [extra wrk args...]
+    local url=$1 conns=$2; shift 2
+    local out
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$conns" -d"$BENCH_DURATION" --latency "$@" "$url" 2>&1)
+    echo "$out" >>"$BENCH_LOG"
+    awk '
+        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+        /Requests\/sec/ {rps=$2}
+        /^ +50%/ {p50=ms($2)}
+        /^ +99%/ {p99=ms($2)}
+        /Socket errors/ {gsub(",",""); err+=$4+$6+$8+$10}
+        /Non-2xx or 3xx/ {non2xx=$NF}
+        END {printf "%s %s %s %d %d\n", rps, p50, p99, err, non2xx}
+    ' <<<"$out"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -1,0 +1,119 @@
+//! The admin endpoints, served only on `role = "admin"` listeners: /metrics (Prometheus
+//! text), /status (JSON), /healthz. No site or route can reach them.
+
+use crate::handlers::{self, Body};
+use crate::lifecycle::status;
+use crate::server::Shared;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/status" | "/healthz") {
+        return handlers::error(StatusCode::NOT_FOUND);
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = handlers::error(StatusCode::METHOD_NOT_ALLOWED);
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match path {
+        "/metrics" => {
+            // Gauges read from live state at scrape time, not maintained per request.
+            let open = i64::try_from(shared.conns.open()).unwrap_or(i64::MAX);
+            shared.metrics.open_connections.set(open);
+            text(
+                StatusCode::OK,
+                shared.metrics.encode(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
+        "/status" => {
+            let report = status::collect(shared);
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => text(StatusCode::OK, json + "\n", "application/json"),
+                Err(_) => handlers::error(StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+        _ => {
+            if shared.conns.is_draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining\n".into(),
+                    "text/plain",
+                )
+            } else {
+                text(StatusCode::OK, "ok\n".into(), "text/plain")
+            }
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(handlers::full(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Where `gatehouse status` looks by default (the packaged admin socket).
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gatehouse/admin.sock";
+
+/// `gatehouse status`: GET /status from the admin listener at `addr` ("/path",
+/// "unix:/path" or "IP:PORT") and return the human summary.
+pub fn query_status(addr: &str) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(5), get(addr, "/status"))
+            .await
+            .map_err(|_| format!("{addr}: no answer within 5s"))?
+    })?;
+    let report: status::Report = serde_json::from_slice(&body)
+        .map_err(|e| format!("{addr}: unexpected /status reply: {e}"))?;
+    Ok(status::human(&report))
+}
+
+async fn get(addr: &str, path: &str) -> Result<bytes::Bytes, String> {
+    use http_body_util::BodyExt;
+    let unix_path = addr.strip_prefix("unix:").unwrap_or(addr);
+    let req = Request::get(path)
+        .header(header::HOST, "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let fail = |e: &dyn std::fmt::Display| format!("{addr}: {e}");
+    let response = if unix_path.starts_with('/') {
+        let stream = tokio::net::UnixStream::connect(unix_path)
+            .await
+            .map_err(|e| fail(&e))?;
+        send(stream, req).await
+    } else {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail(&e))?;
+        send(stream, req).await
+    }
+    .map_err(|e| fail(&e))?;
+    if !response.status().is_success() {
+        return Err(format!("{addr}: {path} answered {}", response.status()));
+    }
+    let body = response.into_body().collect().await.map_err(|e| fail(&e))?;
+    Ok(body.to_bytes())
+}
+
+async fn send<S>(
+    stream: S,
+    req: Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Result<Response<Incoming>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    sender.send_request(req).await
+}

@@ -1,0 +1,230 @@
+//! Counters for /metrics, /status and STATUS=. Handles that the request path touches are
+//! resolved once per configuration (see `RouteCounters`), so counting a request is a few
+//! atomic increments, not a label lookup.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The site's first host pattern ("*", "example.com"); "-" when no site matched.
+    pub site: String,
+    /// Route kind ("respond", "static", "proxy"); "none" when no route matched.
+    pub kind: String,
+    /// "1xx" … "5xx".
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    pub duration: Histogram,
+    pub open_connections: Gauge,
+    pub connections_accepted: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    reloads: Family<ResultLabels, Counter>,
+    pub last_reload_success: Gauge,
+    pub last_reload_timestamp: Gauge,
+    pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_errors: Family<UpstreamLabels, Counter>,
+    pub start_time: SystemTime,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by site, route kind and status class",
+            requests.clone(),
+        );
+        // 50 µs … ~52 s.
+        let duration = Histogram::new(exponential_buckets(0.00005, 4.0, 11));
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response head",
+            duration.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            connections_accepted.clone(),
+        );
+        let bytes_in = Counter::default();
+        registry.register(
+            "received_bytes",
+            "Bytes read from clients",
+            bytes_in.clone(),
+        );
+        let bytes_out = Counter::default();
+        registry.register("sent_bytes", "Bytes written to clients", bytes_out.clone());
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        let last_reload_success = Gauge::default();
+        last_reload_success.set(1);
+        registry.register(
+            "last_reload_success",
+            "1 if the last reload (or the start) applied its configuration",
+            last_reload_success.clone(),
+        );
+        let last_reload_timestamp = Gauge::default();
+        registry.register(
+            "last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt (or the start)",
+            last_reload_timestamp.clone(),
+        );
+        let upstream_up = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_up",
+            "1 if the upstream is considered healthy",
+            upstream_up.clone(),
+        );
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Requests forwarded per upstream",
+            upstream_requests.clone(),
+        );
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed connects, timeouts and broken responses per upstream",
+            upstream_errors.clone(),
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "Version of the running binary", build);
+        let start_time = SystemTime::now();
+        let start = Gauge::<i64, AtomicI64Compat>::default();
+        start.set(unix_seconds(start_time));
+        registry.register(
+            "process_start_time_seconds",
+            "Unix time the process started",
+            start,
+        );
+        last_reload_timestamp.set(unix_seconds(start_time));
+        Metrics {
+            registry,
+            requests,
+            duration,
+            open_connections,
+            connections_accepted,
+            bytes_in,
+            bytes_out,
+            reloads,
+            last_reload_success,
+            last_reload_timestamp,
+            upstream_up,
+            upstream_requests,
+            upstream_errors,
+            start_time,
+        }
+    }
+
+    /// The five status-class counters of one (site, kind).
+    pub fn route_counters(&self, site: &str, kind: &str) -> RouteCounters {
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    site: site.to_owned(),
+                    kind: kind.to_owned(),
+                    class: class.to_owned(),
+                })
+                .clone()
+        });
+        RouteCounters(classes)
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.last_reload_success.set(i64::from(ok));
+        self.last_reload_timestamp
+            .set(unix_seconds(SystemTime::now()));
+    }
+
+    pub fn reloads(&self, ok: bool) -> u64 {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .get()
+    }
+
+    /// Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+type AtomicI64Compat = std::sync::atomic::AtomicI64;
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Request counters of one route (or of "no route"), indexed by status class.
+#[derive(Clone, Debug)]
+pub struct RouteCounters([Counter<u64, AtomicU64>; 5]);
+
+impl RouteCounters {
+    pub fn count(&self, status: u16) {
+        let idx = usize::from((status / 100).clamp(1, 5) - 1);
+        self.0[idx].inc();
+    }
+}

@@ -1,0 +1,419 @@
+//! The `static` route kind: a document root served like nginx, with the path checks done by
+//! the kernel (see `path`). Order of work for one request: method → path decoding → open
+//! beneath the root → directory handling / SPA fallback → representation (precompressed
+//! sibling or on-the-fly compression) → preconditions → range → headers → body.
+
+pub mod config;
+
+mod body;
+mod cache;
+mod conditional;
+mod listing;
+mod mime;
+mod negotiate;
+pub mod path;
+mod range;
+
+pub use config::{RawStatic, StaticConfig};
+
+use crate::handlers::{self, Body};
+use body::{FileBody, ReaderBody};
+use bytes::Bytes;
+use conditional::{Precondition, Validators};
+use config::Encoding;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use path::{OpenError, Opened, Reject};
+use range::RangeRequest;
+use std::fs::{File, Metadata};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Files up to this size are read in one go; larger ones stream in bounded chunks.
+const READ_WHOLE_MAX: u64 = 128 * 1024;
+
+pub async fn serve(cfg: &StaticConfig, route_path: &str, req: Request<Incoming>) -> Response<Body> {
+    let (parts, _) = req.into_parts();
+    handle(cfg, route_path, &parts.method, &parts.uri, &parts.headers)
+}
+
+fn handle(
+    cfg: &StaticConfig,
+    route_path: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = handlers::error(StatusCode::METHOD_NOT_ALLOWED);
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let url_path = uri.path();
+    let below = url_path
+        .strip_prefix(route_path)
+        .unwrap_or("")
+        .trim_start_matches('/');
+    let rel = match path::decode(below, cfg.serve_hidden) {
+        Ok(rel) => rel,
+        Err(Reject::BadRequest) => return handlers::error(StatusCode::BAD_REQUEST),
+        Err(Reject::NotFound) => return handlers::error(StatusCode::NOT_FOUND),
+    };
+    match open_source(cfg, &rel.path) {
+        Ok(Found::File(source, meta)) => serve_file(cfg, method, headers, &rel.path, source, meta),
+        Ok(Found::Dir(dir)) => {
+            if !url_path.ends_with('/') {
+                return redirect_to_slash(uri);
+            }
+            for index in &cfg.index {
+                let candidate = rel.path.join(index);
+                if let Ok(Found::File(source, meta)) = open_source(cfg, &candidate) {
+                    return serve_file(cfg, method, headers, &candidate, source, meta);
+                }
+            }
+            if cfg.list_directories {
+                let proc = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+                match listing::render(&proc, url_path, cfg.serve_hidden) {
+                    Ok(html) => return html_response(html),
+                    Err(e) => tracing::warn!(error = %e, "cannot list directory"),
+                }
+            }
+            handlers::error(StatusCode::FORBIDDEN)
+        }
+        Err(OpenError::NotFound) => match &cfg.spa_fallback {
+            Some(fallback) if !rel.has_extension => {
+                let fallback = Path::new(fallback);
+                match open_source(cfg, fallback) {
+                    Ok(Found::File(source, meta)) => {
+                        serve_file(cfg, method, headers, fallback, source, meta)
+                    }
+                    _ => handlers::error(StatusCode::NOT_FOUND),
+                }
+            }
+            _ => handlers::error(StatusCode::NOT_FOUND),
+        },
+        Err(OpenError::Forbidden) => handlers::error(StatusCode::FORBIDDEN),
+        Err(OpenError::Io(e)) => {
+            tracing::warn!(error = %e, path = %rel.path.display(), "static file error");
+            handlers::error(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+/// Where a file's bytes come from.
+enum Source {
+    File(File),
+    /// From the route's cache of small files, already checked against the file's metadata.
+    Cached(Bytes),
+}
+
+// A short-lived return value, never stored: boxing the metadata would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
+enum Found {
+    File(Source, Metadata),
+    Dir(std::os::fd::OwnedFd),
+}
+
+/// Opens `rel` beneath the root, or takes it from the cache when the probe shows the cached
+/// copy is still that file.
+fn open_source(cfg: &StaticConfig, rel: &Path) -> Result<Found, OpenError> {
+    let hit = std::cell::RefCell::new(None);
+    let known = |meta: &Metadata| {
+        let cached = cfg.cache.get(rel, meta);
+        let found = cached.is_some();
+        *hit.borrow_mut() = cached;
+        found
+    };
+    match path::open_unless_known(&cfg.root, rel, cfg.follow_symlinks, &known)? {
+        Opened::Known(meta) => match hit.into_inner() {
+            Some(bytes) => Ok(Found::File(Source::Cached(bytes), meta)),
+            None => Err(OpenError::NotFound),
+        },
+        Opened::File(file, meta) => Ok(Found::File(Source::File(file), meta)),
+        Opened::Dir(fd) => Ok(Found::Dir(fd)),
+    }
+}
+
+/// Largest error page we serve from memory.
+const ERROR_PAGE_MAX: u64 = 1 << 20;
+
+/// Reads the site's error page `page` (a URL path below `route_path`) for `status`.
+pub fn error_page(
+    cfg: &StaticConfig,
+    route_path: &str,
+    page: &str,
+    status: StatusCode,
+) -> Option<Response<Body>> {
+    let below = page.strip_prefix(route_path)?.trim_start_matches('/');
+    let rel = path::decode(below, cfg.serve_hidden).ok()?;
+    let Ok(Opened::File(file, meta)) = path::open(&cfg.root, &rel.path, cfg.follow_symlinks) else {
+        tracing::warn!(page, "error page not found");
+        return None;
+    };
+    if meta.len() > ERROR_PAGE_MAX {
+        return None;
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(ERROR_PAGE_MAX).read_to_end(&mut buf).ok()?;
+    let mut resp = Response::new(handlers::full(buf.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, mime::content_type(&rel.path));
+    Some(resp)
+}
+
+/// `/dir` → `/dir/`, keeping the query. Leading slashes are collapsed so `//evil.example`
+/// cannot become a protocol-relative redirect.
+fn redirect_to_slash(uri: &Uri) -> Response<Body> {
+    let path = format!("/{}", uri.path().trim_start_matches('/'));
+    let location = match uri.query() {
+        Some(q) => format!("{path}/?{q}"),
+        None => format!("{path}/"),
+    };
+    let mut resp = handlers::error(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn html_response(html: String) -> Response<Body> {
+    let mut resp = Response::new(handlers::full(html.into()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+/// One representation of the requested file.
+struct Representation {
+    source: Source,
+    meta: Metadata,
+    /// Set when serving a precompressed sibling.
+    encoding: Option<Encoding>,
+}
+
+fn serve_file(
+    cfg: &StaticConfig,
+    method: &Method,
+    headers: &HeaderMap,
+    rel: &Path,
+    source: Source,
+    meta: Metadata,
+) -> Response<Body> {
+    let content_type = mime::content_type(rel);
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let rep = choose_precompressed(cfg, rel, accept).unwrap_or(Representation {
+        source,
+        meta,
+        encoding: None,
+    });
+    let on_the_fly = rep.encoding.is_none()
+        && rep.meta.len() >= cfg.compress_min_size
+        && content_type.to_str().is_ok_and(mime::is_text);
+    let on_the_fly = if on_the_fly {
+        negotiate::acceptable(accept, &cfg.compress)
+            .first()
+            .copied()
+    } else {
+        None
+    };
+
+    let validators = match on_the_fly {
+        // A compressed stream is not byte-identical to the file: a weak validator only.
+        Some(enc) => {
+            let v = Validators::of(&rep.meta, Some(enc.token()));
+            Validators {
+                etag: format!("W/{}", v.etag),
+                modified: v.modified,
+            }
+        }
+        None => Validators::of(&rep.meta, rep.encoding.map(Encoding::token)),
+    };
+
+    let mut builder = Response::builder()
+        .header(header::ETAG, &validators.etag)
+        .header(header::LAST_MODIFIED, validators.last_modified());
+    if !cfg.precompressed.is_empty() || !cfg.compress.is_empty() {
+        builder = builder.header(header::VARY, "Accept-Encoding");
+    }
+    if let Some(rule) = cfg.cache_control.iter().find(|r| r.matcher.is_match(rel)) {
+        builder = builder.header(header::CACHE_CONTROL, rule.value.clone());
+    }
+
+    let precondition = conditional::evaluate(method, headers, &validators);
+    match precondition {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            return builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(handlers::empty())
+                .unwrap_or_else(|_| handlers::error(StatusCode::INTERNAL_SERVER_ERROR));
+        }
+        Precondition::Failed => return handlers::error(StatusCode::PRECONDITION_FAILED),
+    }
+
+    builder = builder.header(header::CONTENT_TYPE, content_type);
+    let encoding = rep.encoding.or(on_the_fly);
+    if let Some(enc) = encoding {
+        builder = builder.header(header::CONTENT_ENCODING, enc.token());
+    }
+    let head = method == Method::HEAD;
+
+    if let Some(enc) = on_the_fly {
+        // Length unknown in advance, so no ranges on a compressed stream.
+        let body = if head {
+            handlers::empty()
+        } else {
+            compressed_body(rep.source, enc)
+        };
+        return builder
+            .status(StatusCode::OK)
+            .body(body)
+            .unwrap_or_else(|_| handlers::error(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+
+    let len = rep.meta.len();
+    builder = builder.header(header::ACCEPT_RANGES, "bytes");
+    let range = if conditional::if_range_allows(headers, &validators) {
+        range::parse(
+            headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+            len,
+        )
+    } else {
+        RangeRequest::Full
+    };
+    let (status, start, count) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0, len),
+        RangeRequest::Single { start, end } => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeRequest::Unsatisfiable => {
+            let mut resp = handlers::error(StatusCode::RANGE_NOT_SATISFIABLE);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return resp;
+        }
+    };
+    let body = if head {
+        handlers::empty()
+    } else {
+        match file_body(cfg, rel, rep, start, count) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %rel.display(), "cannot read file");
+                return handlers::error(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
+    };
+    builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .body(body)
+        .unwrap_or_else(|_| handlers::error(StatusCode::INTERNAL_SERVER_ERROR))
+}
+
+/// The first acceptable precompressed sibling that exists (`app.js.br`, …).
+fn choose_precompressed(
+    cfg: &StaticConfig,
+    rel: &Path,
+    accept: Option<&str>,
+) -> Option<Representation> {
+    if cfg.precompressed.is_empty() {
+        return None;
+    }
+    negotiate::acceptable(accept, &cfg.precompressed)
+        .into_iter()
+        .find_map(|enc| {
+            let mut name = rel.as_os_str().to_owned();
+            name.push(enc.suffix());
+            match open_source(cfg, Path::new(&name)) {
+                Ok(Found::File(source, meta)) => Some(Representation {
+                    source,
+                    meta,
+                    encoding: Some(enc),
+                }),
+                _ => None,
+            }
+        })
+}
+
+fn file_body(
+    cfg: &StaticConfig,
+    rel: &Path,
+    rep: Representation,
+    start: u64,
+    count: u64,
+) -> std::io::Result<Body> {
+    let len = rep.meta.len();
+    let whole = match rep.source {
+        Source::Cached(bytes) => bytes,
+        Source::File(file) if len <= READ_WHOLE_MAX => {
+            let mut buf = Vec::with_capacity(len as usize);
+            file.take(len).read_to_end(&mut buf)?;
+            if (buf.len() as u64) < len {
+                return Err(std::io::Error::other("file shrank while being read"));
+            }
+            let bytes = Bytes::from(buf);
+            if len <= cache::MAX_ENTRY {
+                // The name of the sibling actually read, for precompressed representations.
+                let key = match rep.encoding {
+                    None => rel.to_path_buf(),
+                    Some(enc) => {
+                        let mut name = rel.as_os_str().to_owned();
+                        name.push(enc.suffix());
+                        PathBuf::from(name)
+                    }
+                };
+                cfg.cache.insert(&key, &rep.meta, bytes.clone());
+            }
+            bytes
+        }
+        Source::File(mut file) => {
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))?;
+            }
+            return Ok(FileBody::new(file, count).boxed());
+        }
+    };
+    let end = usize::try_from(start + count)
+        .unwrap_or(usize::MAX)
+        .min(whole.len());
+    let begin = usize::try_from(start).unwrap_or(usize::MAX).min(end);
+    Ok(handlers::full(whole.slice(begin..end)))
+}
+
+fn compressed_body(source: Source, enc: Encoding) -> Body {
+    match source {
+        Source::File(file) => {
+            let reader =
+                tokio::io::BufReader::with_capacity(64 * 1024, tokio::fs::File::from_std(file));
+            compressor(reader, enc)
+        }
+        Source::Cached(bytes) => compressor(std::io::Cursor::new(bytes), enc),
+    }
+}
+
+fn compressor<R>(reader: R, enc: Encoding) -> Body
+where
+    R: tokio::io::AsyncBufRead + Unpin + Send + Sync + 'static,
+{
+    use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
+    match enc {
+        Encoding::Gzip => ReaderBody::new(GzipEncoder::new(reader)).boxed(),
+        Encoding::Brotli => ReaderBody::new(BrotliEncoder::with_quality(
+            reader,
+            async_compression::Level::Fastest,
+        ))
+        .boxed(),
+        Encoding::Zstd => ReaderBody::new(ZstdEncoder::new(reader)).boxed(),
+    }
+}
