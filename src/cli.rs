@@ -95,8 +95,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// Quick mode: proxy PREFIX to UPSTREAM (http://HOST:PORT or unix:/path); repeatable
-    /// (reverse proxying lands in a later version)
+    /// Quick mode: proxy PREFIX to UPSTREAM (http://HOST:PORT or unix:/path); repeatable,
+    /// a prefix given twice balances over both upstreams
     #[arg(long, value_name = "PREFIX=UPSTREAM", value_parser = config::parse_proxy_arg)]
     pub proxy: Vec<(String, Upstream)>,
 }

@@ -40,6 +40,7 @@ pub async fn dispatch(
     match &route.action {
         RouteAction::Respond(r) => respond(r, req),
         RouteAction::Static(s) => crate::static_files::serve(s, &route.path, req).await,
+        RouteAction::Proxy(p) => crate::proxy::handle(p, &route.path, req, _cx).await,
     }
 }
 
@@ -104,6 +105,10 @@ pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) ->
                         if let Some(v) = response.headers().get(&name) {
                             custom.headers_mut().insert(name, v.clone());
                         }
+                    }
+                    // A proxy's 502/504 keeps naming its upstream in the access log.
+                    if let Some(u) = response.extensions().get::<crate::log::UpstreamUsed>() {
+                        custom.extensions_mut().insert(u.clone());
                     }
                     custom
                 }

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod lifecycle;
 pub mod log;
 pub mod metrics;
+pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod static_files;

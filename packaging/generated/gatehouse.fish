@@ -39,7 +39,7 @@ complete -c gatehouse -n "__fish_gatehouse_needs_command" -f -a "help" -d 'Print
 complete -c gatehouse -n "__fish_gatehouse_using_subcommand serve" -s c -l config -d 'Configuration file [default: /etc/gatehouse/gatehouse.toml, or the built-in welcome page when that file does not exist]' -r -F
 complete -c gatehouse -n "__fish_gatehouse_using_subcommand serve" -l listen -d 'Quick mode: listen on ADDR (IP:PORT or unix:/path); repeatable. Used only when systemd passed no socket' -r
 complete -c gatehouse -n "__fish_gatehouse_using_subcommand serve" -l root -d 'Quick mode: serve the files of DIR at / (index.html, no listing)' -r -F
-complete -c gatehouse -n "__fish_gatehouse_using_subcommand serve" -l proxy -d 'Quick mode: proxy PREFIX to UPSTREAM (http://HOST:PORT or unix:/path); repeatable (reverse proxying lands in a later version)' -r
+complete -c gatehouse -n "__fish_gatehouse_using_subcommand serve" -l proxy -d 'Quick mode: proxy PREFIX to UPSTREAM (http://HOST:PORT or unix:/path); repeatable, a prefix given twice balances over both upstreams' -r
 complete -c gatehouse -n "__fish_gatehouse_using_subcommand serve" -l log-level -d 'Log filter, e.g. "info", "debug", "gatehouse=debug,hyper=info" [default: RUST_LOG, then info]' -r
 complete -c gatehouse -n "__fish_gatehouse_using_subcommand serve" -l log-target -d 'Where logs go: the journal\'s native protocol or plain lines on stderr' -r -f -a "auto\t'journald when systemd connected stderr to the journal (JOURNAL_STREAM), else stderr'
 journald\t''

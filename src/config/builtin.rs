@@ -69,12 +69,6 @@ pub fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
             Err(e) => errors.push(ConfigError::new(format!("--root {}: {e}", root.display()))),
         }
     }
-    if !args.proxy.is_empty() {
-        errors.push(
-            ConfigError::new("--proxy: reverse proxying is not available in this version yet")
-                .with_hint("use a config file with a `respond` route for now"),
-        );
-    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -86,7 +80,41 @@ pub fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
     if let Some(route) = root_route {
         config.sites[0].routes = vec![route];
     }
+    config.sites[0]
+        .routes
+        .extend(quick_proxy_routes(&args.proxy));
+    // The last route with a path wins (a `--proxy /=...` replaces the welcome page).
+    let mut seen = std::collections::HashSet::new();
+    let routes = std::mem::take(&mut config.sites[0].routes);
+    let mut routes: Vec<RouteConfig> = routes
+        .into_iter()
+        .rev()
+        .filter(|r| seen.insert(r.path.clone()))
+        .collect();
+    routes.reverse();
+    config.sites[0].routes = routes;
     Ok(config)
+}
+
+/// `--proxy PREFIX=UPSTREAM` routes with the documented defaults; a prefix given several
+/// times gets one route balancing over all its upstreams.
+fn quick_proxy_routes(proxy: &[(String, Upstream)]) -> Vec<RouteConfig> {
+    let mut by_prefix: Vec<(String, Vec<Upstream>)> = Vec::new();
+    for (prefix, upstream) in proxy {
+        match by_prefix.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, ups)) => ups.push(upstream.clone()),
+            None => by_prefix.push((prefix.clone(), vec![upstream.clone()])),
+        }
+    }
+    by_prefix
+        .into_iter()
+        .map(|(path, upstreams)| RouteConfig {
+            path,
+            action: RouteAction::Proxy(crate::proxy::ProxyRoute::new(
+                crate::proxy::ProxyConfig::new(upstreams),
+            )),
+        })
+        .collect()
 }
 
 /// Parses `PREFIX=UPSTREAM` for `--proxy`.

@@ -191,6 +191,8 @@ pub struct RouteConfig {
 pub enum RouteAction {
     Respond(RespondConfig),
     Static(crate::static_files::StaticConfig),
+    /// Shared with every router built from this config: it holds the upstream pool.
+    Proxy(std::sync::Arc<crate::proxy::ProxyRoute>),
 }
 
 impl RouteAction {
@@ -199,6 +201,7 @@ impl RouteAction {
         match self {
             RouteAction::Respond(_) => "respond",
             RouteAction::Static(_) => "static",
+            RouteAction::Proxy(_) => "proxy",
         }
     }
 }

@@ -58,6 +58,7 @@ pub struct RawRoute {
     pub respond: Option<Spanned<RawRespond>>,
     #[serde(rename = "static")]
     pub static_files: Option<Spanned<crate::static_files::RawStatic>>,
+    pub proxy: Option<Spanned<crate::proxy::RawProxy>>,
 }
 
 #[derive(Debug, Deserialize)]

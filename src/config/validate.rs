@@ -284,7 +284,9 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
                 None,
             );
         }
-        let kinds = usize::from(r.respond.is_some()) + usize::from(r.static_files.is_some());
+        let kinds = usize::from(r.respond.is_some())
+            + usize::from(r.static_files.is_some())
+            + usize::from(r.proxy.is_some());
         let action = if kinds != 1 {
             sink.push(
                 Some(span),
@@ -293,13 +295,18 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
                 } else {
                     "this route has more than one action"
                 },
-                Some("give it exactly one of `respond = {...}` or `static = {...}`"),
+                Some(
+                    "give it exactly one of `respond = {...}`, `static = {...}` or `proxy = {...}`",
+                ),
             );
             None
         } else if let Some(resp) = &r.respond {
             respond(resp, sink).map(RouteAction::Respond)
         } else if let Some(st) = &r.static_files {
             crate::static_files::StaticConfig::from_raw(st.get_ref(), sink).map(RouteAction::Static)
+        } else if let Some(p) = &r.proxy {
+            crate::proxy::config::validate(p, sink)
+                .map(|c| RouteAction::Proxy(crate::proxy::ProxyRoute::new(c)))
         } else {
             None
         };

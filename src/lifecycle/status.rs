@@ -28,6 +28,15 @@ pub struct Report {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload: Option<LastReload>,
+    /// Proxy upstreams up / configured; absent without proxy routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Upstreams>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Upstreams {
+    pub up: usize,
+    pub total: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +67,8 @@ pub fn collect(shared: &Shared) -> Report {
         sent_bytes: m.bytes_out.get(),
         reloads_ok: m.reloads(true),
         reloads_failed: m.reloads(false),
+        upstreams: crate::proxy::upstreams_up(&shared.snapshot.load().config)
+            .map(|(up, total)| Upstreams { up, total }),
         last_reload: last.map(|r| LastReload {
             at: humantime::format_rfc3339_seconds(r.at).to_string(),
             ok: r.error.is_none(),
@@ -75,6 +86,9 @@ pub fn line(r: &Report) -> String {
         r.requests_total,
         plural(r.requests_total)
     );
+    if let Some(u) = r.upstreams {
+        s.push_str(&format!("; upstreams {}/{} up", u.up, u.total));
+    }
     match &r.last_reload {
         None => {}
         Some(LastReload { at, ok: true, .. }) => s.push_str(&format!("; reload ok at {at}")),
@@ -108,6 +122,9 @@ pub fn human(r: &Report) -> String {
         r.received_bytes,
         r.sent_bytes
     ));
+    if let Some(u) = r.upstreams {
+        s.push_str(&format!("upstreams: {} of {} up\n", u.up, u.total));
+    }
     s.push_str(&format!(
         "reloads: {} ok, {} failed",
         r.reloads_ok, r.reloads_failed

@@ -31,6 +31,8 @@ pub struct Snapshot {
     /// hyper's connection builder, carrying this generation's limits and timeouts.
     pub http: auto::Builder<TokioExecutor>,
     pub loaded_at: SystemTime,
+    /// This generation's proxy health checks; dropping the snapshot stops them.
+    _proxy_tasks: crate::proxy::Background,
 }
 
 impl Snapshot {
@@ -45,7 +47,9 @@ impl Snapshot {
             })
             .collect();
         let http = http_builder(&config);
+        let _proxy_tasks = crate::proxy::start(&config);
         Snapshot {
+            _proxy_tasks,
             config,
             routers,
             http,

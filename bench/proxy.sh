@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Reverse proxy, gatehouse vs nginx, side by side in one run (issue 4).
+#
+# Both proxies forward to the same upstream: a separate nginx returning a fixed 20-byte
+# response on a unix socket (fast, and shared, so it is never what one proxy has and the
+# other lacks). nginx proxies with upstream keepalive (`keepalive 64`, HTTP/1.1), as
+# gatehouse pools its upstream connections. Both write an access log.
+#
+# The proxy under test runs on CPU $SERVER_CPU; wrk and the upstream share CPU $CLIENT_CPU.
+# gatehouse and nginx alternate per repetition; medians of $BENCH_REPS runs of
+# $BENCH_DURATION each (every load run is bounded by wrk -d; every wait by a deadline).
+#
+# Usage: bench/proxy.sh [path/to/gatehouse]   (default: builds target/release/gatehouse)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BENCH_DURATION=${BENCH_DURATION:-5s}
+BENCH_REPS=${BENCH_REPS:-3}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+CONNS=${CONNS:-50}
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v taskset >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+GH=${1:-}
+if [ -z "$GH" ]; then
+    cargo build --release --locked -q
+    GH=target/release/gatehouse
+fi
+
+WORK=$(mktemp -d /tmp/gatehouse-bench-proxy.XXXXXX)
+# nginx workers run as an unprivileged user and must reach the upstream socket in here.
+chmod 755 "$WORK"
+BENCH_LOG=$WORK/wrk.log
+cleanup() {
+    [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null
+    [ -n "${UP_PID:-}" ] && kill "$UP_PID" 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A port nothing listens on (the machine may run other benchmarks and test servers).
+free_port() {
+    local p
+    for p in $(shuf -i 20000-60000 -n 100); do
+        if ! (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "no free port" >&2
+    return 1
+}
+GH_PORT=${GH_PORT:-$(free_port)}
+NGX_PORT=${NGX_PORT:-$(free_port)}
+UP_SOCK=$WORK/upstream.sock
+
+nginx_common() { # dir
+    cat <<NGINX
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+NGINX
+}
+temp_paths() { # dir
+    echo "client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;"
+}
+
+mkdir -p "$WORK/up" "$WORK/nginx"
+{
+    nginx_common "$WORK/up"
+    cat <<NGINX
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_max_body_size 10m;
+    client_body_buffer_size 128k;
+    $(temp_paths "$WORK/up")
+    server {
+        listen unix:$UP_SOCK;
+        location / { return 200 "hello from upstream\n"; }
+    }
+}
+NGINX
+} >"$WORK/upstream.conf"
+
+# The proxy: bench/nginx-proxy.conf with the paths of this run filled in.
+sed -e "s|@DIR@|$WORK/nginx|g" -e "s|@PORT@|$NGX_PORT|g" -e "s|@UPSTREAM_SOCK@|$UP_SOCK|g" \
+    bench/nginx-proxy.conf >"$WORK/nginx.conf"
+
+cat >"$WORK/gatehouse.toml" <<TOML
+[server]
+max_connections = 100000
+[[listener]]
+name = "http"
+bind = ["127.0.0.1:$GH_PORT"]
+[[site]]
+hosts = ["*"]
+[[site.route]]
+path = "/"
+proxy = { upstreams = ["unix:$UP_SOCK"], max_body = "10MiB" }
+TOML
+
+cat >"$WORK/post64k.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 65536)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
+
+wait_port() { # port
+    local deadline=$((SECONDS + 10))
+    until (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; do
+        [ $SECONDS -lt $deadline ] || { echo "nothing listens on $1" >&2; return 1; }
+        sleep 0.05
+    done
+}
+wait_sock() { # path
+    local deadline=$((SECONDS + 10))
+    until [ -S "$1" ]; do
+        [ $SECONDS -lt $deadline ] || { echo "no socket $1" >&2; return 1; }
+        sleep 0.05
+    done
+}
+
+taskset -c "$CLIENT_CPU" nginx -c "$WORK/upstream.conf" -p "$WORK/up" &
+UP_PID=$!
+wait_sock "$UP_SOCK"
+chmod 666 "$UP_SOCK"
+
+# The port answering must be ours: a server that failed to start (port taken) is fatal.
+check_started() { # name
+    kill -0 "$SERVER_PID" 2>/dev/null || {
+        echo "$1 exited at start:" >&2
+        tail -n 5 "$WORK/gatehouse.log" "$WORK/nginx/error.log" >&2 2>/dev/null || true
+        exit 1
+    }
+}
+start_gatehouse() {
+    taskset -c "$SERVER_CPU" "$GH" serve --config "$WORK/gatehouse.toml" --log-target stderr 2>"$WORK/gatehouse.log" &
+    SERVER_PID=$!
+    wait_port "$GH_PORT"
+    sleep 0.2
+    check_started gatehouse
+}
+start_nginx() {
+    taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" &
+    SERVER_PID=$!
+    wait_port "$NGX_PORT"
+    sleep 0.2
+    check_started nginx
+}
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || echo "server $SERVER_PID had already exited" >&2
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+# CPU time (clock ticks) used so far by a process and its children (nginx master + worker).
+cpu_ticks() { # pid
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+# wrk on the client core; prints "req_per_sec p99_ms errors non2xx requests".
+run_wrk() { # url [extra wrk args...]
+    local url=$1; shift
+    local out
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$BENCH_DURATION" --latency "$@" "$url" 2>&1)
+    echo "$out" >>"$BENCH_LOG"
+    awk '
+        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+        /Requests\/sec/ {rps=$2}
+        /^ +99%/ {p99=ms($2)}
+        /Socket errors/ {gsub(",",""); err+=$4+$6+$8+$10}
+        /Non-2xx or 3xx/ {non2xx=$NF}
+        / requests in / {n=$1}
+        END {printf "%s %s %d %d %d\n", rps, p99, err, non2xx, n}
+    ' <<<"$out"
+}
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# name | path | extra wrk args
+SCENARIOS=(
+    "GET, 20 B response|/small|"
+    "POST 64 KiB body, 20 B response|/upload|-s $WORK/post64k.lua"
+)
+
+declare -A R
+FAIL=0
+for s in "${SCENARIOS[@]}"; do
+    IFS='|' read -r name path extra <<<"$s"
+    for rep in $(seq "$BENCH_REPS"); do
+        for server in gatehouse nginx; do
+            if [ $server = gatehouse ]; then start_gatehouse; port=$GH_PORT; else start_nginx; port=$NGX_PORT; fi
+            t0=$(cpu_ticks "$SERVER_PID")
+            # shellcheck disable=SC2086
+            read -r rps p99 err non2xx n < <(run_wrk "http://127.0.0.1:$port$path" $extra)
+            t1=$(cpu_ticks "$SERVER_PID")
+            stop_server
+            # Proxy CPU per request: unlike req/s, not skewed by other load on the machine.
+            us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / hz / n : 0 }')
+            if [ "$err" != 0 ] || [ "${non2xx:-0}" != 0 ]; then
+                echo "$server / $name: $err socket errors, ${non2xx:-0} non-2xx" >&2
+                tail -n 3 "$WORK/nginx/error.log" "$WORK/up/error.log" >&2 2>/dev/null || true
+                FAIL=1
+            fi
+            R[$name,$server,rps]+="$rps "
+            R[$name,$server,p99]+="$p99 "
+            R[$name,$server,us]+="$us "
+            echo "rep $rep $server $name: $rps req/s, p99 $p99 ms, $us µs CPU/request" >&2
+        done
+    done
+done
+
+echo
+echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p99 ms | nginx p99 ms | gatehouse CPU µs/req | nginx CPU µs/req |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for s in "${SCENARIOS[@]}"; do
+    IFS='|' read -r name _ _ <<<"$s"
+    g=$(tr ' ' '\n' <<<"${R[$name,gatehouse,rps]}" | grep . | median)
+    n=$(tr ' ' '\n' <<<"${R[$name,nginx,rps]}" | grep . | median)
+    gp=$(tr ' ' '\n' <<<"${R[$name,gatehouse,p99]}" | grep . | median)
+    np=$(tr ' ' '\n' <<<"${R[$name,nginx,p99]}" | grep . | median)
+    gu=$(tr ' ' '\n' <<<"${R[$name,gatehouse,us]}" | grep . | median)
+    nu=$(tr ' ' '\n' <<<"${R[$name,nginx,us]}" | grep . | median)
+    ratio=$(awk -v g="$g" -v n="$n" 'BEGIN { printf "%.2f", (n > 0) ? g / n : 0 }')
+    printf "| %s | %.0f | %.0f | %s× | %.2f | %.2f | %.1f | %.1f |\n" "$name" "$g" "$n" "$ratio" "$gp" "$np" "$gu" "$nu"
+done
+echo
+echo "$BENCH_REPS alternating runs of $BENCH_DURATION each, $CONNS connections, medians;" \
+    "proxy on CPU $SERVER_CPU, wrk + upstream nginx on CPU $CLIENT_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $("$GH" --version)"
+exit $FAIL

@@ -1,0 +1,386 @@
+//! Streaming bodies between client and upstream. Nothing is buffered beyond hyper's own
+//! frames; back-pressure flows through `poll_frame`.
+//!
+//! - `UpBody` (client → upstream) enforces `max_body`, stalls out after `idle_timeout`, records
+//!   when its last byte went (the response-header timer starts from there), and, if hyper
+//!   never polled it, hands the client's body back on drop so a failed connect can be retried
+//!   with the same body.
+//! - `DownBody` (upstream → client) stalls out after `idle_timeout`, lets go of the upstream
+//!   when a client stops reading a large response for `idle_timeout`, and holds the
+//!   upstream's in-flight count until the response is done.
+
+use super::balance::{now_ms, InFlight};
+use crate::handlers::BoxError;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than max_body")
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+#[derive(Debug)]
+pub struct IdleTimeout(pub Duration);
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no body data for {:?} (idle_timeout)", self.0)
+    }
+}
+impl std::error::Error for IdleTimeout {}
+
+/// When the request last made progress, shared between the body and the response timer.
+#[derive(Clone, Default)]
+pub struct Activity(Arc<AtomicU64>);
+
+impl Activity {
+    pub fn new() -> Activity {
+        let a = Activity::default();
+        a.touch();
+        a
+    }
+    pub fn touch(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+    /// Time since the last progress.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Where an unpolled body goes back to when hyper drops the request.
+pub type Reclaim = Arc<Mutex<Option<Incoming>>>;
+
+/// Re-arms a stall timer on progress; fires if a poll stays pending for `idle`.
+struct Stall {
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    fn new(idle: Duration) -> Stall {
+        Stall { idle, sleep: None }
+    }
+    fn progress(&mut self) {
+        if let Some(s) = &mut self.sleep {
+            s.as_mut().reset(Instant::now() + self.idle);
+        }
+    }
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.idle;
+        let s = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        s.as_mut().poll(cx).is_ready()
+    }
+}
+
+pub struct UpBody {
+    inner: Option<Incoming>,
+    /// A body read whole beforehand (small, with a Content-Length), as the frames it came
+    /// in: all ready at once, so hyper writes them in one writev, without copying them.
+    full: std::collections::VecDeque<Bytes>,
+    limit: Option<u64>,
+    seen: u64,
+    polled: bool,
+    reclaim: Option<Reclaim>,
+    activity: Option<Activity>,
+    stall: Stall,
+}
+
+impl UpBody {
+    pub fn empty() -> UpBody {
+        UpBody {
+            inner: None,
+            full: Default::default(),
+            limit: None,
+            seen: 0,
+            polled: false,
+            reclaim: None,
+            activity: None,
+            stall: Stall::new(Duration::from_secs(60)),
+        }
+    }
+
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        idle: Duration,
+        activity: Activity,
+        reclaim: Reclaim,
+    ) -> UpBody {
+        UpBody {
+            inner: Some(inner),
+            full: Default::default(),
+            limit,
+            seen: 0,
+            polled: false,
+            reclaim: Some(reclaim),
+            activity: Some(activity),
+            stall: Stall::new(idle),
+        }
+    }
+
+    /// A body already read; every attempt gets its own (cheap) clone.
+    pub fn full(frames: &[Bytes], activity: Activity) -> UpBody {
+        let mut b = UpBody::empty();
+        b.full = frames.iter().filter(|f| !f.is_empty()).cloned().collect();
+        b.activity = Some(activity);
+        b
+    }
+
+    fn touch(&self) {
+        if let Some(a) = &self.activity {
+            a.touch();
+        }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(data) = this.full.pop_front() {
+            this.touch();
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        this.polled = true;
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.limit.is_some_and(|l| this.seen > l) {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                this.touch();
+                this.stall.progress();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => {
+                this.touch();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.stall.poll_expired(cx) {
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.stall.idle)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.full.is_empty() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            _ if !self.full.is_empty() => {
+                SizeHint::with_exact(self.full.iter().map(|f| f.len() as u64).sum())
+            }
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for UpBody {
+    fn drop(&mut self) {
+        if self.polled {
+            return;
+        }
+        if let (Some(slot), Some(inner)) = (&self.reclaim, self.inner.take()) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(inner);
+        }
+    }
+}
+
+pub struct DownBody {
+    inner: Down,
+    stall: Stall,
+    _in_flight: InFlight,
+}
+
+enum Down {
+    /// Small or finished responses: the kernel's socket buffers absorb them whatever the
+    /// client does.
+    Direct(Incoming),
+    /// Larger responses: a watchdog releases the upstream if the client stops reading.
+    Watched(Arc<Watched>),
+}
+
+/// A response body a watchdog task may take away. hyper polls a response body only while
+/// the client reads, so a client that stops reading would otherwise keep the upstream
+/// connection (and an app worker behind it) busy until it goes away.
+struct Watched {
+    inner: Mutex<Option<Incoming>>,
+    /// `now_ms()` of the last frame handed to the client.
+    delivered: AtomicU64,
+}
+
+/// Responses declaring at most this many bytes get no watchdog.
+const WATCH_ABOVE: u64 = 64 * 1024;
+
+impl DownBody {
+    pub fn new(inner: Incoming, idle: Duration, in_flight: InFlight) -> DownBody {
+        let small =
+            inner.is_end_stream() || inner.size_hint().exact().is_some_and(|n| n <= WATCH_ABOVE);
+        let inner = if small || tokio::runtime::Handle::try_current().is_err() {
+            Down::Direct(inner)
+        } else {
+            let watched = Arc::new(Watched {
+                inner: Mutex::new(Some(inner)),
+                delivered: AtomicU64::new(now_ms()),
+            });
+            tokio::spawn(watchdog(Arc::downgrade(&watched), idle));
+            Down::Watched(watched)
+        };
+        DownBody {
+            inner,
+            stall: Stall::new(idle),
+            _in_flight: in_flight,
+        }
+    }
+}
+
+/// Drops the upstream body once no frame reached the client for `idle`. Holds only a Weak,
+/// so a finished or abandoned response is freed at once, not at the next wake-up.
+async fn watchdog(body: std::sync::Weak<Watched>, idle: Duration) {
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let since = match body.upgrade() {
+            None => return,
+            Some(w) => {
+                let since = now_ms().saturating_sub(w.delivered.load(Ordering::Relaxed));
+                if since >= idle_ms {
+                    let taken = w.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if taken.is_some() {
+                        tracing::debug!("client stopped reading for {idle:?}; upstream released");
+                    }
+                    return;
+                }
+                since
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+    }
+}
+
+fn poll_incoming(
+    inner: &mut Incoming,
+    stall: &mut Stall,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match Pin::new(inner).poll_frame(cx) {
+        Poll::Pending => {
+            if stall.poll_expired(cx) {
+                return Poll::Ready(Some(Err(Box::new(IdleTimeout(stall.idle)))));
+            }
+            Poll::Pending
+        }
+        ready => {
+            stall.progress();
+            let r = ready!(ready);
+            Poll::Ready(r.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+        }
+    }
+}
+
+impl Body for DownBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match &mut this.inner {
+            Down::Direct(inner) => poll_incoming(inner, &mut this.stall, cx),
+            Down::Watched(w) => {
+                let mut guard = w.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(inner) = guard.as_mut() else {
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.stall.idle)))));
+                };
+                let r = poll_incoming(inner, &mut this.stall, cx);
+                if r.is_ready() {
+                    w.delivered.store(now_ms(), Ordering::Relaxed);
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Down::Direct(b) => b.is_end_stream(),
+            Down::Watched(w) => w
+                .inner
+                .lock()
+                // Taken by the watchdog: not ended, so the next poll reports the error
+                // instead of hyper finishing a truncated response as if it were whole.
+                .map(|b| b.as_ref().is_some_and(|b| b.is_end_stream()))
+                .unwrap_or(false),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Down::Direct(b) => b.size_hint(),
+            Down::Watched(w) => w
+                .inner
+                .lock()
+                .ok()
+                .and_then(|b| b.as_ref().map(|b| b.size_hint()))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Is `T` somewhere in this error's source chain?
+pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Reads a whole (small) body as its frames, without copying them together. Trailers are
+/// dropped: a Content-Length body has none in HTTP/1.1.
+pub async fn read_frames(mut body: Incoming) -> Result<Vec<Bytes>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let mut frames = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            frames.push(data);
+        }
+    }
+    Ok(frames)
+}

@@ -1,0 +1,404 @@
+//! The `proxy = { ... }` route action: its file format and its validation.
+
+use crate::config::{parse_duration, ErrorSink, Upstream};
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// `proxy = { ... }` exactly as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub upstreams: Spanned<Vec<Spanned<String>>>,
+    pub strip_prefix: Option<bool>,
+    pub balance: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<DurationValue>>,
+    pub response_header_timeout: Option<Spanned<DurationValue>>,
+    pub idle_timeout: Option<Spanned<DurationValue>>,
+    pub retry_connect_for: Option<Spanned<DurationValue>>,
+    pub eject_for: Option<Spanned<DurationValue>>,
+    pub max_body: Option<Spanned<SizeValue>>,
+    pub rewrite_host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub http2: Option<bool>,
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Spanned<String>,
+    pub interval: Option<Spanned<DurationValue>>,
+    pub timeout: Option<Spanned<DurationValue>>,
+}
+
+/// A duration as a string ("2s", "250ms") or whole seconds; checked during validation so the
+/// error points at the value.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Text(String),
+    Seconds(i64),
+}
+
+/// A size as a string ("10MiB", "512k") or bytes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Text(String),
+    Bytes(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    /// Two random upstreams, the one with fewer requests in flight wins.
+    RandomTwo,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// A validated `proxy` route.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub upstreams: Vec<Upstream>,
+    pub strip_prefix: bool,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retry_connect_for: Duration,
+    pub eject_for: Duration,
+    /// `None` = no limit.
+    pub max_body: Option<u64>,
+    pub rewrite_host: Option<http::HeaderValue>,
+    pub trusted_proxies: Vec<Trusted>,
+    pub http2: bool,
+    pub health: Option<HealthConfig>,
+}
+
+impl ProxyConfig {
+    /// The defaults, also used by quick mode's `--proxy`.
+    pub fn new(upstreams: Vec<Upstream>) -> ProxyConfig {
+        ProxyConfig {
+            upstreams,
+            strip_prefix: false,
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(5),
+            response_header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            retry_connect_for: Duration::from_secs(2),
+            eject_for: Duration::from_secs(10),
+            max_body: None,
+            rewrite_host: None,
+            trusted_proxies: Vec::new(),
+            http2: false,
+            health: None,
+        }
+    }
+}
+
+/// A `trusted_proxies` entry: an address or CIDR block, or "unix" for unix-socket clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trusted {
+    Net { addr: IpAddr, prefix: u8 },
+    Unix,
+}
+
+impl std::str::FromStr for Trusted {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Trusted, String> {
+        if s == "unix" {
+            return Ok(Trusted::Unix);
+        }
+        let bad = || format!("{s:?} is not an IP address or CIDR block such as \"10.0.0.0/8\"");
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Trusted::Net { addr, prefix })
+    }
+}
+
+impl Trusted {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let Trusted::Net { addr, prefix } = self else {
+            return false;
+        };
+        // "::ffff:10.0.0.1" from a dual-stack socket is the IPv4 client 10.0.0.1.
+        match (addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
+                u32::from(*net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
+                u128::from(*net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn duration(
+    v: &Option<Spanned<DurationValue>>,
+    key: &str,
+    default: Duration,
+    allow_zero: bool,
+    sink: &mut Sink,
+) -> Duration {
+    let Some(v) = v else { return default };
+    let parsed = match v.get_ref() {
+        DurationValue::Text(t) => parse_duration(t).map_err(|e| e.to_string()),
+        DurationValue::Seconds(n) => u64::try_from(*n)
+            .map(Duration::from_secs)
+            .map_err(|_| "a duration cannot be negative".to_owned()),
+    };
+    match parsed {
+        Ok(d) if d.is_zero() && !allow_zero => {
+            sink.push(
+                Some(v.span()),
+                format!("`{key}` must be greater than 0"),
+                None,
+            );
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            sink.push(
+                Some(v.span()),
+                format!("`{key}`: {e}"),
+                Some("durations are strings such as \"250ms\", \"30s\" or \"5m\""),
+            );
+            default
+        }
+    }
+}
+
+/// "10MiB", "512k", "1G", "100" (bytes). k/M/G are powers of 1024 like nginx's.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as \"10MiB\" or \"512k\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown size unit (use k, M or G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Validates a `proxy` table; every problem goes to `sink`.
+pub fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<ProxyConfig> {
+    let sink = &mut Sink {
+        inner: sink,
+        errors: 0,
+    };
+    let r = raw.get_ref();
+    let mut upstreams = Vec::new();
+    for u in r.upstreams.get_ref() {
+        match u.get_ref().parse::<Upstream>() {
+            Ok(up) => upstreams.push(up),
+            Err(e) => sink.push(Some(u.span()), e, None),
+        }
+    }
+    if r.upstreams.get_ref().is_empty() {
+        sink.push(
+            Some(r.upstreams.span()),
+            "`upstreams` needs at least one address",
+            Some("e.g. upstreams = [\"unix:/run/app/gunicorn.sock\", \"http://127.0.0.1:8001\"]"),
+        );
+    }
+    let mut c = ProxyConfig::new(upstreams);
+    c.strip_prefix = r.strip_prefix.unwrap_or(false);
+    c.http2 = r.http2.unwrap_or(false);
+    if let Some(b) = &r.balance {
+        c.balance = match b.get_ref().as_str() {
+            "round_robin" => Balance::RoundRobin,
+            "least_conn" => Balance::LeastConn,
+            "random_two" => Balance::RandomTwo,
+            other => {
+                sink.push(
+                    Some(b.span()),
+                    format!("unknown balance {other:?}"),
+                    Some("use \"round_robin\", \"least_conn\" or \"random_two\""),
+                );
+                Balance::RoundRobin
+            }
+        };
+    }
+    c.connect_timeout = duration(
+        &r.connect_timeout,
+        "connect_timeout",
+        c.connect_timeout,
+        false,
+        sink,
+    );
+    c.response_header_timeout = duration(
+        &r.response_header_timeout,
+        "response_header_timeout",
+        c.response_header_timeout,
+        false,
+        sink,
+    );
+    c.idle_timeout = duration(&r.idle_timeout, "idle_timeout", c.idle_timeout, false, sink);
+    c.retry_connect_for = duration(
+        &r.retry_connect_for,
+        "retry_connect_for",
+        c.retry_connect_for,
+        true,
+        sink,
+    );
+    c.eject_for = duration(&r.eject_for, "eject_for", c.eject_for, true, sink);
+    if let Some(m) = &r.max_body {
+        let parsed = match m.get_ref() {
+            SizeValue::Text(t) => parse_size(t),
+            SizeValue::Bytes(n) => {
+                u64::try_from(*n).map_err(|_| "a size cannot be negative".into())
+            }
+        };
+        match parsed {
+            // 0 = no limit, like nginx's client_max_body_size 0.
+            Ok(0) => c.max_body = None,
+            Ok(n) => c.max_body = Some(n),
+            Err(e) => sink.push(Some(m.span()), format!("`max_body`: {e}"), None),
+        }
+    }
+    if let Some(h) = &r.rewrite_host {
+        match http::HeaderValue::from_str(h.get_ref()) {
+            Ok(v) if !h.get_ref().is_empty() => c.rewrite_host = Some(v),
+            _ => sink.push(
+                Some(h.span()),
+                "`rewrite_host` is not a valid Host value",
+                None,
+            ),
+        }
+    }
+    for t in &r.trusted_proxies {
+        match t.get_ref().parse::<Trusted>() {
+            Ok(v) => c.trusted_proxies.push(v),
+            Err(e) => sink.push(
+                Some(t.span()),
+                e,
+                Some("list addresses such as \"127.0.0.1\", \"10.0.0.0/8\", \"::1\" or \"unix\""),
+            ),
+        }
+    }
+    if let Some(h) = &r.health {
+        let hr = h.get_ref();
+        let path = hr.path.get_ref();
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            sink.push(
+                Some(hr.path.span()),
+                "health `path` must start with '/' and hold no space",
+                None,
+            );
+        }
+        c.health = Some(HealthConfig {
+            path: path.clone(),
+            interval: duration(
+                &hr.interval,
+                "interval",
+                Duration::from_secs(5),
+                false,
+                sink,
+            ),
+            timeout: duration(&hr.timeout, "timeout", Duration::from_secs(2), false, sink),
+        });
+    }
+    (sink.errors == 0).then_some(c)
+}
+
+/// Counts what this validator reports, so it can tell whether *it* found a problem.
+struct Sink<'s, 'a> {
+    inner: &'s mut ErrorSink<'a>,
+    errors: usize,
+}
+
+impl Sink<'_, '_> {
+    fn push(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        msg: impl Into<String>,
+        hint: Option<&str>,
+    ) {
+        self.errors += 1;
+        self.inner.push(span, msg, hint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let text = r#"
+[[listener]]
+name = "http"
+[[site]]
+hosts = ["app1.example.com"]
+[[site.route]]
+path = "/api/"
+proxy = { upstreams = ["unix:/run/app1/gunicorn.sock", "http://127.0.0.1:8001"], strip_prefix = false, balance = "least_conn", connect_timeout = "2s", response_header_timeout = "30s", idle_timeout = "60s", max_body = "10MiB", retry_connect_for = "5s", health = { path = "/healthz", interval = "5s" } }
+"#;
+        let c = crate::config::parse_str(text, crate::config::ConfigSource::Quick).unwrap();
+        let crate::config::RouteAction::Proxy(p) = &c.sites[0].routes[0].action else {
+            panic!("not a proxy route");
+        };
+        let p = &p.config;
+        assert_eq!(p.upstreams.len(), 2);
+        assert_eq!(p.balance, Balance::LeastConn);
+        assert_eq!(p.connect_timeout, Duration::from_secs(2));
+        assert_eq!(p.max_body, Some(10 << 20));
+        assert_eq!(p.retry_connect_for, Duration::from_secs(5));
+        assert_eq!(
+            p.health.as_ref().map(|h| h.timeout),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("1T").is_err());
+    }
+
+    #[test]
+    fn trusted_nets() {
+        let t: Trusted = "10.0.0.0/8".parse().unwrap();
+        assert!(t.contains("10.1.2.3".parse().unwrap()));
+        assert!(t.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!t.contains("11.0.0.1".parse().unwrap()));
+        let one: Trusted = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        let all: Trusted = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Trusted>().is_err());
+        assert!("example.com".parse::<Trusted>().is_err());
+    }
+}

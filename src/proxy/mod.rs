@@ -1,0 +1,467 @@
+//! The `proxy` route kind: forwards requests to upstream app servers over TCP or unix
+//! sockets, with pooled keep-alive connections, balancing, passive and active health,
+//! connect retries that hide app restarts, timeouts, and WebSocket upgrades.
+//!
+//! A request: `handle` checks framing and size, rewrites the head (`headers`), picks an
+//! upstream (`balance`), sends through that upstream's pooled client (`connector`), retries
+//! connects that fail, and streams the answer back (`body`, `upgrade`).
+
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod connector;
+pub mod headers;
+pub mod health;
+pub mod upgrade;
+
+pub use config::{ProxyConfig, RawProxy};
+pub use health::Background;
+
+use crate::config::{Config, RouteAction};
+use crate::handlers::{self, Body, RequestContext};
+use crate::log::UpstreamUsed;
+use balance::{InFlight, Pool, UpstreamState};
+use body::{caused_by, Activity, BodyTooLarge, DownBody, Reclaim, UpBody};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A configured proxy route with its upstream pool. Built during validation (no runtime
+/// needed); health-check tasks start with the serving `Snapshot` (see [`start`]).
+pub struct ProxyRoute {
+    pub config: ProxyConfig,
+    pub pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for ProxyRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyRoute")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyRoute {
+    pub fn new(config: ProxyConfig) -> Arc<ProxyRoute> {
+        Arc::new(ProxyRoute {
+            pool: Arc::new(Pool::new(&config)),
+            config,
+        })
+    }
+}
+
+fn proxy_routes(config: &Config) -> impl Iterator<Item = &Arc<ProxyRoute>> {
+    config
+        .sites
+        .iter()
+        .flat_map(|s| &s.routes)
+        .filter_map(|r| match &r.action {
+            RouteAction::Proxy(p) => Some(p),
+            _ => None,
+        })
+}
+
+/// Starts the health checks of `config`'s proxy routes; they stop when the result is dropped.
+pub fn start(config: &Config) -> Background {
+    let mut bg = Background::default();
+    for p in proxy_routes(config) {
+        if let Some(h) = &p.config.health {
+            bg.spawn(&p.pool, h);
+        }
+    }
+    bg
+}
+
+/// `(up, total)` upstreams over all proxy routes, for STATUS=; `None` without proxy routes.
+pub fn upstreams_up(config: &Config) -> Option<(usize, usize)> {
+    proxy_routes(config)
+        .map(|p| (p.pool.up_count(), p.pool.upstreams.len()))
+        .reduce(|a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// Request bodies up to this size with a Content-Length are read whole before forwarding.
+const BUFFER_BODY_MAX: u64 = 64 * 1024;
+
+/// Why a send failed.
+enum SendError {
+    /// No response head within `response_header_timeout` of the last request byte.
+    Timeout,
+    Client(hyper_util::client::legacy::Error),
+}
+
+pub async fn handle(
+    route: &ProxyRoute,
+    prefix: &str,
+    mut req: Request<Incoming>,
+    cx: &RequestContext<'_>,
+) -> Response<Body> {
+    let cfg = &route.config;
+    if let Err(status) = headers::check_framing(req.headers()) {
+        return closing(handlers::error(status));
+    }
+    if req.method() == Method::CONNECT {
+        return handlers::error(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(max) = cfg.max_body {
+        if declared.is_some_and(|n| n > max) {
+            // Before reading anything: a client that sent Expect: 100-continue never gets
+            // the 100 and need not send the body.
+            return closing(handlers::error(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+    }
+    let upgrade_proto = headers::wants_upgrade(req.headers())
+        .filter(|_| req.version() == Version::HTTP_11 && !cfg.http2);
+    let client_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let host_value: Option<HeaderValue> = match parts.uri.authority() {
+        // absolute-form or HTTP/2: the target's authority is the host (RFC 9112 §3.2.2).
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let path = match parts.uri.path_and_query() {
+        Some(pq) if !cfg.strip_prefix => pq.clone(),
+        pq => {
+            let pq = pq.map_or("/", |pq| pq.as_str());
+            match strip_prefix(prefix, pq).parse::<PathAndQuery>() {
+                Ok(p) => p,
+                Err(_) => return handlers::error(StatusCode::BAD_REQUEST),
+            }
+        }
+    };
+    let mut head = parts.headers;
+    headers::strip_hop_by_hop(&mut head);
+    // We answer 100-continue ourselves (hyper sends it when the body is first read, i.e.
+    // once an upstream is connected); the upstream needs no Expect.
+    head.remove(header::EXPECT);
+    head.remove(header::HOST);
+    headers::set_forwarded(
+        &mut head,
+        &headers::ClientInfo {
+            remote: cx.remote,
+            host: host_value.as_ref(),
+            proto: "http",
+        },
+        &cfg.trusted_proxies,
+    );
+    if let Some(proto) = &upgrade_proto {
+        head.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.insert(header::UPGRADE, proto.clone());
+    }
+    let host = cfg.rewrite_host.clone().or(host_value);
+    if let (Some(h), false) = (&host, cfg.http2) {
+        head.insert(header::HOST, h.clone());
+    }
+    let out = Outgoing {
+        method: parts.method,
+        path,
+        headers: head,
+        host,
+        http2: cfg.http2,
+    };
+
+    let activity = Activity::new();
+    // A small body with a declared length is read first, like nginx's request buffering:
+    // the upstream gets it in one write instead of several, and it can be sent again after
+    // a failed connect. Larger and chunked bodies stream, parked in `reclaim` between
+    // attempts (see `UpBody`).
+    let (full, reclaim): (Option<Vec<Bytes>>, Option<Reclaim>) = match declared {
+        _ if body.is_end_stream() => (Some(Vec::new()), None),
+        Some(n) if n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
+            match tokio::time::timeout(cfg.idle_timeout, body::read_frames(body)).await {
+                Ok(Ok(frames)) => (Some(frames), None),
+                Ok(Err(_)) => return closing(handlers::error(StatusCode::BAD_REQUEST)),
+                Err(_) => return closing(handlers::error(StatusCode::REQUEST_TIMEOUT)),
+            }
+        }
+        _ => (None, Some(Arc::new(Mutex::new(Some(body))))),
+    };
+    activity.touch();
+    let take_body = || match (&full, &reclaim) {
+        (Some(frames), _) => Some(UpBody::full(frames, activity.clone())),
+        (None, Some(slot)) => slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|body| {
+                UpBody::new(
+                    body,
+                    cfg.max_body,
+                    cfg.idle_timeout,
+                    activity.clone(),
+                    slot.clone(),
+                )
+            }),
+        (None, None) => None,
+    };
+    // Whether the body can still be sent: buffered, or streamed but never read.
+    let body_back = || {
+        full.is_some()
+            || reclaim
+                .as_ref()
+                .is_some_and(|s| s.lock().map(|b| b.is_some()).unwrap_or(false))
+    };
+    let deadline = Instant::now() + cfg.retry_connect_for;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut backoff = Duration::from_millis(20);
+    let mut resent = false;
+    // What to answer if every attempt fails: status, and the upstream tried last.
+    let mut failure: (StatusCode, Option<usize>) = (StatusCode::BAD_GATEWAY, None);
+
+    loop {
+        let idx = match route.pool.pick(&tried) {
+            Some(i) => i,
+            None => {
+                // Every upstream failed this round: back off and go again until
+                // retry_connect_for is used up (an app restarting, a socket coming back).
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return failed(&route.pool, failure);
+                }
+                tokio::time::sleep(backoff.min(remaining)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                tried.clear();
+                continue;
+            }
+        };
+        tried.push(idx);
+        let u = &route.pool.upstreams[idx];
+        let Some(up_body) = take_body() else {
+            return failed(&route.pool, failure);
+        };
+        let req = match out.build(u, up_body) {
+            Ok(r) => r,
+            Err(_) => return failed(&route.pool, (StatusCode::BAD_REQUEST, Some(idx))),
+        };
+        let in_flight = InFlight::new(u);
+        match send(u, req, cfg.response_header_timeout, &activity).await {
+            Ok(resp) => {
+                u.mark_ok();
+                return respond(resp, u, cfg.idle_timeout, in_flight, client_upgrade);
+            }
+            Err(SendError::Timeout) => {
+                u.eject(cfg.eject_for, "no response header in time");
+                return failed(&route.pool, (StatusCode::GATEWAY_TIMEOUT, Some(idx)));
+            }
+            Err(SendError::Client(e)) => {
+                if caused_by::<BodyTooLarge>(&e) {
+                    return closing(tag(
+                        handlers::error(StatusCode::PAYLOAD_TOO_LARGE),
+                        &u.label,
+                    ));
+                }
+                if caused_by::<body::IdleTimeout>(&e) {
+                    return closing(tag(handlers::error(StatusCode::REQUEST_TIMEOUT), &u.label));
+                }
+                let body_back = body_back();
+                if e.is_connect() {
+                    let timed_out = matches!(
+                        connector::find_connect_error(&e),
+                        Some(connector::ConnectError::Timeout(_))
+                    );
+                    u.eject(cfg.eject_for, &e_chain(&e));
+                    tracing::debug!(upstream = %u.label, error = %e_chain(&e), "connect failed");
+                    let status = if timed_out {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
+                    failure = (status, Some(idx));
+                    if body_back {
+                        continue;
+                    }
+                    return failed(&route.pool, failure);
+                }
+                // Sent, but the connection died before a response head. Sent again (once) only
+                // when the method is idempotent (RFC 9110 §9.2.2) and the body can be
+                // replayed: buffered, empty, or never read.
+                tracing::debug!(upstream = %u.label, error = %e_chain(&e), "upstream failed before responding");
+                failure = (StatusCode::BAD_GATEWAY, Some(idx));
+                if !resent && body_back && is_idempotent(&out.method) {
+                    resent = true;
+                    tried.clear();
+                    continue;
+                }
+                return failed(&route.pool, failure);
+            }
+        }
+    }
+}
+
+/// The outgoing request head, rebuilt for each attempt.
+struct Outgoing {
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+    host: Option<HeaderValue>,
+    http2: bool,
+}
+
+impl Outgoing {
+    fn build(&self, u: &UpstreamState, body: UpBody) -> Result<Request<UpBody>, http::Error> {
+        let mut headers = self.headers.clone();
+        let (authority, version) = if self.http2 {
+            // HTTP/2 carries the host as :authority, taken from the URI.
+            let a = self
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<Authority>().ok())
+                .unwrap_or_else(|| u.authority.clone());
+            (a, Version::HTTP_2)
+        } else {
+            if self.host.is_none() {
+                // HTTP/1.0 without Host: name the upstream.
+                if let Ok(h) = HeaderValue::from_str(u.authority.as_str()) {
+                    headers.insert(header::HOST, h);
+                }
+            }
+            // The URI's authority is only the pool key; HTTP/1 sends the origin form.
+            (u.authority.clone(), Version::HTTP_11)
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(self.path.clone());
+        let mut req = Request::builder()
+            .method(self.method.clone())
+            .uri(Uri::from_parts(uri)?)
+            .version(version)
+            .body(body)?;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+async fn send(
+    u: &UpstreamState,
+    req: Request<UpBody>,
+    response_header_timeout: Duration,
+    activity: &Activity,
+) -> Result<Response<Incoming>, SendError> {
+    let fut = u.client.request(req);
+    tokio::pin!(fut);
+    // The timer runs from the last request byte sent, so a long upload is not cut short;
+    // a stalled upload is the body's idle_timeout's business.
+    loop {
+        let wait = response_header_timeout.saturating_sub(activity.idle());
+        if wait.is_zero() {
+            return Err(SendError::Timeout);
+        }
+        tokio::select! {
+            r = &mut fut => return r.map_err(SendError::Client),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn respond(
+    mut resp: Response<Incoming>,
+    u: &UpstreamState,
+    idle: Duration,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    let upstream_upgrade =
+        (resp.status() == StatusCode::SWITCHING_PROTOCOLS).then(|| hyper::upgrade::on(&mut resp));
+    let (parts, body) = resp.into_parts();
+    let mut headers = parts.headers;
+    let upgrade_to = headers.get(header::UPGRADE).cloned();
+    headers::strip_hop_by_hop(&mut headers);
+    let body = match (upstream_upgrade, client_upgrade) {
+        (Some(up), Some(client)) => {
+            if let Some(proto) = upgrade_to {
+                headers.insert(header::UPGRADE, proto);
+            }
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            upgrade::spawn_tunnel(client, up, idle, u.label.clone(), in_flight);
+            handlers::full(bytes::Bytes::new())
+        }
+        // 101 to a request that asked for no upgrade: nothing sane to forward.
+        (Some(_), None) => {
+            return tag(handlers::error(StatusCode::BAD_GATEWAY), &u.label);
+        }
+        _ => DownBody::new(body, idle, in_flight).boxed(),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    tag(out, &u.label)
+}
+
+fn tag(mut resp: Response<Body>, label: &str) -> Response<Body> {
+    resp.extensions_mut().insert(UpstreamUsed(label.to_owned()));
+    resp
+}
+
+fn failed(pool: &Pool, (status, idx): (StatusCode, Option<usize>)) -> Response<Body> {
+    let label = idx
+        .and_then(|i| pool.upstreams.get(i))
+        .map_or("-", |u| u.label.as_str());
+    tag(handlers::error(status), label)
+}
+
+/// Asks hyper to close the connection after this response (the request body was not
+/// read, or the request was malformed).
+fn closing(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// "a: b: c" for an error and its sources: hyper-util's top-level message alone says little.
+fn e_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+/// Removes the route prefix from a path (query kept). A prefix ending in '/' keeps that
+/// slash: "/api/" + "/api/users" → "/users"; "/api" + "/api" → "/".
+pub fn strip_prefix(prefix: &str, path_and_query: &str) -> String {
+    let keep = prefix.strip_suffix('/').unwrap_or(prefix).len();
+    let rest = path_and_query.get(keep..).unwrap_or("");
+    if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_prefix;
+
+    #[test]
+    fn prefixes_strip_on_segment_boundaries() {
+        assert_eq!(strip_prefix("/api/", "/api/users?x=1"), "/users?x=1");
+        assert_eq!(strip_prefix("/api/", "/api/"), "/");
+        assert_eq!(strip_prefix("/api", "/api"), "/");
+        assert_eq!(strip_prefix("/api", "/api?q"), "/?q");
+        assert_eq!(strip_prefix("/api", "/api/x"), "/x");
+        assert_eq!(strip_prefix("/", "/x/y"), "/x/y");
+    }
+}
