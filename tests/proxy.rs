@@ -171,6 +171,18 @@ fn upstream_connections_are_reused() {
         conns <= 2,
         "{conns} upstream connections for 30 sequential requests"
     );
+    // Idle longer than keepalive_timeout (1s): gatehouse closes the connection itself, before
+    // an app's own keep-alive timeout could close it under a request, and opens a new one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.state.open.load(Ordering::SeqCst) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "idle upstream connection never closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(port, "/again").status, 200);
+    assert_eq!(up.state.connections.load(Ordering::SeqCst), conns + 1);
 }
 
 /// Sends `total` bytes of body in 1 MiB pieces; after the first piece, waits until the

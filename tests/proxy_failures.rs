@@ -404,3 +404,29 @@ proxy = {{ upstreams = ["http://127.0.0.1:{port_post}"] }}
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(*seen_post.lock().unwrap(), ["POST /post/x HTTP/1.1"]);
 }
+
+#[test]
+fn a_killed_upstream_is_502_within_connect_timeout_with_default_retries() {
+    let dir = tempdir();
+    let sock = dir.path().join("app.sock");
+    let mut up = UpstreamServer::start(Listen::unix(&sock), "unix");
+    let cfg = site(&format!(
+        "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"unix:{}\"], connect_timeout = \"3s\" }}\n",
+        sock.display()
+    ));
+    let (server, port) = start(dir, &cfg);
+    assert_eq!(get(port, "/before").status, 200);
+    // The app dies and its socket refuses: retried for retry_connect_for (2s by default),
+    // then 502, well within connect_timeout.
+    up.stop();
+    drop(up);
+    let t = Instant::now();
+    let r = get(port, "/after");
+    let took = t.elapsed();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    wait_log(
+        &server,
+        &format!("GET /after 502 via unix:{}", sock.display()),
+    );
+}

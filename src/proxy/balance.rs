@@ -35,7 +35,7 @@ impl UpstreamState {
         let mut b = Client::builder(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout)
+            .pool_idle_timeout(cfg.keepalive_timeout)
             .pool_max_idle_per_host(256)
             // Host is always set explicitly by the handler (the client's, or rewrite_host).
             .set_host(false)

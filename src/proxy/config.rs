@@ -18,6 +18,7 @@ pub struct RawProxy {
     pub idle_timeout: Option<Spanned<DurationValue>>,
     pub retry_connect_for: Option<Spanned<DurationValue>>,
     pub eject_for: Option<Spanned<DurationValue>>,
+    pub keepalive_timeout: Option<Spanned<DurationValue>>,
     pub max_body: Option<Spanned<SizeValue>>,
     pub rewrite_host: Option<Spanned<String>>,
     #[serde(default)]
@@ -77,6 +78,9 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     pub retry_connect_for: Duration,
     pub eject_for: Duration,
+    /// How long an idle upstream connection stays pooled: shorter than the app's own
+    /// keep-alive timeout, so gatehouse, not the app, closes it (no request racing a close).
+    pub keepalive_timeout: Duration,
     /// `None` = no limit.
     pub max_body: Option<u64>,
     pub rewrite_host: Option<http::HeaderValue>,
@@ -97,6 +101,7 @@ impl ProxyConfig {
             idle_timeout: Duration::from_secs(60),
             retry_connect_for: Duration::from_secs(2),
             eject_for: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(1),
             max_body: None,
             rewrite_host: None,
             trusted_proxies: Vec::new(),
@@ -270,6 +275,13 @@ pub fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<ProxyCo
         sink,
     );
     c.eject_for = duration(&r.eject_for, "eject_for", c.eject_for, true, sink);
+    c.keepalive_timeout = duration(
+        &r.keepalive_timeout,
+        "keepalive_timeout",
+        c.keepalive_timeout,
+        false,
+        sink,
+    );
     if let Some(m) = &r.max_body {
         let parsed = match m.get_ref() {
             SizeValue::Text(t) => parse_size(t),
