@@ -89,7 +89,9 @@ impl LineVisitor<'_, '_> {
 
     fn key(&mut self, field: &Field) -> fmt::Result {
         self.writer.write_char(' ')?;
-        if !self.bare(field) {
+        if self.access && field.name() == "upstream" {
+            self.writer.write_str("via ")?;
+        } else if !self.bare(field) {
             self.writer.write_str(field.name())?;
             self.writer.write_char('=')?;
         }
@@ -104,7 +106,10 @@ impl Visit for LineVisitor<'_, '_> {
         }
         self.result = self.key(field).and_then(|()| {
             // Quote only what would otherwise be ambiguous on one line.
-            if !self.bare(field) && (value.is_empty() || value.contains([' ', '"', '\n', '='])) {
+            if !self.bare(field)
+                && !(self.access && field.name() == "upstream")
+                && (value.is_empty() || value.contains([' ', '"', '\n', '=']))
+            {
                 write!(self.writer, "{value:?}")
             } else {
                 self.writer.write_str(value)

@@ -96,16 +96,29 @@ pub fn access<B>(
         .extensions()
         .get::<UpstreamUsed>()
         .map(|u| u.0.as_str());
-    // Field order matters to the stderr format: method, path and status lead the line.
+    // Field order matters to the stderr format: "GET /path 200 via UPSTREAM host=…".
     tracing::info!(
         target: ACCESS_TARGET,
         http_method = method,
         http_path = path,
         http_status = status,
+        upstream,
         http_host = host,
         http_duration_us = duration_us,
         remote_addr = remote,
-        upstream,
-        "{method} {path} {status}"
+        "{method} {path} {status}{}",
+        Via(upstream)
     );
+}
+
+/// " via UPSTREAM" in the access message of a proxied request, nothing otherwise.
+struct Via<'a>(Option<&'a str>);
+
+impl std::fmt::Display for Via<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(u) => write!(f, " via {u}"),
+            None => Ok(()),
+        }
+    }
 }
