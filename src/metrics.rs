@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,10 +48,49 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     pub last_reload_success: Gauge,
     pub last_reload_timestamp: Gauge,
-    pub upstream_up: Family<UpstreamLabels, Gauge>,
-    pub upstream_requests: Family<UpstreamLabels, Counter>,
-    pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub start_time: SystemTime,
+}
+
+/// Per-upstream series live for the whole process: proxy pools are rebuilt by every reload,
+/// and a counter must never go back to zero.
+struct UpstreamFamilies {
+    up: Family<UpstreamLabels, Gauge>,
+    requests: Family<UpstreamLabels, Counter>,
+    errors: Family<UpstreamLabels, Counter>,
+}
+
+static UPSTREAMS: LazyLock<UpstreamFamilies> = LazyLock::new(|| UpstreamFamilies {
+    up: Family::default(),
+    requests: Family::default(),
+    errors: Family::default(),
+});
+
+/// The request and error counters of one upstream ("unix:/run/app.sock", "http://h:p").
+#[derive(Clone, Debug)]
+pub struct UpstreamCounters {
+    pub requests: Counter,
+    pub errors: Counter,
+}
+
+pub fn upstream_counters(label: &str) -> UpstreamCounters {
+    let labels = UpstreamLabels {
+        upstream: label.to_owned(),
+    };
+    UpstreamCounters {
+        requests: UPSTREAMS.requests.get_or_create(&labels).clone(),
+        errors: UPSTREAMS.errors.get_or_create(&labels).clone(),
+    }
+}
+
+/// Replaces the up/down series with the upstreams of the running configuration.
+pub fn set_upstreams_up(current: impl Iterator<Item = (String, bool)>) {
+    UPSTREAMS.up.clear();
+    for (upstream, up) in current {
+        UPSTREAMS
+            .up
+            .get_or_create(&UpstreamLabels { upstream })
+            .set(i64::from(up));
+    }
 }
 
 impl Metrics {
@@ -108,23 +148,20 @@ impl Metrics {
             "Unix time of the last reload attempt (or the start)",
             last_reload_timestamp.clone(),
         );
-        let upstream_up = Family::<UpstreamLabels, Gauge>::default();
         registry.register(
             "upstream_up",
-            "1 if the upstream is considered healthy",
-            upstream_up.clone(),
+            "1 if the upstream is in rotation (not ejected, passing its health check)",
+            UPSTREAMS.up.clone(),
         );
-        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_requests",
-            "Requests forwarded per upstream",
-            upstream_requests.clone(),
+            "Requests sent to each upstream",
+            UPSTREAMS.requests.clone(),
         );
-        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Failed connects, timeouts and broken responses per upstream",
-            upstream_errors.clone(),
+            "Failed connects, timeouts and connections lost before a response, per upstream",
+            UPSTREAMS.errors.clone(),
         );
         let build = Family::<VersionLabels, Gauge>::default();
         build
@@ -153,9 +190,6 @@ impl Metrics {
             reloads,
             last_reload_success,
             last_reload_timestamp,
-            upstream_up,
-            upstream_requests,
-            upstream_errors,
             start_time,
         }
     }

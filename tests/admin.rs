@@ -1,7 +1,9 @@
 //! The admin listener: /metrics, /status, /healthz on a real unix socket; `gatehouse status`.
 
 mod common;
+mod proxy_upstream;
 use common::*;
+use proxy_upstream::{Listen, UpstreamServer};
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -246,4 +248,81 @@ fn a_site_cannot_claim_the_admin_listener() {
     let (code, _, err) = run_cli(&["check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(78));
     assert!(err.contains(":6:14: "), "{err}");
+}
+
+#[test]
+fn upstream_series_follow_requests_failures_and_ejection() {
+    let dir = tempdir();
+    let (l, live_port) = Listen::tcp();
+    let _live = UpstreamServer::start(l, "live");
+    let dead_port = free_port();
+    let admin_path = dir.path().join("admin.sock");
+    let cfg = write(
+        dir.path(),
+        "g.toml",
+        &format!(
+            r#"
+[[listener]]
+name = "http"
+[[listener]]
+name = "admin"
+role = "admin"
+[[site]]
+hosts = ["*"]
+[[site.route]]
+path = "/"
+proxy = {{ upstreams = ["http://127.0.0.1:{live_port}"] }}
+[[site.route]]
+path = "/dead"
+proxy = {{ upstreams = ["http://127.0.0.1:{dead_port}"], retry_connect_for = "0s" }}
+"#
+        ),
+    );
+    let (l, port) = tcp_listener();
+    let admin = UnixListener::bind(&admin_path).unwrap();
+    let server = Server::start(dir, Launch::serve(&cfg).fd(l, "http").fd(admin, "admin"));
+    server.wait_ready();
+
+    for _ in 0..2 {
+        assert_eq!(get_tcp(port, "a", "/x").unwrap().status, 200);
+    }
+    assert_eq!(get_tcp(port, "a", "/dead").unwrap().status, 502);
+    let m = scrape(&admin_path);
+    let live = format!("http://127.0.0.1:{live_port}");
+    let dead = format!("http://127.0.0.1:{dead_port}");
+    assert_eq!(
+        value(
+            &m,
+            "gatehouse_upstream_requests_total",
+            &[("upstream", &live)]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "gatehouse_upstream_errors_total",
+            &[("upstream", &live)]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "gatehouse_upstream_up", &[("upstream", &live)]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "gatehouse_upstream_errors_total",
+            &[("upstream", &dead)]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "gatehouse_upstream_up", &[("upstream", &dead)]),
+        0.0,
+        "ejected"
+    );
+    let kinds = [("site", "*"), ("kind", "proxy"), ("class", "5xx")];
+    assert_eq!(value(&m, "gatehouse_http_requests_total", &kinds), 1.0);
 }

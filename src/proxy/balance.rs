@@ -24,6 +24,7 @@ pub struct UpstreamState {
     ejected_until: AtomicU64,
     /// Active health: false after a failed check, true after a passing one.
     active_up: AtomicBool,
+    pub counters: crate::metrics::UpstreamCounters,
 }
 
 impl UpstreamState {
@@ -46,13 +47,14 @@ impl UpstreamState {
         }
         .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
         UpstreamState {
-            label,
             authority,
             upstream: upstream.clone(),
             client: b.build(Connector::new(upstream, cfg.connect_timeout)),
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
             active_up: AtomicBool::new(true),
+            counters: crate::metrics::upstream_counters(&label),
+            label,
         }
     }
 

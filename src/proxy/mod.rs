@@ -78,6 +78,14 @@ pub fn start(config: &Config) -> Background {
     bg
 }
 
+/// Every upstream of the configuration's proxy routes with whether it is up, for /metrics.
+pub fn upstream_health(config: &Config) -> Vec<(String, bool)> {
+    proxy_routes(config)
+        .flat_map(|p| p.pool.upstreams.iter())
+        .map(|u| (u.label.clone(), u.is_up()))
+        .collect()
+}
+
 /// `(up, total)` upstreams over all proxy routes, for STATUS=; `None` without proxy routes.
 pub fn upstreams_up(config: &Config) -> Option<(usize, usize)> {
     proxy_routes(config)
@@ -245,12 +253,14 @@ pub async fn handle(
             Err(_) => return failed(&route.pool, (StatusCode::BAD_REQUEST, Some(idx))),
         };
         let in_flight = InFlight::new(u);
+        u.counters.requests.inc();
         match send(u, req, cfg.response_header_timeout, &activity).await {
             Ok(resp) => {
                 u.mark_ok();
                 return respond(resp, u, cfg.idle_timeout, in_flight, client_upgrade);
             }
             Err(SendError::Timeout) => {
+                u.counters.errors.inc();
                 u.eject(cfg.eject_for, "no response header in time");
                 return failed(&route.pool, (StatusCode::GATEWAY_TIMEOUT, Some(idx)));
             }
@@ -264,6 +274,8 @@ pub async fn handle(
                 if caused_by::<body::IdleTimeout>(&e) {
                     return closing(tag(handlers::error(StatusCode::REQUEST_TIMEOUT), &u.label));
                 }
+                // From here on the upstream failed, not the client.
+                u.counters.errors.inc();
                 let body_back = body_back();
                 if e.is_connect() {
                     let timed_out = matches!(
