@@ -87,6 +87,11 @@ impl LineVisitor<'_, '_> {
             || (self.access && matches!(field.name(), "http_method" | "http_path" | "http_status"))
     }
 
+    /// Written as they are even with spaces: the message and the access line's leading parts.
+    fn unquoted(&self, field: &Field) -> bool {
+        self.bare(field) || (self.access && field.name() == "upstream")
+    }
+
     fn key(&mut self, field: &Field) -> fmt::Result {
         self.writer.write_char(' ')?;
         if self.access && field.name() == "upstream" {
@@ -106,9 +111,7 @@ impl Visit for LineVisitor<'_, '_> {
         }
         self.result = self.key(field).and_then(|()| {
             // Quote only what would otherwise be ambiguous on one line.
-            if !self.bare(field)
-                && !(self.access && field.name() == "upstream")
-                && (value.is_empty() || value.contains([' ', '"', '\n', '=']))
+            if !self.unquoted(field) && (value.is_empty() || value.contains([' ', '"', '\n', '=']))
             {
                 write!(self.writer, "{value:?}")
             } else {
