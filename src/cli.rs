@@ -172,7 +172,10 @@ fn check(path: Option<&Path>) -> ExitCode {
         None => default,
     };
     match config::load_file(path) {
-        Ok(_) => {
+        Ok(config) => {
+            for w in crate::tls::expiry_warnings(&config, std::time::SystemTime::now()) {
+                eprintln!("warning: {w}");
+            }
             println!("configuration OK");
             ExitCode::SUCCESS
         }

@@ -103,6 +103,7 @@ async fn serve(
 
     let opened = open_listeners(&config, passed)?;
     let liveness = Liveness::new(Liveness::period_for(watchdog));
+    crate::tls::warn_expiring(&config);
     let shared = Shared::new(config, liveness);
     let mut listeners = ListenerSet::default();
     for open in opened {

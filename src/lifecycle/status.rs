@@ -28,6 +28,9 @@ pub struct Report {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload: Option<LastReload>,
+    /// TLS certificates in use that expire within 14 days.
+    #[serde(default)]
+    pub tls_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +66,10 @@ pub fn collect(shared: &Shared) -> Report {
             ok: r.error.is_none(),
             error: r.error,
         }),
+        tls_warnings: crate::tls::expiry_warnings(
+            &shared.snapshot.load().config,
+            SystemTime::now(),
+        ),
     }
 }
 
@@ -84,6 +91,12 @@ pub fn line(r: &Report) -> String {
             s.push_str(&format!(
                 "; reload FAILED at {at}, serving previous config: {short}"
             ));
+        }
+    }
+    if let Some(w) = r.tls_warnings.first() {
+        s.push_str(&format!("; WARNING: {w}"));
+        if r.tls_warnings.len() > 1 {
+            s.push_str(&format!(" (+{} more)", r.tls_warnings.len() - 1));
         }
     }
     s
@@ -121,6 +134,9 @@ pub fn human(r: &Report) -> String {
         if let Some(e) = &last.error {
             s.push_str(&format!("\n  {}", e.lines().next().unwrap_or("")));
         }
+    }
+    for w in &r.tls_warnings {
+        s.push_str(&format!("\nwarning: {w}"));
     }
     s.push('\n');
     s
