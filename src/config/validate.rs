@@ -59,7 +59,7 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                     Some("put redirect_https = true on the plain listener (port 80)"),
                 );
             }
-            if let Some(p) = crate::tls::config::listener_tls(tls.get_ref(), sink) {
+            if let Some(p) = crate::tls::config::listener_tls(tls, sink) {
                 pending_tls.push((listeners.len(), p, tls.span()));
             }
         }
@@ -179,7 +179,7 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
             tls: site
                 .tls
                 .as_ref()
-                .and_then(|t| crate::tls::config::site_tls(t.get_ref(), sink)),
+                .and_then(|t| crate::tls::config::site_tls(t, sink)),
             redirect_https: site.redirect_https.unwrap_or(false),
             hsts: site
                 .hsts

@@ -15,11 +15,32 @@ pub const AUTO_KEY: &str = "gatehouse.tls.key";
 const CRED_PREFIX: &str = "cred:";
 
 /// `tls = "auto"` or `tls = { cert = "...", key = "...", strict_sni = false }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawTls {
-    Auto(Spanned<String>),
+    Auto(String),
     Files(RawTlsFiles),
+}
+
+// By hand rather than `#[serde(untagged)]`: untagged buffers the value, which loses the
+// spans of the fields inside (and turns every mistake into "did not match any variant").
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = RawTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\" or a table { cert = \"...\", key = \"...\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawTls, E> {
+                Ok(RawTls::Auto(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawTls, A::Error> {
+                RawTlsFiles::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawTls::Files)
+            }
+        }
+        d.deserialize_any(Shape)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,12 +127,13 @@ fn load_files(files: &RawTlsFiles, sink: &mut ErrorSink) -> Option<Arc<LoadedCer
 }
 
 /// A `[[listener]]`'s `tls`.
-pub fn listener_tls(raw: &RawTls, sink: &mut ErrorSink) -> Option<PendingListenerTls> {
-    match raw {
-        RawTls::Auto(word) if word.get_ref() == "auto" => {
+pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<PendingListenerTls> {
+    let span = raw.span();
+    match raw.get_ref() {
+        RawTls::Auto(word) if word == "auto" => {
             let Some(dir) = credentials_dir() else {
                 sink.push(
-                    Some(word.span()),
+                    Some(span),
                     "tls = \"auto\" needs $CREDENTIALS_DIRECTORY, which is not set",
                     Some("add LoadCredential=gatehouse.tls.crt:/path/fullchain.pem and LoadCredential=gatehouse.tls.key:/path/key.pem to the service (see units/examples/tls/)"),
                 );
@@ -124,7 +146,7 @@ pub fn listener_tls(raw: &RawTls, sink: &mut ErrorSink) -> Option<PendingListene
                 }),
                 Err(msg) => {
                     sink.push(
-                        Some(word.span()),
+                        Some(span),
                         format!("tls = \"auto\": {msg}"),
                         Some("the credentials gatehouse.tls.crt and gatehouse.tls.key come from LoadCredential= in the service"),
                     );
@@ -134,8 +156,8 @@ pub fn listener_tls(raw: &RawTls, sink: &mut ErrorSink) -> Option<PendingListene
         }
         RawTls::Auto(word) => {
             sink.push(
-                Some(word.span()),
-                format!("tls = {:?} is not understood", word.get_ref()),
+                Some(span),
+                format!("tls = {word:?} is not understood"),
                 Some(SHAPE_HINT),
             );
             None
@@ -151,8 +173,8 @@ pub fn listener_tls(raw: &RawTls, sink: &mut ErrorSink) -> Option<PendingListene
 }
 
 /// A `[[site]]`'s `tls`: only `{ cert, key }`, the certificate chosen by SNI for its hosts.
-pub fn site_tls(raw: &RawTls, sink: &mut ErrorSink) -> Option<Arc<LoadedCert>> {
-    match raw {
+pub fn site_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Arc<LoadedCert>> {
+    match raw.get_ref() {
         RawTls::Files(files) => {
             if let Some(s) = &files.strict_sni {
                 sink.push(
@@ -163,9 +185,9 @@ pub fn site_tls(raw: &RawTls, sink: &mut ErrorSink) -> Option<Arc<LoadedCert>> {
             }
             load_files(files, sink)
         }
-        RawTls::Auto(word) => {
+        RawTls::Auto(_) => {
             sink.push(
-                Some(word.span()),
+                Some(raw.span()),
                 "a site's `tls` is { cert = \"...\", key = \"...\" }; \"auto\" is for listeners",
                 None,
             );
