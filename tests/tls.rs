@@ -472,3 +472,43 @@ fn check_warns_about_a_certificate_expiring_soon() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_shipped_example_config_checks_with_credentials() {
+    let pki = Pki::new();
+    let dir = tempdir();
+    let leaf = pki.leaf(&["example.com", "www.example.com"]);
+    std::fs::write(dir.path().join("gatehouse.tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("gatehouse.tls.key"), &leaf.key_pem).unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/units/examples/tls/gatehouse.toml"
+    ))
+    .unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let cfg = write(
+        dir.path(),
+        "g.toml",
+        &example.replace("/var/www/example.com", &www.display().to_string()),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .env("CREDENTIALS_DIRECTORY", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Without the credentials the same file is refused, naming what is missing.
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("tls = \"auto\" needs $CREDENTIALS_DIRECTORY"),
+        "{stderr}"
+    );
+}
