@@ -28,6 +28,18 @@ pub fn warn_expiring(config: &crate::config::Config) {
     }
 }
 
+/// Repeats [`warn_expiring`] daily, so a server that runs for weeks still warns in the journal
+/// once a certificate enters the 14-day window (STATUS= recomputes on every refresh anyway).
+pub async fn watch_expiry(shared: std::sync::Arc<crate::server::Shared>) {
+    let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    // The first tick is immediate; startup already warned.
+    daily.tick().await;
+    loop {
+        daily.tick().await;
+        warn_expiring(&shared.snapshot.load().config);
+    }
+}
+
 /// One line per certificate in use that expires within 14 days (or has expired).
 pub fn expiry_warnings(config: &crate::config::Config, now: SystemTime) -> Vec<String> {
     let mut seen: Vec<&std::path::Path> = Vec::new();
