@@ -10,15 +10,27 @@ use std::process::ExitCode;
 const ABOUT: &str = "A systemd-native front web server: socket activation, sd_notify, \
 watchdog, zero-downtime reload and idle exit, in one binary.";
 
-const AFTER_HELP: &str = "\
-Examples:
-  gatehouse serve                                  built-in welcome page on 127.0.0.1:8080
-  gatehouse serve --config /etc/gatehouse/gatehouse.toml
-  gatehouse serve --listen 127.0.0.1:8080 --listen unix:/run/gh.sock
-  gatehouse check --config site.toml               validate like `nginx -t`
+const EXAMPLES: &str = "\
+gatehouse serve                                  built-in welcome page on 127.0.0.1:8080
+gatehouse serve --config /etc/gatehouse/gatehouse.toml
+gatehouse serve --listen 127.0.0.1:8080 --root ./public
+gatehouse check --config site.toml               validate like `nginx -t`
+gatehouse status                                 ask the running server";
 
-Under systemd, sockets come from the .socket unit (LISTEN_FDS); reload with SIGHUP
-(`systemctl reload gatehouse`), stop with SIGTERM. Exit code 78 means a configuration error.";
+const UNDER_SYSTEMD: &str = "Under systemd, sockets come from the .socket unit (LISTEN_FDS); \
+reload with SIGHUP (`systemctl reload gatehouse`), stop with SIGTERM. \
+Exit code 78 means a configuration error.";
+
+const AFTER_HELP: &str = concat!(
+    "Examples:\n",
+    "  gatehouse serve                                  built-in welcome page on 127.0.0.1:8080\n",
+    "  gatehouse serve --config /etc/gatehouse/gatehouse.toml\n",
+    "  gatehouse serve --listen 127.0.0.1:8080 --root ./public\n",
+    "  gatehouse check --config site.toml               validate like `nginx -t`\n",
+    "  gatehouse status                                 ask the running server\n\n",
+    "Under systemd, sockets come from the .socket unit (LISTEN_FDS); reload with SIGHUP ",
+    "(`systemctl reload gatehouse`), stop with SIGTERM. Exit code 78 means a configuration error."
+);
 
 #[derive(Debug, Parser)]
 #[command(name = "gatehouse", version, about = ABOUT, after_help = AFTER_HELP)]
@@ -79,7 +91,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_bind)]
     pub listen: Vec<BindAddr>,
 
-    /// Quick mode: serve the files of DIR (static file serving lands in a later version)
+    /// Quick mode: serve the files of DIR at / (index.html, no listing)
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
@@ -94,6 +106,11 @@ pub struct CheckArgs {
     /// Configuration file [default: /etc/gatehouse/gatehouse.toml]
     #[arg(short, long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Names of the sockets systemd will pass (FileDescriptorName=), comma-separated: each
+    /// must be claimed by a [[listener]], as `serve` requires
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub fd_names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -135,7 +152,7 @@ pub fn main() -> ExitCode {
                 log_target: cli.log_target,
             })
         }
-        Command::Check(args) => check(args.config.as_deref()),
+        Command::Check(args) => check(args.config.as_deref(), &args.fd_names),
         Command::Reload(args) => {
             let origin = args
                 .config
@@ -157,21 +174,38 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn check(path: Option<&Path>) -> ExitCode {
+fn check(path: Option<&Path>, fd_names: &[String]) -> ExitCode {
     let default = Path::new(config::DEFAULT_CONFIG_PATH);
-    let path = match path {
-        Some(p) => p,
+    let (path, loaded) = match path {
+        Some(p) => (p, config::load_file(p)),
         None if !default.exists() => {
             println!(
                 "no configuration file at {}: `gatehouse serve` uses the built-in welcome page",
                 default.display()
             );
-            println!("configuration OK");
-            return ExitCode::SUCCESS;
+            (default, Ok(config::builtin_config()))
         }
-        None => default,
+        None => (default, config::load_file(default)),
     };
-    match config::load_file(path) {
+    let loaded = loaded.and_then(|c| {
+        // The same pairing `serve` does with LISTEN_FDNAMES, so ExecStartPre= catches it.
+        let unclaimed: Vec<config::ConfigError> = fd_names
+            .iter()
+            .filter(|n| crate::server::listener::listener_for_passed(&c, n).is_none())
+            .map(|n| {
+                config::ConfigError::new(format!(
+                    "no [[listener]] is named {n:?}, but systemd passes a socket with that name"
+                ))
+                .with_hint(format!("add [[listener]] name = {n:?}"))
+            })
+            .collect();
+        if unclaimed.is_empty() {
+            Ok(c)
+        } else {
+            Err(config::ConfigErrors(unclaimed))
+        }
+    });
+    match loaded {
         Ok(config) => {
             for w in crate::tls::expiry_warnings(&config, std::time::SystemTime::now()) {
                 eprintln!("warning: {w}");
@@ -192,11 +226,66 @@ fn check(path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// gatehouse(8): clap_mangen's sections, one COMMANDS section instead of references to
+/// per-command pages that do not exist, and the examples kept as preformatted lines.
+fn render_man(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        writeln!(
+            out,
+            ".TP\n\\fBgatehouse {}\\fR\n{}",
+            sub.get_name(),
+            roff(&about)
+        )?;
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            let value = arg
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| format!(" \\fI{v}\\fR"))
+                .unwrap_or_default();
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            writeln!(
+                out,
+                ".RS\n.TP\n\\fB\\-\\-{}\\fR{value}\n{}\n.RE",
+                roff(long),
+                roff(&help)
+            )?;
+        }
+    }
+    writeln!(out, ".SH EXAMPLES\n.nf\n{}\n.fi", roff(EXAMPLES))?;
+    writeln!(out, ".SH SYSTEMD\n{}", roff(UNDER_SYSTEMD))?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+/// Escapes text for roff: backslashes, hyphens, and a leading dot or quote on a line.
+fn roff(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let escaped = line.replace('\\', "\\e").replace('-', "\\-");
+            if escaped.starts_with('.') || escaped.starts_with('\'') {
+                format!("\\&{escaped}")
+            } else {
+                escaped
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn generate(what: Generated) -> ExitCode {
     let mut cmd = Cli::command();
     let mut out = std::io::stdout();
     let result = match what {
-        Generated::Man => clap_mangen::Man::new(cmd).render(&mut out),
+        Generated::Man => render_man(cmd, &mut out),
         Generated::Bash => {
             clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "gatehouse", &mut out);
             Ok(())

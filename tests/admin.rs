@@ -152,8 +152,9 @@ fn reloads_are_counted_and_status_agrees_with_systemd_status() {
         .lines()
         .find_map(|l| l.strip_prefix("STATUS="))
         .unwrap();
+    // The open count may still include the first client while the server sees its close.
     assert!(
-        status_line.starts_with("0 connections open, 1 request served; reload FAILED"),
+        status_line.contains(" open, 1 request served; reload FAILED at "),
         "{status_line}"
     );
 

@@ -126,3 +126,34 @@ fn generate_man_page() {
         &out[..out.len().min(200)]
     );
 }
+
+#[test]
+fn check_knows_the_socket_names_systemd_will_pass() {
+    let dir = tempdir();
+    let cfg = write(dir.path(), "ok.toml", &respond_config("web", "", "", "x"));
+    let path = cfg.to_str().unwrap();
+    let (code, _, err) = run_cli(&["check", "--config", path, "--fd-names", "http"]);
+    assert_eq!(code, Some(78), "serve would exit 78 on a socket named http");
+    assert!(err.contains("no [[listener]] is named \"http\""), "{err}");
+    let (code, out, _) = run_cli(&["check", "--config", path, "--fd-names", "web"]);
+    assert_eq!((code, out.trim()), (Some(0), "configuration OK"));
+}
+
+#[test]
+fn man_page_is_section_8_with_its_own_command_list() {
+    let (code, out, _) = run_cli(&["generate", "man"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(".TH gatehouse 8"),
+        "{}",
+        &out[..200.min(out.len())]
+    );
+    assert!(
+        !out.contains("gatehouse\\-serve(1)"),
+        "no references to missing pages"
+    );
+    assert!(
+        out.contains(".SH EXAMPLES\n.nf\n"),
+        "examples stay preformatted"
+    );
+}

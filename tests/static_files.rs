@@ -534,3 +534,23 @@ fn a_huge_file_to_many_slow_clients_keeps_memory_flat() {
         assert!(c.read(&mut buf).unwrap() > 0, "streams keep flowing");
     }
 }
+
+#[test]
+fn changed_files_are_never_served_stale() {
+    let site = start_site();
+    let path = site.root.join("digits.txt");
+    let original = get(site.port, "/digits.txt", "").text();
+    // Twice, so the second answer can come from the small-file cache.
+    assert_eq!(get(site.port, "/digits.txt", "").text(), original);
+    let same_size = "x".repeat(original.len());
+    std::fs::write(&path, &same_size).unwrap();
+    assert_eq!(get(site.port, "/digits.txt", "").text(), same_size);
+    std::fs::write(&path, "short").unwrap();
+    let r = get(site.port, "/digits.txt", "Range: bytes=1-2\r\n");
+    assert_eq!((r.status, r.text().as_str()), (206, "ho"));
+    // Replaced by rename (a new inode), as deploy tools do.
+    let tmp = site.root.join("digits.tmp");
+    std::fs::write(&tmp, "renamed").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert_eq!(get(site.port, "/digits.txt", "").text(), "renamed");
+}

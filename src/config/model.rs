@@ -61,6 +61,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub status_interval: Duration,
     pub max_header_size: usize,
+    /// Runtime threads; 0 = one per CPU this process may use. Read at start only.
+    pub workers: usize,
 }
 
 impl Default for ServerSettings {
@@ -72,6 +74,7 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             status_interval: Duration::from_secs(5),
             max_header_size: 16 * 1024,
+            workers: 0,
         }
     }
 }

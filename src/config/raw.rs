@@ -25,6 +25,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<Spanned<HumanDuration>>,
     pub status_interval: Option<Spanned<HumanDuration>>,
     pub max_header_size: Option<Spanned<i64>>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

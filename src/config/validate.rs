@@ -272,6 +272,16 @@ fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {
             ),
         }
     }
+    if let Some(n) = &raw.workers {
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if v <= 1024 => s.workers = v,
+            _ => sink.push(
+                Some(n.span()),
+                "`workers` must be between 0 (one per CPU) and 1024",
+                None,
+            ),
+        }
+    }
     if let Some(n) = &raw.max_header_size {
         match usize::try_from(*n.get_ref()) {
             Ok(v) if (8192..=1 << 20).contains(&v) => s.max_header_size = v,

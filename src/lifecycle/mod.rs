@@ -52,10 +52,7 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -72,6 +69,25 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             tracing::error!("{msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One worker → a current-thread runtime: no work-stealing machinery or cross-thread
+/// wake-ups, the cheapest way to use one CPU. Otherwise a work-stealing pool.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }
 

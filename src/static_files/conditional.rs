@@ -16,23 +16,24 @@ pub struct Validators {
 impl Validators {
     pub fn of(meta: &Metadata, encoding: Option<&str>) -> Validators {
         let secs = u64::try_from(meta.mtime()).unwrap_or(0);
-        let nanos = u32::try_from(meta.mtime_nsec()).unwrap_or(0);
-        let etag = match encoding {
-            None => format!(
-                "\"{:x}-{:x}.{:x}-{:x}\"",
-                meta.size(),
-                secs,
-                nanos,
-                meta.ino()
-            ),
-            Some(enc) => format!(
-                "\"{:x}-{:x}.{:x}-{:x}-{enc}\"",
-                meta.size(),
-                secs,
-                nanos,
-                meta.ino()
-            ),
-        };
+        let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
+        // "size-mtime.nanos-inode[-encoding]" in hex, built without the formatting machinery.
+        let mut etag = String::with_capacity(64);
+        etag.push('"');
+        for (i, n) in [meta.size(), secs, nanos, meta.ino()]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                etag.push(if i == 2 { '.' } else { '-' });
+            }
+            push_hex(&mut etag, n);
+        }
+        if let Some(enc) = encoding {
+            etag.push('-');
+            etag.push_str(enc);
+        }
+        etag.push('"');
         Validators {
             etag,
             modified: UNIX_EPOCH + Duration::from_secs(secs),
@@ -40,9 +41,40 @@ impl Validators {
     }
 
     pub fn last_modified(&self) -> HeaderValue {
-        HeaderValue::from_str(&httpdate::fmt_http_date(self.modified))
-            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+        thread_local! {
+            // Hot files repeat: remember the last date this thread formatted.
+            static LAST: std::cell::RefCell<Option<(SystemTime, HeaderValue)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with(|cell| {
+            let mut last = cell.borrow_mut();
+            if let Some((t, v)) = last.as_ref() {
+                if *t == self.modified {
+                    return v.clone();
+                }
+            }
+            let v = HeaderValue::from_str(&httpdate::fmt_http_date(self.modified))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            *last = Some((self.modified, v.clone()));
+            v
+        })
     }
+}
+
+fn push_hex(out: &mut String, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
 }
 
 pub enum Precondition {
@@ -121,6 +153,16 @@ fn etag_list_matches(list: &str, etag: &str, weak: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex() {
+        let mut s = String::new();
+        for n in [0u64, 1, 0xabc, u64::MAX] {
+            push_hex(&mut s, n);
+            s.push(',');
+        }
+        assert_eq!(s, "0,1,abc,ffffffffffffffff,");
+    }
 
     #[test]
     fn etag_lists() {

@@ -86,7 +86,9 @@ pub struct CacheRule {
 
 #[derive(Debug, Clone)]
 pub struct StaticConfig {
-    pub root: PathBuf,
+    pub root: super::path::RootDir,
+    /// Small hot files of this route, validated on every request.
+    pub cache: super::cache::FileCache,
     pub index: Vec<String>,
     pub precompressed: Vec<Encoding>,
     pub spa_fallback: Option<String>,
@@ -102,7 +104,8 @@ impl StaticConfig {
     /// Defaults for `serve --root DIR`.
     pub fn for_root(root: PathBuf) -> StaticConfig {
         StaticConfig {
-            root,
+            root: super::path::RootDir::new(root),
+            cache: Default::default(),
             index: vec!["index.html".into()],
             precompressed: Vec::new(),
             spa_fallback: None,

@@ -1,11 +1,16 @@
 //! Content-Type from the file extension (mime_guess's full table), with `charset=utf-8` for
-//! text types, as browsers otherwise guess the encoding.
+//! text types, as browsers otherwise guess the encoding. The common web types are answered
+//! from a static table first: no lookup and no allocation on the hot path.
 
 use http::HeaderValue;
 use std::path::Path;
 
 pub fn content_type(path: &Path) -> HeaderValue {
-    let mime = mime_guess::from_path(path)
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if let Some(v) = common(ext) {
+        return HeaderValue::from_static(v);
+    }
+    let mime = mime_guess::from_ext(ext)
         .first_raw()
         .unwrap_or("application/octet-stream");
     if is_text(mime) {
@@ -14,6 +19,30 @@ pub fn content_type(path: &Path) -> HeaderValue {
     } else {
         HeaderValue::from_static(mime)
     }
+}
+
+fn common(ext: &str) -> Option<&'static str> {
+    Some(match ext {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" => "application/json; charset=utf-8",
+        "txt" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml; charset=utf-8",
+        "xml" => "text/xml; charset=utf-8",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "ico" => "image/x-icon",
+        "woff2" => "font/woff2",
+        "woff" => "font/woff",
+        "wasm" => "application/wasm",
+        "pdf" => "application/pdf",
+        "bin" => "application/octet-stream",
+        _ => return None,
+    })
 }
 
 /// Textual types: they get a charset and may be compressed on the fly.
@@ -55,6 +84,24 @@ mod tests {
         );
         assert_eq!(content_type(Path::new("a.png")), "image/png");
         assert_eq!(content_type(Path::new("a.woff2")), "font/woff2");
+        assert_eq!(
+            content_type(Path::new("a.md")),
+            "text/markdown; charset=utf-8"
+        );
+        assert_eq!(content_type(Path::new("a.mp4")), "video/mp4");
         assert_eq!(content_type(Path::new("noext")), "application/octet-stream");
+    }
+
+    #[test]
+    fn the_fast_table_agrees_with_mime_guess() {
+        // Not "woff": mime_guess still says application/font-woff; font/woff is RFC 8081's.
+        for ext in [
+            "html", "css", "js", "json", "txt", "svg", "png", "jpg", "gif", "webp", "ico", "woff2",
+            "wasm", "pdf",
+        ] {
+            let fast = common(ext).unwrap();
+            let slow = mime_guess::from_ext(ext).first_raw().unwrap();
+            assert!(fast.starts_with(slow), "{ext}: {fast} vs {slow}");
+        }
     }
 }

@@ -6,17 +6,19 @@
 pub mod config;
 
 mod body;
+mod cache;
 mod conditional;
 mod listing;
 mod mime;
 mod negotiate;
-mod path;
+pub mod path;
 mod range;
 
 pub use config::{RawStatic, StaticConfig};
 
 use crate::handlers::{self, Body};
 use body::{FileBody, ReaderBody};
+use bytes::Bytes;
 use conditional::{Precondition, Validators};
 use config::Encoding;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -60,18 +62,16 @@ fn handle(
         Err(Reject::BadRequest) => return handlers::error(StatusCode::BAD_REQUEST),
         Err(Reject::NotFound) => return handlers::error(StatusCode::NOT_FOUND),
     };
-    match path::open(&cfg.root, &rel.path, cfg.follow_symlinks) {
-        Ok(Opened::File(file, meta)) => serve_file(cfg, method, headers, &rel.path, file, meta),
-        Ok(Opened::Dir(dir)) => {
+    match open_source(cfg, &rel.path) {
+        Ok(Found::File(source, meta)) => serve_file(cfg, method, headers, &rel.path, source, meta),
+        Ok(Found::Dir(dir)) => {
             if !url_path.ends_with('/') {
                 return redirect_to_slash(uri);
             }
             for index in &cfg.index {
                 let candidate = rel.path.join(index);
-                if let Ok(Opened::File(file, meta)) =
-                    path::open(&cfg.root, &candidate, cfg.follow_symlinks)
-                {
-                    return serve_file(cfg, method, headers, &candidate, file, meta);
+                if let Ok(Found::File(source, meta)) = open_source(cfg, &candidate) {
+                    return serve_file(cfg, method, headers, &candidate, source, meta);
                 }
             }
             if cfg.list_directories {
@@ -86,9 +86,9 @@ fn handle(
         Err(OpenError::NotFound) => match &cfg.spa_fallback {
             Some(fallback) if !rel.has_extension => {
                 let fallback = Path::new(fallback);
-                match path::open(&cfg.root, fallback, cfg.follow_symlinks) {
-                    Ok(Opened::File(file, meta)) => {
-                        serve_file(cfg, method, headers, fallback, file, meta)
+                match open_source(cfg, fallback) {
+                    Ok(Found::File(source, meta)) => {
+                        serve_file(cfg, method, headers, fallback, source, meta)
                     }
                     _ => handlers::error(StatusCode::NOT_FOUND),
                 }
@@ -100,6 +100,40 @@ fn handle(
             tracing::warn!(error = %e, path = %rel.path.display(), "static file error");
             handlers::error(StatusCode::INTERNAL_SERVER_ERROR)
         }
+    }
+}
+
+/// Where a file's bytes come from.
+enum Source {
+    File(File),
+    /// From the route's cache of small files, already checked against the file's metadata.
+    Cached(Bytes),
+}
+
+// A short-lived return value, never stored: boxing the metadata would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
+enum Found {
+    File(Source, Metadata),
+    Dir(std::os::fd::OwnedFd),
+}
+
+/// Opens `rel` beneath the root, or takes it from the cache when the probe shows the cached
+/// copy is still that file.
+fn open_source(cfg: &StaticConfig, rel: &Path) -> Result<Found, OpenError> {
+    let hit = std::cell::RefCell::new(None);
+    let known = |meta: &Metadata| {
+        let cached = cfg.cache.get(rel, meta);
+        let found = cached.is_some();
+        *hit.borrow_mut() = cached;
+        found
+    };
+    match path::open_unless_known(&cfg.root, rel, cfg.follow_symlinks, &known)? {
+        Opened::Known(meta) => match hit.into_inner() {
+            Some(bytes) => Ok(Found::File(Source::Cached(bytes), meta)),
+            None => Err(OpenError::NotFound),
+        },
+        Opened::File(file, meta) => Ok(Found::File(Source::File(file), meta)),
+        Opened::Dir(fd) => Ok(Found::Dir(fd)),
     }
 }
 
@@ -157,7 +191,7 @@ fn html_response(html: String) -> Response<Body> {
 
 /// One representation of the requested file.
 struct Representation {
-    file: File,
+    source: Source,
     meta: Metadata,
     /// Set when serving a precompressed sibling.
     encoding: Option<Encoding>,
@@ -168,7 +202,7 @@ fn serve_file(
     method: &Method,
     headers: &HeaderMap,
     rel: &Path,
-    file: File,
+    source: Source,
     meta: Metadata,
 ) -> Response<Body> {
     let content_type = mime::content_type(rel);
@@ -176,7 +210,7 @@ fn serve_file(
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok());
     let rep = choose_precompressed(cfg, rel, accept).unwrap_or(Representation {
-        file,
+        source,
         meta,
         encoding: None,
     });
@@ -237,7 +271,7 @@ fn serve_file(
         let body = if head {
             handlers::empty()
         } else {
-            compressed_body(rep.file, enc)
+            compressed_body(rep.source, enc)
         };
         return builder
             .status(StatusCode::OK)
@@ -272,7 +306,7 @@ fn serve_file(
     let body = if head {
         handlers::empty()
     } else {
-        match file_body(rep.file, start, count) {
+        match file_body(cfg, rel, rep, start, count) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, path = %rel.display(), "cannot read file");
@@ -301,9 +335,9 @@ fn choose_precompressed(
         .find_map(|enc| {
             let mut name = rel.as_os_str().to_owned();
             name.push(enc.suffix());
-            match path::open(&cfg.root, Path::new(&name), cfg.follow_symlinks) {
-                Ok(Opened::File(file, meta)) => Some(Representation {
-                    file,
+            match open_source(cfg, Path::new(&name)) {
+                Ok(Found::File(source, meta)) => Some(Representation {
+                    source,
                     meta,
                     encoding: Some(enc),
                 }),
@@ -312,24 +346,67 @@ fn choose_precompressed(
         })
 }
 
-fn file_body(mut file: File, start: u64, count: u64) -> std::io::Result<Body> {
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))?;
-    }
-    if count <= READ_WHOLE_MAX {
-        let mut buf = Vec::with_capacity(count as usize);
-        file.take(count).read_to_end(&mut buf)?;
-        if (buf.len() as u64) < count {
-            return Err(std::io::Error::other("file shrank while being read"));
+fn file_body(
+    cfg: &StaticConfig,
+    rel: &Path,
+    rep: Representation,
+    start: u64,
+    count: u64,
+) -> std::io::Result<Body> {
+    let len = rep.meta.len();
+    let whole = match rep.source {
+        Source::Cached(bytes) => bytes,
+        Source::File(file) if len <= READ_WHOLE_MAX => {
+            let mut buf = Vec::with_capacity(len as usize);
+            file.take(len).read_to_end(&mut buf)?;
+            if (buf.len() as u64) < len {
+                return Err(std::io::Error::other("file shrank while being read"));
+            }
+            let bytes = Bytes::from(buf);
+            if len <= cache::MAX_ENTRY {
+                // The name of the sibling actually read, for precompressed representations.
+                let key = match rep.encoding {
+                    None => rel.to_path_buf(),
+                    Some(enc) => {
+                        let mut name = rel.as_os_str().to_owned();
+                        name.push(enc.suffix());
+                        PathBuf::from(name)
+                    }
+                };
+                cfg.cache.insert(&key, &rep.meta, bytes.clone());
+            }
+            bytes
         }
-        return Ok(handlers::full(buf.into()));
-    }
-    Ok(FileBody::new(file, count).boxed())
+        Source::File(mut file) => {
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))?;
+            }
+            return Ok(FileBody::new(file, count).boxed());
+        }
+    };
+    let end = usize::try_from(start + count)
+        .unwrap_or(usize::MAX)
+        .min(whole.len());
+    let begin = usize::try_from(start).unwrap_or(usize::MAX).min(end);
+    Ok(handlers::full(whole.slice(begin..end)))
 }
 
-fn compressed_body(file: File, enc: Encoding) -> Body {
+fn compressed_body(source: Source, enc: Encoding) -> Body {
+    match source {
+        Source::File(file) => {
+            let reader =
+                tokio::io::BufReader::with_capacity(64 * 1024, tokio::fs::File::from_std(file));
+            compressor(reader, enc)
+        }
+        Source::Cached(bytes) => compressor(std::io::Cursor::new(bytes), enc),
+    }
+}
+
+fn compressor<R>(reader: R, enc: Encoding) -> Body
+where
+    R: tokio::io::AsyncBufRead + Unpin + Send + Sync + 'static,
+{
     use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
-    let reader = tokio::io::BufReader::with_capacity(64 * 1024, tokio::fs::File::from_std(file));
     match enc {
         Encoding::Gzip => ReaderBody::new(GzipEncoder::new(reader)).boxed(),
         Encoding::Brotli => ReaderBody::new(BrotliEncoder::with_quality(

@@ -14,6 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Longest URL path below the route we look up; longer ones are refused.
 const MAX_PATH: usize = 4096;
@@ -92,13 +94,72 @@ pub enum Opened {
     File(File, Metadata),
     /// A directory, opened O_PATH: enough to look inside, nothing else.
     Dir(OwnedFd),
+    /// A regular file the caller said it already holds (see [`open_unless_known`]): not
+    /// opened for reading.
+    Known(Metadata),
 }
 
-/// Opens `rel` below `root` under `policy`. Regular files and directories only: anything
+/// The document root, opened O_PATH and reused for a second at a time: saves an open and a
+/// close per request, while a root that is swapped (a symlink repointed by a deploy, say)
+/// takes effect within a second, as it would with a path lookup per request.
+#[derive(Clone)]
+pub struct RootDir {
+    path: PathBuf,
+    cached: Arc<Mutex<Option<OpenedAt>>>,
+}
+
+/// When the root was opened, and its O_PATH descriptor.
+type OpenedAt = (Instant, Arc<OwnedFd>);
+
+const ROOT_REUSE: Duration = Duration::from_secs(1);
+
+impl RootDir {
+    pub fn new(path: PathBuf) -> RootDir {
+        RootDir {
+            path,
+            cached: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, fd)) = cached.as_ref() {
+            if at.elapsed() < ROOT_REUSE {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Arc::new(open_root(&self.path)?);
+        *cached = Some((Instant::now(), fd.clone()));
+        Ok(fd)
+    }
+}
+
+impl std::fmt::Debug for RootDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RootDir").field(&self.path).finish()
+    }
+}
+
+/// Opens `rel` below the root under `policy`. Regular files and directories only: anything
 /// else (FIFO, device, socket) is reported as not found without being opened.
-pub fn open(root: &Path, rel: &Path, policy: FollowSymlinks) -> Result<Opened, OpenError> {
-    let root_fd = open_root(root)?;
-    open_in(root_fd.as_fd(), root, rel, policy)
+pub fn open(root: &RootDir, rel: &Path, policy: FollowSymlinks) -> Result<Opened, OpenError> {
+    open_unless_known(root, rel, policy, &|_| false)
+}
+
+/// Like [`open`], but a regular file for which `known(metadata)` is true is only probed,
+/// not opened: the caller has its content (see `cache`).
+pub fn open_unless_known(
+    root: &RootDir,
+    rel: &Path,
+    policy: FollowSymlinks,
+    known: &dyn Fn(&Metadata) -> bool,
+) -> Result<Opened, OpenError> {
+    let root_fd = root.fd()?;
+    open_in(root_fd.as_fd(), &root.path, rel, policy, known)
 }
 
 /// Like [`open`], relative to an already opened directory of the same root.
@@ -107,6 +168,7 @@ pub fn open_in(
     root: &Path,
     rel: &Path,
     policy: FollowSymlinks,
+    known: &dyn Fn(&Metadata) -> bool,
 ) -> Result<Opened, OpenError> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
@@ -118,7 +180,7 @@ pub fn open_in(
         FollowSymlinks::InsideRoot => RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
         FollowSymlinks::Always => 0,
     };
-    match open_checked(dir, rel, resolve) {
+    match open_checked(dir, rel, resolve, known) {
         // RESOLVE_BENEATH refuses absolute symlinks even when they point inside the root:
         // resolve those in user space and open the symlink-free result.
         Err(e) if policy == FollowSymlinks::InsideRoot && e.raw_os_error() == Some(libc::EXDEV) => {
@@ -137,6 +199,7 @@ pub fn open_in(
                 croot.as_fd(),
                 inside,
                 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+                known,
             )?)
         }
         other => Ok(other?),
@@ -166,16 +229,25 @@ const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_BENEATH: u64 = 0x08;
 
-fn open_checked(dir: BorrowedFd<'_>, rel: &Path, resolve: u64) -> io::Result<Opened> {
+fn open_checked(
+    dir: BorrowedFd<'_>,
+    rel: &Path,
+    resolve: u64,
+    known: &dyn Fn(&Metadata) -> bool,
+) -> io::Result<Opened> {
     // O_PATH first: stat without opening, so a FIFO or device is never opened.
-    let probe = openat2(dir, rel, libc::O_PATH | libc::O_CLOEXEC, resolve)?;
-    let meta = File::from(probe.try_clone()?).metadata()?;
+    let probe = File::from(openat2(dir, rel, libc::O_PATH | libc::O_CLOEXEC, resolve)?);
+    let meta = probe.metadata()?;
     if meta.is_dir() {
-        return Ok(Opened::Dir(probe));
+        return Ok(Opened::Dir(OwnedFd::from(probe)));
     }
     if !meta.is_file() {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
+    if known(&meta) {
+        return Ok(Opened::Known(meta));
+    }
+    drop(probe);
     // O_NONBLOCK: should the file be swapped for a FIFO in between, open must not hang.
     let file = File::from(openat2(
         dir,

@@ -1,6 +1,8 @@
 //! Logging: native journald entries under systemd, readable lines on stderr otherwise, and
 //! the per-request access log with its journal fields.
 
+mod line_format;
+
 use crate::systemd;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,8 +44,8 @@ pub fn init(level: Option<&str>, target: LogTarget) {
     }
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+        .with_ansi(false)
+        .event_format(line_format::LineFormat);
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
@@ -60,11 +62,16 @@ pub enum Remote {
 impl std::fmt::Display for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Remote::Tcp(a) => write!(f, "{}", a.ip()),
+            // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; log them as a.b.c.d
+            // so `journalctl REMOTE_ADDR=…` finds them.
+            Remote::Tcp(a) => write!(f, "{}", a.ip().to_canonical()),
             Remote::Unix => f.write_str("unix"),
         }
     }
 }
+
+/// The tracing target of access-log events.
+pub const ACCESS_TARGET: &str = "gatehouse::access";
 
 /// A response extension a handler sets when it forwarded the request: the access log's
 /// UPSTREAM field.
@@ -86,7 +93,7 @@ pub fn access<B>(
     let status = response.status().as_u16();
     match response.extensions().get::<UpstreamUsed>() {
         None => tracing::info!(
-            target: "gatehouse::access",
+            target: ACCESS_TARGET,
             http_method = method,
             http_path = path,
             http_host = host,
@@ -96,7 +103,7 @@ pub fn access<B>(
             "{method} {path} {status}"
         ),
         Some(UpstreamUsed(upstream)) => tracing::info!(
-            target: "gatehouse::access",
+            target: ACCESS_TARGET,
             http_method = method,
             http_path = path,
             http_host = host,

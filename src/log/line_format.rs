@@ -1,0 +1,138 @@
+//! The stderr line format: `2026-11-22T05:00:00.123Z INFO GET /x 200 http_host=… remote_addr=…`.
+//!
+//! tracing-subscriber's default formatter quotes every string with Debug, styles every
+//! level with ANSI machinery even when colours are off, and formats the date anew for each
+//! line; for the access log that was half of a request's instructions. This one writes
+//! values as they are, numbers with itoa, and the timestamp once per second.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+pub struct LineFormat;
+
+thread_local! {
+    /// (unix second, its RFC 3339 text without the zone) of the last line this thread wrote.
+    static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn write_timestamp(w: &mut Writer<'_>) -> fmt::Result {
+    let now = SystemTime::now();
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    STAMP.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let text = humantime::format_rfc3339_seconds(now).to_string();
+            *cached = (secs, text.trim_end_matches('Z').to_owned());
+        }
+        w.write_str(&cached.1)
+    })?;
+    let millis = since.subsec_millis();
+    let digits = [
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+    ];
+    w.write_char('.')?;
+    w.write_str(std::str::from_utf8(&digits).unwrap_or("000"))?;
+    w.write_char('Z')
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write_timestamp(&mut writer)?;
+        writer.write_char(' ')?;
+        writer.write_str(event.metadata().level().as_str())?;
+        let mut visitor = LineVisitor {
+            writer: &mut writer,
+            // The access message already says method, path and status.
+            skip_message_fields: event.metadata().target() == super::ACCESS_TARGET,
+            result: Ok(()),
+        };
+        event.record(&mut visitor);
+        visitor.result?;
+        writer.write_char('\n')
+    }
+}
+
+struct LineVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    skip_message_fields: bool,
+    result: fmt::Result,
+}
+
+impl LineVisitor<'_, '_> {
+    fn skip(&self, field: &Field) -> bool {
+        self.skip_message_fields
+            && matches!(field.name(), "http_method" | "http_path" | "http_status")
+    }
+
+    fn key(&mut self, field: &Field) -> fmt::Result {
+        self.writer.write_char(' ')?;
+        if field.name() != "message" {
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')?;
+        }
+        Ok(())
+    }
+}
+
+impl Visit for LineVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() || self.skip(field) {
+            return;
+        }
+        self.result = self.key(field).and_then(|()| {
+            // Quote only what would otherwise be ambiguous on one line.
+            if field.name() != "message"
+                && (value.is_empty() || value.contains([' ', '"', '\n', '=']))
+            {
+                write!(self.writer, "{value:?}")
+            } else {
+                self.writer.write_str(value)
+            }
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.result.is_err() || self.skip(field) {
+            return;
+        }
+        self.result = self
+            .key(field)
+            .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.result.is_err() || self.skip(field) {
+            return;
+        }
+        self.result = self
+            .key(field)
+            .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() || self.skip(field) {
+            return;
+        }
+        self.result = self
+            .key(field)
+            .and_then(|()| write!(self.writer, "{value:?}"));
+    }
+}

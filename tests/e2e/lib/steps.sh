@@ -1,0 +1,461 @@
+# shellcheck shell=bash
+# SC2015: `cmd && ok ... || fail ...` is intended (ok always succeeds).
+# SC2317: the small check functions are called through wait_until.
+# SC2034: STEP_SKIP and SECURITY_LEVEL are read by tests/e2e/run.
+# shellcheck disable=SC2015,SC2317,SC2034
+# The end-to-end steps, run in order by tests/e2e/run inside the booted guest.
+# Each step_* function prints what it checks; a failed check records a message in
+# STEP_ERR (the step then counts as failed) and, where later checks of the same step
+# would be meaningless, returns early.
+
+STEP_ERR=
+ok()   { printf '    ok: %s\n' "$*"; }
+fail() { STEP_ERR+="${STEP_ERR:+; }$*"; printf '    FAIL: %s\n' "$*"; return 1; }
+expect_eq() {  # DESC EXPECTED ACTUAL
+    if [ "$2" = "$3" ]; then ok "$1 = '$3'"; else fail "$1: expected '$2', got '$3'"; fi
+}
+prop() { G systemctl show -p "$2" --value "$1"; }          # prop UNIT PROPERTY
+state() { G systemctl is-active "$1" || true; }
+wait_until() {  # TIMEOUT_S CMD...: poll until CMD (often a local function) succeeds
+    local end=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -ge $end ] && return 1
+        sleep 0.2
+    done
+}
+http_get() { G curl -sS -m 10 "$@"; }                        # body on stdout
+put_config() { G sh -c 'cat >"$1"' put "$1"; }              # put_config GUESTPATH <CONTENT
+
+# A small valid configuration answering BODY on every path; IDLE = idle_exit_after.
+site_config() {
+    cat <<EOF
+[server]
+idle_exit_after = "${2:-0s}"
+shutdown_timeout = "30s"
+
+[[listener]]
+name = "http"
+bind = ["127.0.0.1:8080"]
+
+[[site]]
+hosts = ["*"]
+
+[[site.route]]
+path = "/"
+respond = { status = 200, body = "$1\n", content_type = "text/plain; charset=utf-8" }
+EOF
+}
+
+# Client loop inside the guest, in the background: load_start NAME SECONDS [URL]
+load_start() {
+    G rm -f "/root/$1" "/root/$1.log"
+    G /root/load "$2" "/root/$1" "${3:-http://127.0.0.1/}" &
+    LOAD_PID=$!
+}
+# load_finish NAME: waits for the loop, checks zero failures (and some successes)
+load_finish() {
+    wait "$LOAD_PID" || true
+    local r; r=$(G cat "/root/$1" 2>/dev/null) || { fail "client loop $1 left no result"; return 1; }
+    local okn=${r% *} failed=${r#* }
+    if [ "$failed" = 0 ] && [ "$okn" -gt 0 ]; then
+        ok "client loop: $okn requests, 0 failed"
+    else
+        fail "client loop: $okn ok, $failed FAILED requests"
+        G head -20 "/root/$1.log" | sed 's/^/      /'
+    fi
+}
+
+restore_default_config() {
+    G cp /root/gatehouse.toml.orig /etc/gatehouse/gatehouse.toml
+}
+
+# ---------------------------------------------------------------------------------
+
+step_install() {
+    G mkdir -p /root/debs
+    copy_in "$DEB" /root/debs || { fail "copy the .deb into the guest"; return 1; }
+    copy_in "$E2E_DIR/guest/load" /root || { fail "copy the client loop into the guest"; return 1; }
+    if ! G apt-get install -y -q "/root/debs/$(basename "$DEB")" >"$E2E_WORK/apt-install.log" 2>&1; then
+        tail -20 "$E2E_WORK/apt-install.log" | sed 's/^/      /'
+        fail "apt install ./$(basename "$DEB") failed"; return 1
+    fi
+    ok "apt install ./$(basename "$DEB")"
+    G cp /etc/gatehouse/gatehouse.toml /root/gatehouse.toml.orig
+    expect_eq "gatehouse.socket enabled" enabled "$(G systemctl is-enabled gatehouse.socket || true)"
+    expect_eq "gatehouse.socket active" active "$(state gatehouse.socket)"
+    expect_eq "gatehouse.service not started by the install" inactive "$(state gatehouse.service)"
+    expect_eq "gatehouse.service is static (socket-activated only)" static "$(G systemctl is-enabled gatehouse.service || true)"
+    local listen want='[::]:80 (Stream)'
+    listen=$(prop gatehouse.socket Listen)
+    # without IPv6 in the kernel, systemd binds a bare port to 0.0.0.0 instead
+    G test -e /proc/net/if_inet6 || want='0.0.0.0:80 (Stream)'
+    case $listen in *"$want"*) ok "socket listens on $listen" ;; *) fail "socket Listen = '$listen', expected $want" ;; esac
+}
+
+step_verify() {
+    # the template has no ListenStream= by design: verify an instance with the example drop-in
+    G mkdir -p /etc/systemd/system/gatehouse@site2.socket.d
+    G cp /usr/share/doc/gatehouse/examples/gatehouse@.socket.d-listen.conf /etc/systemd/system/gatehouse@site2.socket.d/listen.conf
+    site_config site2 | put_config /etc/gatehouse/site2.toml
+    G systemctl daemon-reload
+    local out rc=0
+    out=$(G systemd-analyze verify gatehouse.socket gatehouse.service gatehouse@site2.socket gatehouse@site2.service 2>&1) || rc=$?
+    [ -n "$out" ] && printf '%s\n' "$out" | sed 's/^/      /'
+    if [ $rc = 0 ] && [ -z "$out" ]; then
+        ok "systemd-analyze verify gatehouse.socket gatehouse.service gatehouse@site2.socket gatehouse@site2.service: clean"
+    else
+        fail "systemd-analyze verify (rc=$rc) reported problems"
+    fi
+    expect_eq "unit files unchanged on disk" "" "$(G systemd-delta --no-pager --type=overridden,extended 2>/dev/null | grep 'gatehouse\.\(socket\|service\)' || true)"
+}
+
+step_first_request() {
+    local body
+    body=$(http_get http://127.0.0.1/) || { fail "first request failed"; return 1; }
+    case $body in *'Welcome to gatehouse'*) ok "first request answered with the welcome page" ;; *) fail "unexpected body: ${body:0:120}" ;; esac
+    expect_eq "gatehouse.service started on demand" active "$(state gatehouse.service)"
+    expect_eq "Type" notify "$(prop gatehouse.service Type)"
+    expect_eq "NRestarts" 0 "$(prop gatehouse.service NRestarts)"
+    local st; st=$(prop gatehouse.service StatusText)
+    if [ -n "$st" ]; then ok "StatusText = '$st'"; else fail "StatusText is empty"; fi
+    G systemctl show -p Type,NRestarts,StatusText gatehouse.service | sed 's/^/      /'
+    # the same request over IPv6: ListenStream=80 is a dual-stack [::]:80
+    if G test -e /proc/net/if_inet6; then
+        body=$(http_get -g 'http://[::1]/') && ok "IPv6 [::1]:80 answers too" || fail "request to [::1]:80 failed"
+    fi
+}
+
+step_journal() {
+    local probe=/e2e-journal-probe-$RANDOM
+    http_get -o /dev/null "http://127.0.0.1$probe" || { fail "probe request failed"; return 1; }
+    in_journal() { G journalctl -u gatehouse HTTP_STATUS=200 -o json --no-pager | grep -q "\"HTTP_PATH\":\"$probe\""; }
+    if wait_until 10 in_journal; then
+        ok "journalctl -u gatehouse HTTP_STATUS=200 -o json has HTTP_PATH=$probe"
+        G journalctl -u gatehouse HTTP_STATUS=200 -o json --no-pager | grep "\"HTTP_PATH\":\"$probe\"" | head -1 \
+            | grep -o '"\(HTTP_[A-Z_]*\|REMOTE_ADDR\|SYSLOG_IDENTIFIER\)":"[^"]*"' | tr '\n' ' ' | sed 's/^/      /; s/$/\n/'
+    else
+        fail "no journal entry with HTTP_STATUS=200 and HTTP_PATH=$probe"
+        G journalctl -u gatehouse -n 5 -o json --no-pager | sed 's/^/      /'
+    fi
+}
+
+step_reload() {
+    local pid; pid=$(prop gatehouse.service MainPID)
+    site_config reloaded-v2 | put_config /etc/gatehouse/gatehouse.toml
+    if G systemctl reload gatehouse; then ok "systemctl reload with a new config"; else fail "systemctl reload failed"; fi
+    expect_eq "new config served right after reload returned" reloaded-v2 "$(http_get http://127.0.0.1/)"
+    # 1. a syntax error: `gatehouse reload` refuses before signalling the server
+    { echo 'bogus_key = 1'; site_config broken-v3; } | put_config /etc/gatehouse/gatehouse.toml
+    local out rc=0
+    out=$(G systemctl reload gatehouse 2>&1) || rc=$?
+    if [ $rc != 0 ]; then ok "reload of a config with an unknown key fails (rc=$rc)"; else fail "reload of a broken config succeeded"; fi
+    G journalctl -u gatehouse --no-pager -n 30 -o cat | grep -q 'bogus_key' \
+        && ok "the journal shows the error" || fail "the error is not in the journal"
+    # 2. valid syntax the running server must refuse: its socket's listener removed
+    site_config refused-v4 | sed 's/^name = "http"/name = "other"/' | put_config /etc/gatehouse/gatehouse.toml
+    rc=0; G systemctl reload gatehouse >/dev/null 2>&1 || rc=$?
+    if [ $rc != 0 ]; then ok "reload refused by the running server fails too (rc=$rc)"; else fail "reload dropping the 'http' listener succeeded"; fi
+    expect_eq "old config still served" reloaded-v2 "$(http_get http://127.0.0.1/)"
+    expect_eq "same process (no restart)" "$pid" "$(prop gatehouse.service MainPID)"
+    expect_eq "service still active" active "$(state gatehouse.service)"
+    local st; st=$(prop gatehouse.service StatusText)
+    case $st in *[Ff][Aa][Ii][Ll]*) ok "StatusText reports it: '${st:0:100}...'" ;; *) fail "StatusText does not mention the failed reload: '$st'" ;; esac
+    restore_default_config
+    G systemctl reload gatehouse && ok "reload back to the packaged config" || fail "reload of the packaged config failed"
+}
+
+# Type=notify-reload drop-in (units/examples/notify-reload.conf): systemd >= 253 only.
+step_notify_reload() {
+    if [ "${GUEST_SYSTEMD:-0}" -lt 253 ]; then
+        STEP_SKIP="guest systemd $GUEST_SYSTEMD < 253 has no Type=notify-reload (GATEHOUSE_E2E_SUITE=trixie tests it)"
+        return 0
+    fi
+    G mkdir -p /etc/systemd/system/gatehouse.service.d
+    G cp /usr/share/doc/gatehouse/examples/notify-reload.conf /etc/systemd/system/gatehouse.service.d/
+    G systemctl daemon-reload
+    G systemctl restart gatehouse
+    expect_eq "Type with the drop-in" notify-reload "$(prop gatehouse.service Type)"
+    expect_eq "ExecReload cleared" "" "$(prop gatehouse.service ExecReload)"
+    local pid; pid=$(prop gatehouse.service MainPID)
+    site_config notify-reload-v5 | put_config /etc/gatehouse/gatehouse.toml
+    G systemctl reload gatehouse && ok "systemctl reload (systemd sends SIGHUP itself)" || fail "systemctl reload failed"
+    expect_eq "new config served right after reload returned" notify-reload-v5 "$(http_get http://127.0.0.1/)"
+    { echo 'bogus_key = 1'; site_config broken-v6; } | put_config /etc/gatehouse/gatehouse.toml
+    local rc=0; G systemctl reload gatehouse >/dev/null 2>&1 || rc=$?
+    # documented trade-off: systemd cannot learn that the reload was refused
+    ok "reload of a broken config: systemctl rc=$rc (not a failure with notify-reload)"
+    expect_eq "old config still served" notify-reload-v5 "$(http_get http://127.0.0.1/)"
+    expect_eq "same process" "$pid" "$(prop gatehouse.service MainPID)"
+    local st; st=$(prop gatehouse.service StatusText)
+    case $st in *[Ff][Aa][Ii][Ll]*) ok "StatusText reports the refusal" ;; *) fail "StatusText does not mention the refused reload: '$st'" ;; esac
+    G rm -f /etc/systemd/system/gatehouse.service.d/notify-reload.conf
+    restore_default_config
+    G systemctl daemon-reload
+    G systemctl restart gatehouse
+}
+
+step_restart_under_load() {
+    local pid; pid=$(prop gatehouse.service MainPID)
+    load_start restart 10
+    sleep 2; G systemctl restart gatehouse || fail "systemctl restart (1) failed"
+    sleep 3; G systemctl restart gatehouse || fail "systemctl restart (2) failed"
+    load_finish restart
+    local now; now=$(prop gatehouse.service MainPID)
+    if [ "$now" != "$pid" ] && [ "$now" != 0 ]; then ok "restarted: MainPID $pid -> $now"; else fail "MainPID did not change ($pid -> $now)"; fi
+}
+
+step_watchdog() {
+    G mkdir -p /etc/systemd/system/gatehouse.service.d
+    printf '[Service]\nWatchdogSec=3s\n' | put_config /etc/systemd/system/gatehouse.service.d/e2e-watchdog.conf
+    G systemctl daemon-reload
+    G systemctl restart gatehouse
+    local pid nr t0 dt
+    pid=$(prop gatehouse.service MainPID); nr=$(prop gatehouse.service NRestarts)
+    expect_eq "WatchdogUSec from the drop-in" 3s "$(prop gatehouse.service WatchdogUSec)"
+    # bash's builtin kill: the minimal guest has no procps
+    G bash -c "kill -STOP $pid" || { fail "kill -STOP $pid failed"; return 1; }
+    t0=$SECONDS
+    ok "kill -STOP $pid (NRestarts=$nr)"
+    restarted() {
+        local p n; p=$(prop gatehouse.service MainPID); n=$(prop gatehouse.service NRestarts)
+        [ "$p" != 0 ] && [ "$p" != "$pid" ] && [ "$n" -gt "$nr" ] && [ "$(state gatehouse.service)" = active ]
+    }
+    if wait_until 20 restarted; then
+        dt=$((SECONDS - t0))
+        ok "killed and restarted after ${dt}s: MainPID $(prop gatehouse.service MainPID), NRestarts $(prop gatehouse.service NRestarts)"
+        [ "$dt" -le 10 ] || fail "restart took ${dt}s, more than WatchdogSec=3s + 7s margin"
+    else
+        fail "not restarted within 20s (MainPID $(prop gatehouse.service MainPID), NRestarts $(prop gatehouse.service NRestarts))"
+    fi
+    G journalctl -u gatehouse --no-pager -n 40 | grep -q 'Watchdog timeout' && ok "journal: 'Watchdog timeout'" || fail "no 'Watchdog timeout' in the journal"
+    case $(http_get http://127.0.0.1/) in *'Welcome to gatehouse'*) ok "serving again" ;; *) fail "not serving after the watchdog restart" ;; esac
+    G rm -f /etc/systemd/system/gatehouse.service.d/e2e-watchdog.conf
+    G systemctl daemon-reload
+    G systemctl restart gatehouse
+}
+
+step_idle_exit() {
+    site_config idle-body 2s | put_config /etc/gatehouse/gatehouse.toml
+    G systemctl restart gatehouse
+    local nr; nr=$(prop gatehouse.service NRestarts)
+    expect_eq "served" idle-body "$(http_get http://127.0.0.1/)"
+    stopped() { [ "$(state gatehouse.service)" = inactive ]; }
+    if wait_until 10 stopped; then
+        ok "service stopped by itself after idle_exit_after=2s"
+    else
+        fail "service still $(state gatehouse.service) 10s after the last request"
+    fi
+    expect_eq "clean exit (Result)" success "$(prop gatehouse.service Result)"
+    expect_eq "socket still listening" active "$(state gatehouse.socket)"
+    expect_eq "next request starts it again" idle-body "$(http_get http://127.0.0.1/)"
+    expect_eq "service active again" active "$(state gatehouse.service)"
+    # requests spaced around the idle timeout: some land while the server is exiting
+    # Requests spaced around the idle timeout: some land while the server is exiting,
+    # and the many on-demand starts must stay under the unit's start rate limit.
+    local failed=0 starts0 starts1
+    starts0=$(G journalctl -u gatehouse --no-pager -o cat | grep -c 'Started gatehouse.service' || true)
+    for _ in 1 2 3 4 5 6 7 8; do
+        sleep "2.$((RANDOM % 10))"
+        [ "$(http_get http://127.0.0.1/ 2>&1)" = idle-body ] || failed=$((failed + 1))
+    done
+    starts1=$(G journalctl -u gatehouse --no-pager -o cat | grep -c 'Started gatehouse.service' || true)
+    expect_eq "failed requests around idle exits (8 sent, $((starts1 - starts0)) on-demand starts)" 0 "$failed"
+    expect_eq "socket not failed by the start rate limit" active "$(state gatehouse.socket)"
+    expect_eq "no restart counted (idle exit is not a failure)" "$nr" "$(prop gatehouse.service NRestarts)"
+    restore_default_config
+    G systemctl restart gatehouse
+}
+
+# Static files through the hardened unit: openat2, streaming reads and ReadOnlyPaths=.
+step_static() {
+    G mkdir -p /var/www/site
+    echo "from /var/www" | put_config /var/www/site/hello.txt
+    # larger than the 128 KiB read-at-once limit: the streaming path
+    G sh -c 'head -c 1048576 /dev/urandom >/var/www/site/big.bin'
+    G chmod -R a+rX /var/www
+    cat <<'EOF' | put_config /etc/gatehouse/gatehouse.toml
+[[listener]]
+name = "http"
+bind = ["127.0.0.1:8080"]
+
+[[site]]
+hosts = ["*"]
+
+[[site.route]]
+path = "/"
+static = { root = "/usr/share/gatehouse/www" }
+
+[[site.route]]
+path = "/var/"
+static = { root = "/var/www/site" }
+EOF
+    G systemctl reload gatehouse || { fail "reload with static routes failed"; return 1; }
+    case $(http_get http://127.0.0.1/) in *'serving static files'*) ok "/ -> /usr/share/gatehouse/www/index.html" ;; *) fail "/ did not serve the packaged index.html" ;; esac
+    expect_eq "/var/hello.txt from /var/www/site" "from /var/www" "$(http_get http://127.0.0.1/var/hello.txt)"
+    expect_eq "1 MiB file streamed intact" "$(G sha256sum /var/www/site/big.bin | cut -d' ' -f1)" \
+        "$(http_get http://127.0.0.1/var/big.bin | sha256sum | cut -d' ' -f1)"
+    expect_eq "path traversal refused" 400 "$(G curl -s -o /dev/null -w '%{http_code}' --path-as-is 'http://127.0.0.1/var/../../etc/passwd')"
+    expect_eq "missing file" 404 "$(G curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/var/nope.txt)"
+    restore_default_config
+    G systemctl reload gatehouse || fail "reload back to the packaged config failed"
+    G rm -rf /var/www
+}
+
+# A stop drains open responses for up to shutdown_timeout, past the unit's TimeoutStopSec
+# (gatehouse sends EXTEND_TIMEOUT_USEC). 100 MB at 10 MB/s: far more than the loopback
+# socket buffers hold, so the server must stay alive for most of the ~10 s.
+step_drain() {
+    G mkdir -p /var/www/site /etc/systemd/system/gatehouse.service.d
+    G sh -c 'head -c 100000000 /dev/zero >/var/www/site/big.bin && chmod -R a+rX /var/www'
+    { printf '[server]\nshutdown_timeout = "20s"\n'; site_config unused | sed '1,3d'
+      printf '[[listener]]\nname = "admin"\nbind = ["unix:/run/gatehouse/admin.sock"]\nrole = "admin"\n'; } \
+        | sed 's|^respond = .*|static = { root = "/var/www/site" }|' | put_config /etc/gatehouse/gatehouse.toml
+    printf '[Service]\nTimeoutStopSec=4s\n' | put_config /etc/systemd/system/gatehouse.service.d/e2e-stop.conf
+    G systemctl daemon-reload
+    G systemctl restart gatehouse
+    G rm -f /root/dl.out
+    G sh -c 'curl -sS -o /dev/null --limit-rate 10M -w "%{http_code} %{size_download}" http://127.0.0.1/big.bin >/root/dl.out 2>&1' &
+    local dl=$! t0 dt
+    sleep 1
+    t0=$SECONDS
+    G systemctl stop gatehouse.service 2>/dev/null &
+    local stop=$!
+    sleep 1.5
+    # the admin listener stays open while draining, so health checks see the stop
+    expect_eq "/healthz while draining" 503 "$(G curl -s -o /dev/null -w '%{http_code}' --unix-socket /run/gatehouse/admin.sock http://localhost/healthz)"
+    wait "$stop" || fail "systemctl stop failed"
+    dt=$((SECONDS - t0))
+    wait "$dl" || true
+    expect_eq "download in flight at stop completed" "200 100000000" "$(G cat /root/dl.out)"
+    if [ "$dt" -gt 4 ]; then ok "stop waited ${dt}s for it, past TimeoutStopSec=4s"; else fail "stop took only ${dt}s: the response cannot have been drained"; fi
+    expect_eq "clean stop (Result)" success "$(prop gatehouse.service Result)"
+    G rm -rf /var/www /etc/systemd/system/gatehouse.service.d/e2e-stop.conf
+    restore_default_config
+    G systemctl daemon-reload
+}
+
+# The admin listener of the packaged config: a root-only unix socket in /run/gatehouse.
+step_admin() {
+    http_get -o /dev/null http://127.0.0.1/ || true
+    local pid out sock
+    pid=$(prop gatehouse.service MainPID)
+    out=$(G gatehouse status 2>&1) || fail "gatehouse status failed: $out"
+    case $out in *"(pid $pid)"*) ok "gatehouse status: $(head -1 <<<"$out")" ;; *) fail "gatehouse status did not report pid $pid: $out" ;; esac
+    G curl -sS --unix-socket /run/gatehouse/admin.sock http://localhost/metrics | grep -q '^gatehouse_http_requests_total{' \
+        && ok "/metrics has gatehouse_http_requests_total" || fail "/metrics lacks gatehouse_http_requests_total"
+    expect_eq "/healthz" ok "$(G curl -sS --unix-socket /run/gatehouse/admin.sock http://localhost/healthz)"
+    sock=$(G stat -c '%A %u' /run/gatehouse/admin.sock)
+    expect_eq "socket mode and owner" "srwx------ $(G stat -c %u "/proc/$pid")" "$sock"
+    G setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -o /dev/null --unix-socket /run/gatehouse/admin.sock http://localhost/healthz \
+        && fail "an unprivileged user reached the admin socket" || ok "unprivileged users cannot connect"
+    expect_eq "admin paths do not exist on the public listener" 200 "$(G curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/metrics)"
+}
+
+step_hardening() {
+    http_get -o /dev/null http://127.0.0.1/ || true
+    local pid status uid
+    pid=$(prop gatehouse.service MainPID)
+    [ "$pid" != 0 ] || { fail "service not running"; return 1; }
+    status=$(G cat "/proc/$pid/status")
+    uid=$(awk '/^Uid:/ {print $2}' <<<"$status")
+    if [ "$uid" -ge 61184 ] && [ "$uid" -le 65519 ]; then ok "runs as dynamic user uid $uid"; else fail "uid $uid is not in the DynamicUser range 61184-65519"; fi
+    expect_eq "CapEff" 0000000000000000 "$(awk '/^CapEff:/ {print $2}' <<<"$status")"
+    expect_eq "CapBnd" 0000000000000000 "$(awk '/^CapBnd:/ {print $2}' <<<"$status")"
+    expect_eq "NoNewPrivs" 1 "$(awk '/^NoNewPrivs:/ {print $2}' <<<"$status")"
+    expect_eq "Seccomp (filter mode)" 2 "$(awk '/^Seccomp:/ {print $2}' <<<"$status")"
+    # Write probes in the service's own mount namespace, as its uid/gid.
+    local gid; gid=$(awk '/^Gid:/ {print $2}' <<<"$status")
+    as_service() { G nsenter -t "$pid" -m -S "$uid" -G "$gid" -- sh -c "$1" 2>/dev/null; }
+    local d writable=0
+    for d in /etc /etc/gatehouse /usr /var/lib /var/log /var/cache /root /home /srv /opt /usr/share/gatehouse/www; do
+        if as_service "touch '$d/.e2e-probe'"; then
+            writable=1; fail "could write to $d"; as_service "rm -f '$d/.e2e-probe'"
+        fi
+    done
+    [ $writable = 0 ] && ok "cannot write to /etc /usr /var/lib /var/log /var/cache /root /home /srv /opt or the docroot"
+    for d in /var/lib/gatehouse /run/gatehouse /tmp; do
+        if as_service "touch '$d/.e2e-probe' && rm '$d/.e2e-probe'"; then ok "can write to its own $d"; else fail "cannot write to $d"; fi
+    done
+    if as_service "ls /home/ /root/ >/dev/null && test -n \"\$(ls -A /home)\""; then fail "/home is visible"; else ok "/home is empty or inaccessible"; fi
+}
+
+step_security() {
+    local out level
+    out=$(G systemd-analyze security --no-pager gatehouse.service 2>&1) || true
+    printf '%s\n' "$out" | grep -v '^✓' | sed 's/^/      /'
+    level=$(grep -o 'Overall exposure level for gatehouse.service: [0-9.]*' <<<"$out" | awk '{print $NF}')
+    SECURITY_LEVEL=$level
+    if [ -z "$level" ]; then fail "no exposure level in the output"
+    elif awk -v l="$level" 'BEGIN {exit !(l <= 1.5)}'; then ok "exposure $level <= 1.5"
+    else fail "exposure $level > 1.5"; fi
+}
+
+# Repacks DEB with a higher version: an upgrade that needs no second cargo build.
+make_upgrade_deb() {
+    local dir=$E2E_WORK/upgrade ver
+    rm -rf "$dir"; mkdir -p "$dir"
+    dpkg-deb -R "$DEB" "$dir/pkg"
+    ver=$(awk '/^Version:/ {print $2}' "$dir/pkg/DEBIAN/control")
+    UPGRADE_VERSION=$ver+e2e1
+    sed -i "s/^Version: .*/Version: $UPGRADE_VERSION/" "$dir/pkg/DEBIAN/control"
+    UPGRADE_DEB=$dir/gatehouse_${UPGRADE_VERSION}_$(dpkg-deb -f "$DEB" Architecture).deb
+    dpkg-deb --root-owner-group -b "$dir/pkg" "$UPGRADE_DEB" >/dev/null
+}
+
+step_templates() {
+    G systemctl start gatehouse@site2.socket || { fail "start gatehouse@site2.socket"; return 1; }
+    expect_eq "site2 on the port of its listen.conf drop-in (8081)" site2 "$(http_get http://127.0.0.1:8081/)"
+    expect_eq "gatehouse@site2.service started on demand" active "$(state gatehouse@site2.service)"
+    expect_eq "its own runtime directory" yes "$(G test -d /run/gatehouse-site2 && echo yes)"
+    G systemctl reload gatehouse@site2.service && ok "systemctl reload gatehouse@site2" || fail "reload of gatehouse@site2 failed"
+    expect_eq "main site unaffected" active "$(state gatehouse.socket)"
+}
+
+step_upgrade() {
+    make_upgrade_deb || { fail "could not repack an upgrade .deb"; return 1; }
+    copy_in "$UPGRADE_DEB" /root/debs || { fail "copy the upgrade .deb into the guest"; return 1; }
+    http_get -o /dev/null http://127.0.0.1/ || true
+    local pid site_pid sock_t
+    pid=$(prop gatehouse.service MainPID); site_pid=$(prop gatehouse@site2.service MainPID)
+    sock_t=$(prop gatehouse.socket ActiveEnterTimestampMonotonic)
+    load_start upgrade 12
+    sleep 2
+    if G apt-get install -y -q "/root/debs/$(basename "$UPGRADE_DEB")" >"$E2E_WORK/apt-upgrade.log" 2>&1; then
+        ok "apt install ./$(basename "$UPGRADE_DEB") (upgrade from $(dpkg-deb -f "$DEB" Version))"
+    else
+        tail -20 "$E2E_WORK/apt-upgrade.log" | sed 's/^/      /'; fail "upgrade failed"
+    fi
+    load_finish upgrade
+    expect_eq "installed version" "$UPGRADE_VERSION" "$(G dpkg-query -W -f '${Version}' gatehouse)"
+    expect_eq "socket never restarted (same ActiveEnterTimestamp)" "$sock_t" "$(prop gatehouse.socket ActiveEnterTimestampMonotonic)"
+    local now; now=$(prop gatehouse.service MainPID)
+    if [ "$now" != "$pid" ] && [ "$now" != 0 ]; then ok "running server restarted on the new binary: MainPID $pid -> $now"; else fail "server not restarted (MainPID $pid -> $now)"; fi
+    now=$(prop gatehouse@site2.service MainPID)
+    if [ "$now" != "$site_pid" ] && [ "$now" != 0 ]; then ok "gatehouse@site2 restarted too: $site_pid -> $now"; else fail "gatehouse@site2 not restarted ($site_pid -> $now)"; fi
+    expect_eq "conffile untouched by the upgrade" "" "$(G cmp /etc/gatehouse/gatehouse.toml /root/gatehouse.toml.orig 2>&1)"
+}
+
+step_remove_purge() {
+    G apt-get remove -y -q gatehouse >"$E2E_WORK/apt-remove.log" 2>&1 || { fail "apt-get remove failed"; return 1; }
+    ok "apt-get remove gatehouse"
+    expect_eq "socket stopped" inactive "$(state gatehouse.socket)"
+    expect_eq "service stopped" inactive "$(state gatehouse.service)"
+    expect_eq "template instance stopped" inactive "$(state gatehouse@site2.socket)"
+    G curl -sS -m 5 -o /dev/null http://127.0.0.1/ 2>/dev/null && fail "port 80 still answers after remove" || ok "port 80 closed"
+    expect_eq "remove keeps the config" yes "$(G test -f /etc/gatehouse/gatehouse.toml && echo yes)"
+    G apt-get purge -y -q gatehouse >"$E2E_WORK/apt-purge.log" 2>&1 || { fail "apt-get purge failed"; return 1; }
+    ok "apt-get purge gatehouse"
+    expect_eq "package gone" "" "$(G dpkg-query -W -f '${db:Status-Status}' gatehouse 2>/dev/null | grep -v not-installed || true)"
+    # site2.toml and the site2 drop-in are the admin's files: purge must leave them alone
+    expect_eq "purge keeps the admin's own site config" yes "$(G test -f /etc/gatehouse/site2.toml && echo yes)"
+    expect_eq "purge removes the packaged conffile" no "$(G test -e /etc/gatehouse/gatehouse.toml && echo yes || echo no)"
+    G rm -rf /etc/gatehouse/site2.toml /etc/systemd/system/gatehouse@site2.socket.d
+    G rmdir /etc/gatehouse
+    local left
+    left=$(G sh -c 'ls -d /etc/gatehouse /var/lib/gatehouse /var/lib/private/gatehouse /run/gatehouse \
+        /etc/systemd/system/sockets.target.wants/gatehouse.socket /etc/systemd/system/gatehouse.socket \
+        /var/lib/systemd/deb-systemd-helper-enabled/gatehouse.socket.dsh-also \
+        /var/lib/systemd/deb-systemd-helper-masked/gatehouse.socket /usr/bin/gatehouse 2>/dev/null' || true)
+    expect_eq "nothing left behind" "" "${left//$'\n'/ }"
+    expect_eq "systemd forgot the units" "not-found" "$(prop gatehouse.socket LoadState)"
+}
