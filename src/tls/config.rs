@@ -214,3 +214,64 @@ pub fn hsts(raw: &Spanned<String>, sink: &mut ErrorSink) -> Option<HeaderValue> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse_str, ConfigSource};
+
+    fn errors(text: &str) -> String {
+        match parse_str(text, ConfigSource::File("t.toml".into())) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn tls_mistakes_are_reported_where_they_are() {
+        let text = r#"
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:1"]
+tls = "yes"
+redirect_https = true
+
+[[site]]
+hosts = ["*"]
+tls = "auto"
+hsts = "includeSubDomains"
+[[site.route]]
+path = "/"
+respond = {}
+
+[[site]]
+hosts = ["b.test"]
+tls = { cert = "cred:../x", key = "key.pem", strict_sni = true }
+[[site.route]]
+path = "/"
+respond = {}
+"#;
+        let e = errors(text);
+        for want in [
+            "t.toml:5:7: tls = \"yes\" is not understood",
+            "t.toml:6:18: `redirect_https` on a TLS listener",
+            "t.toml:10:7: a site's `tls` is { cert",
+            "t.toml:11:8: \"includeSubDomains\" is not a Strict-Transport-Security value",
+            "t.toml:18:16: \"cred:../x\" is not a credential name",
+            "t.toml:18:35: \"key.pem\" must be an absolute path",
+            "t.toml:18:59: `strict_sni` belongs to the listener",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_tls_are_rejected_with_a_position() {
+        let e = errors(
+            "[[listener]]\nname = \"h\"\nbind = [\"127.0.0.1:1\"]\ntls = { cert = \"/a\", key = \"/b\", sni = 1 }\n",
+        );
+        assert!(
+            e.contains("t.toml:4:") && e.contains("unknown field `sni`"),
+            "{e}"
+        );
+    }
+}
