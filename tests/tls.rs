@@ -368,13 +368,28 @@ fn plain_http_on_the_tls_port_is_closed_promptly_and_the_server_lives_on() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut buf = Vec::new();
-    // An alert and close, or a reset: anything but a hang or an HTTP answer.
-    let _ = s.read_to_end(&mut buf);
+    // A readable 400 (like nginx) and a close, not a hang and not TLS bytes.
+    s.read_to_end(&mut buf).unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "closed promptly"
     );
-    assert!(!buf.starts_with(b"HTTP/"), "no plaintext answer");
+    let reply = parse_reply(&buf).unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(reply.text().contains("use https://"), "{}", reply.text());
+    drop(s);
+    // Bytes that are neither TLS nor HTTP: rustls refuses them and the connection closes.
+    let mut junk = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    junk.write_all(b"\x00\x01\x02junk\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = junk.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed promptly"
+    );
+    assert!(!buf.starts_with(b"HTTP/"));
     assert!(server.is_running());
     let r = get_tls(&pki.client(&[]), port, "localhost", "/");
     assert_eq!(r.status, 200);

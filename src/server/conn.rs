@@ -45,7 +45,7 @@ pub async fn serve(
         (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, false).await,
         (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, false).await,
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
-            if let Some(s) = crate::tls::handshake(&acceptor, s, timeout, &listener).await {
+            if let Some(s) = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener).await {
                 serve_io(shared, s, remote, listener, true).await;
             }
         }

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -176,10 +178,22 @@ pub async fn handshake<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+    handshake_until(acceptor, io, Instant::now() + timeout, listener).await
+}
+
+async fn handshake_until<I>(
+    acceptor: &TlsAcceptor,
+    io: I,
+    deadline: Instant,
+    listener: &str,
+) -> Option<TlsStream<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
-            // Plain HTTP on a TLS port, scanners, unknown SNI with strict_sni: routine.
+            // Scanners, old clients, unknown SNI with strict_sni: routine.
             tracing::debug!(listener, error = %e, "TLS handshake failed");
             None
         }
@@ -187,5 +201,56 @@ where
             tracing::debug!(listener, "TLS handshake timed out");
             None
         }
+    }
+}
+
+/// [`handshake`] for TCP, which first peeks at the first byte: a TLS connection starts with
+/// a handshake record (0x16), plain HTTP with a method name. Plain HTTP gets a readable 400
+/// (as nginx does) instead of a TLS alert that browsers and curl show as gibberish.
+pub async fn handshake_tcp(
+    acceptor: &TlsAcceptor,
+    io: TcpStream,
+    timeout: Duration,
+    listener: &str,
+) -> Option<TlsStream<TcpStream>> {
+    let deadline = Instant::now() + timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, io.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            answer_plain_http(io, listener).await;
+            None
+        }
+        Ok(Ok(1)) => handshake_until(acceptor, io, deadline, listener).await,
+        Ok(_) => None,
+        Err(_) => {
+            tracing::debug!(listener, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn answer_plain_http(mut io: TcpStream, listener: &str) {
+    const BODY: &str = "400 Bad Request: this port speaks HTTPS; use https://\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    tracing::debug!(listener, "plain HTTP on a TLS listener");
+    let limit = Duration::from_secs(1);
+    if let Ok(Ok(())) = tokio::time::timeout(limit, io.write_all(response.as_bytes())).await {
+        let _ = io.shutdown().await;
+        // Read what the client sent before closing: closing with unread data makes the
+        // kernel send a reset, which can destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            let mut total = 0usize;
+            while total < 64 * 1024 {
+                match io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, drain).await;
     }
 }

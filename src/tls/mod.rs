@@ -10,7 +10,7 @@ pub mod certs;
 pub mod config;
 pub mod redirect;
 
-pub use acceptor::{handshake, ListenerTls};
+pub use acceptor::{handshake, handshake_tcp, ListenerTls};
 pub use certs::LoadedCert;
 pub use redirect::SitePolicy;
 
