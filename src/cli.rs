@@ -207,7 +207,7 @@ fn check(path: Option<&Path>, fd_names: &[String]) -> ExitCode {
     });
     match loaded {
         Ok(config) => {
-            for w in crate::tls::expiry_warnings(&config, std::time::SystemTime::now()) {
+            for w in crate::tls::warnings(&config, std::time::SystemTime::now()) {
                 eprintln!("warning: {w}");
             }
             println!("configuration OK");

@@ -464,7 +464,7 @@ fn check_refuses_a_mismatched_key_and_missing_credentials_with_exit_78() {
 }
 
 #[test]
-fn check_warns_about_a_certificate_expiring_soon() {
+fn check_warns_about_an_expiring_certificate_and_a_world_readable_key() {
     let pki = Pki::new();
     let dir = tempdir();
     let soon = std::time::SystemTime::now() + Duration::from_secs(5 * 86_400);
@@ -484,6 +484,17 @@ fn check_warns_about_a_certificate_expiring_soon() {
     assert!(stdout.contains("configuration OK"));
     assert!(
         stderr.contains("warning: TLS certificate soon.test") && stderr.contains("expires in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("readable by every user"), "{stderr}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: TLS private key {} is readable by every user",
+            key.display()
+        )),
         "{stderr}"
     );
 }

@@ -66,10 +66,7 @@ pub fn collect(shared: &Shared) -> Report {
             ok: r.error.is_none(),
             error: r.error,
         }),
-        tls_warnings: crate::tls::expiry_warnings(
-            &shared.snapshot.load().config,
-            SystemTime::now(),
-        ),
+        tls_warnings: crate::tls::warnings(&shared.snapshot.load().config, SystemTime::now()),
     }
 }
 

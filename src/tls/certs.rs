@@ -24,6 +24,8 @@ pub struct LoadedCert {
     pub not_after: SystemTime,
     /// The leaf's DNS names (SAN), or its CN when it has none; for messages.
     pub names: Vec<String>,
+    /// Set when anyone on the machine may read the key file.
+    pub key_world_readable: bool,
 }
 
 impl fmt::Debug for LoadedCert {
@@ -55,6 +57,16 @@ impl LoadedCert {
             .first()
             .cloned()
             .unwrap_or_else(|| self.cert_path.display().to_string())
+    }
+
+    /// `Some(message)` when every user of the machine may read the private key.
+    pub fn key_warning(&self) -> Option<String> {
+        self.key_world_readable.then(|| {
+            format!(
+                "TLS private key {} is readable by every user (chmod o-r, or use LoadCredential=)",
+                self.key_path.display()
+            )
+        })
     }
 
     /// `Some(message)` when the certificate expires within [`EXPIRY_WARNING`] of `now`.
@@ -126,7 +138,14 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
         certified: Arc::new(certified),
         not_after,
         names,
+        key_world_readable: world_readable(key_path),
     })
+}
+
+/// Group-readable keys are common (Debian's ssl-cert group); world-readable ones are a leak.
+fn world_readable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
 fn open(path: &Path, what: &str) -> Result<BufReader<std::fs::File>, String> {

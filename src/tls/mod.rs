@@ -21,27 +21,28 @@ pub fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-/// Logs [`expiry_warnings`] to the journal; called whenever a configuration is put to use.
-pub fn warn_expiring(config: &crate::config::Config) {
-    for w in expiry_warnings(config, SystemTime::now()) {
+/// Logs [`warnings`] to the journal; called whenever a configuration is put to use.
+pub fn log_warnings(config: &crate::config::Config) {
+    for w in warnings(config, SystemTime::now()) {
         tracing::warn!("{w}");
     }
 }
 
-/// Repeats [`warn_expiring`] daily, so a server that runs for weeks still warns in the journal
+/// Repeats [`log_warnings`] daily, so a server that runs for weeks still warns in the journal
 /// once a certificate enters the 14-day window (STATUS= recomputes on every refresh anyway).
-pub async fn watch_expiry(shared: std::sync::Arc<crate::server::Shared>) {
+pub async fn watch_warnings(shared: std::sync::Arc<crate::server::Shared>) {
     let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
     // The first tick is immediate; startup already warned.
     daily.tick().await;
     loop {
         daily.tick().await;
-        warn_expiring(&shared.snapshot.load().config);
+        log_warnings(&shared.snapshot.load().config);
     }
 }
 
-/// One line per certificate in use that expires within 14 days (or has expired).
-pub fn expiry_warnings(config: &crate::config::Config, now: SystemTime) -> Vec<String> {
+/// One line per problem with a certificate in use: it expires within 14 days (or has
+/// expired), or its key file is world-readable.
+pub fn warnings(config: &crate::config::Config, now: SystemTime) -> Vec<String> {
     let mut seen: Vec<&std::path::Path> = Vec::new();
     let mut out = Vec::new();
     for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
@@ -51,6 +52,7 @@ pub fn expiry_warnings(config: &crate::config::Config, now: SystemTime) -> Vec<S
             }
             seen.push(&cert.cert_path);
             out.extend(cert.expiry_warning(now));
+            out.extend(cert.key_warning());
         }
     }
     out

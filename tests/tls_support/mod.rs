@@ -30,6 +30,9 @@ impl Leaf {
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, &self.cert_pem).unwrap();
         std::fs::write(&key, &self.key_pem).unwrap();
+        // As a key should be; gatehouse warns about world-readable keys.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         (cert, key)
     }
 }
