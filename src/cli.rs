@@ -206,7 +206,10 @@ fn check(path: Option<&Path>, fd_names: &[String]) -> ExitCode {
         }
     });
     match loaded {
-        Ok(_) => {
+        Ok(config) => {
+            for w in crate::tls::warnings(&config, std::time::SystemTime::now()) {
+                eprintln!("warning: {w}");
+            }
             println!("configuration OK");
             ExitCode::SUCCESS
         }

@@ -30,6 +30,8 @@ pub struct RequestContext<'a> {
     pub listener: &'a str,
     /// Normalised host (lower case, no port); empty for HTTP/1.0 without Host.
     pub host: &'a str,
+    /// The connection is TLS (for X-Forwarded-Proto and the like).
+    pub tls: bool,
 }
 
 pub async fn dispatch(

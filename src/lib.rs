@@ -16,3 +16,4 @@ pub mod router;
 pub mod server;
 pub mod static_files;
 pub mod systemd;
+pub mod tls;

@@ -25,6 +25,8 @@ pub struct Site {
     error_pages: Vec<(u16, String)>,
     /// Requests for this site that no route matched.
     pub no_route: RouteCounters,
+    /// `redirect_https` and `hsts`.
+    pub tls: crate::tls::SitePolicy,
 }
 
 /// A route with its request counters, resolved once per configuration.
@@ -81,6 +83,7 @@ impl Router {
                 routes,
                 error_pages: site.error_pages.clone(),
                 no_route: metrics.route_counters(&label, "none"),
+                tls: crate::tls::SitePolicy::for_site(site),
             });
             for host in &site.hosts {
                 match host {

@@ -18,11 +18,16 @@ pub fn builtin_config() -> Config {
             name: "http".into(),
             bind: vec![BindAddr::Tcp(([127, 0, 0, 1], 8080).into())],
             role: ListenerRole::Public,
+            tls: None,
+            redirect_https: false,
         }],
         sites: vec![SiteConfig {
             hosts: vec![HostPattern::Any],
             listeners: None,
             error_pages: Vec::new(),
+            tls: None,
+            redirect_https: false,
+            hsts: None,
             routes: vec![RouteConfig {
                 path: "/".into(),
                 action: RouteAction::Respond(RespondConfig {

@@ -88,6 +88,8 @@ pub fn parse_str(text: &str, source: ConfigSource) -> Result<Config, ConfigError
 fn hint_for(message: &str) -> Option<&'static str> {
     if message.contains("unknown field") {
         Some("see the configuration reference in README.md for the keys each section accepts")
+    } else if message.contains("\"auto\" or a table") {
+        Some(crate::tls::config::SHAPE_HINT)
     } else if message.contains("duration") {
         Some("durations are strings such as \"250ms\", \"30s\" or \"5m\"")
     } else {

@@ -84,6 +84,10 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: Vec<BindAddr>,
     pub role: ListenerRole,
+    /// Certificates and acceptor when the listener speaks TLS.
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// A plain listener that redirects every request to https.
+    pub redirect_https: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,6 +138,10 @@ pub struct SiteConfig {
     pub routes: Vec<RouteConfig>,
     /// Status → URL path of the page shown instead of gatehouse's own error text.
     pub error_pages: Vec<(u16, String)>,
+    /// This site's own certificate, picked by SNI on TLS listeners.
+    pub tls: Option<std::sync::Arc<crate::tls::LoadedCert>>,
+    pub redirect_https: bool,
+    pub hsts: Option<HeaderValue>,
 }
 
 /// A `hosts` entry: `*`, `*.example.com` or an exact name; stored lower-case.

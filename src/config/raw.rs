@@ -36,6 +36,10 @@ pub struct RawListener {
     pub bind: Vec<Spanned<String>>,
     /// "public" (default): serves the sites; "admin": /metrics, /status, /healthz only.
     pub role: Option<Spanned<String>>,
+    /// `"auto"` or `{ cert, key, strict_sni }`: this listener speaks TLS.
+    pub tls: Option<Spanned<crate::tls::config::RawTls>>,
+    /// Plain listener: answer every request with a 308 to https.
+    pub redirect_https: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +53,12 @@ pub struct RawSite {
     /// `{ 404 = "/404.html" }`: status → a path served by one of this site's static routes.
     #[serde(default)]
     pub error_pages: std::collections::BTreeMap<Spanned<String>, Spanned<String>>,
+    /// `{ cert, key }`: chosen by SNI for this site's hosts on TLS listeners.
+    pub tls: Option<Spanned<crate::tls::config::RawTls>>,
+    /// On plain listeners, 308 to https for this site.
+    pub redirect_https: Option<bool>,
+    /// Strict-Transport-Security value, sent over TLS only.
+    pub hsts: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

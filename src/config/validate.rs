@@ -14,6 +14,7 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
 
     let mut listeners = Vec::new();
     let mut names = HashSet::new();
+    let mut pending_tls = Vec::new();
     for l in &raw.listeners {
         let l = l.get_ref();
         let name = l.name.get_ref();
@@ -49,10 +50,25 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                 ListenerRole::Public
             }
         };
+        let redirect_https = l.redirect_https.as_ref().is_some_and(|r| *r.get_ref());
+        if let Some(tls) = &l.tls {
+            if let (Some(r), true) = (&l.redirect_https, redirect_https) {
+                sink.push(
+                    Some(r.span()),
+                    "`redirect_https` on a TLS listener would redirect https to itself",
+                    Some("put redirect_https = true on the plain listener (port 80)"),
+                );
+            }
+            if let Some(p) = crate::tls::config::listener_tls(tls, sink) {
+                pending_tls.push((listeners.len(), p, tls.span()));
+            }
+        }
         listeners.push(ListenerConfig {
             name: name.clone(),
             bind,
             role,
+            tls: None,
+            redirect_https,
         });
     }
     if raw.listeners.is_empty() {
@@ -160,6 +176,15 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
             listeners: site_listeners,
             routes,
             error_pages,
+            tls: site
+                .tls
+                .as_ref()
+                .and_then(|t| crate::tls::config::site_tls(t, sink)),
+            redirect_https: site.redirect_https.unwrap_or(false),
+            hsts: site
+                .hsts
+                .as_ref()
+                .and_then(|h| crate::tls::config::hsts(h, sink)),
         });
     }
 
@@ -187,6 +212,15 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                     );
                 }
             }
+        }
+    }
+
+    // SNI needs every site's certificate, so TLS listeners are finished last.
+    for (idx, pending, span) in pending_tls {
+        let listener = &mut listeners[idx];
+        match crate::tls::acceptor::build(pending, &listener.name, &sites) {
+            Ok(tls) => listener.tls = Some(tls),
+            Err(msg) => sink.push(Some(span), msg, None),
         }
     }
 

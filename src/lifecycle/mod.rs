@@ -119,6 +119,7 @@ async fn serve(
 
     let opened = open_listeners(&config, passed)?;
     let liveness = Liveness::new(Liveness::period_for(watchdog));
+    crate::tls::log_warnings(&config);
     let shared = Shared::new(config, liveness);
     let mut listeners = ListenerSet::default();
     for open in opened {
@@ -134,6 +135,7 @@ async fn serve(
         env!("CARGO_PKG_VERSION")
     );
     let status_task = tokio::spawn(refresh_status(shared.clone()));
+    let expiry_task = tokio::spawn(crate::tls::watch_warnings(shared.clone()));
     let watchdog_task = watchdog.map(|interval| {
         let liveness = shared.liveness.clone();
         tokio::spawn(systemd::watchdog::run(interval, move || {
@@ -159,6 +161,7 @@ async fn serve(
 
     drain(&shared, &mut listeners, &mut signals, &reason).await;
     status_task.abort();
+    expiry_task.abort();
     if let Some(t) = watchdog_task {
         t.abort();
     }

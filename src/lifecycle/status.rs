@@ -31,6 +31,9 @@ pub struct Report {
     /// Proxy upstreams up / configured; absent without proxy routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Upstreams>,
+    /// TLS certificates in use that expire within 14 days.
+    #[serde(default)]
+    pub tls_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -74,6 +77,7 @@ pub fn collect(shared: &Shared) -> Report {
             ok: r.error.is_none(),
             error: r.error,
         }),
+        tls_warnings: crate::tls::warnings(&shared.snapshot.load().config, SystemTime::now()),
     }
 }
 
@@ -98,6 +102,12 @@ pub fn line(r: &Report) -> String {
             s.push_str(&format!(
                 "; reload FAILED at {at}, serving previous config: {short}"
             ));
+        }
+    }
+    if let Some(w) = r.tls_warnings.first() {
+        s.push_str(&format!("; WARNING: {w}"));
+        if r.tls_warnings.len() > 1 {
+            s.push_str(&format!(" (+{} more)", r.tls_warnings.len() - 1));
         }
     }
     s
@@ -138,6 +148,9 @@ pub fn human(r: &Report) -> String {
         if let Some(e) = &last.error {
             s.push_str(&format!("\n  {}", e.lines().next().unwrap_or("")));
         }
+    }
+    for w in &r.tls_warnings {
+        s.push_str(&format!("\nwarning: {w}"));
     }
     s.push('\n');
     s

@@ -159,7 +159,7 @@ pub async fn handle(
         &headers::ClientInfo {
             remote: cx.remote,
             host: host_value.as_ref(),
-            proto: "http",
+            proto: if cx.tls { "https" } else { "http" },
         },
         &cfg.trusted_proxies,
     );

@@ -26,14 +26,39 @@ pub async fn serve(
     listener: Arc<str>,
     guard: ConnGuard,
 ) {
-    match stream {
-        Stream::Tcp(s) => serve_io(shared, s, remote, listener).await,
-        Stream::Unix(s) => serve_io(shared, s, remote, listener).await,
+    // The acceptor of the current generation: after a reload, new connections get the new
+    // certificates while open ones keep their session.
+    let tls = {
+        let snapshot = shared.snapshot.load();
+        snapshot
+            .config
+            .listener(&listener)
+            .and_then(|l| l.tls.as_ref())
+            .map(|t| {
+                (
+                    t.acceptor.clone(),
+                    snapshot.config.server.header_read_timeout,
+                )
+            })
+    };
+    match (stream, tls) {
+        (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, false).await,
+        (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, false).await,
+        (Stream::Tcp(s), Some((acceptor, timeout))) => {
+            if let Some(s) = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener).await {
+                serve_io(shared, s, remote, listener, true).await;
+            }
+        }
+        (Stream::Unix(s), Some((acceptor, timeout))) => {
+            if let Some(s) = crate::tls::handshake(&acceptor, s, timeout, &listener).await {
+                serve_io(shared, s, remote, listener, true).await;
+            }
+        }
     }
     drop(guard);
 }
 
-async fn serve_io<I>(shared: Arc<Shared>, io: I, remote: Remote, listener: Arc<str>)
+async fn serve_io<I>(shared: Arc<Shared>, io: I, remote: Remote, listener: Arc<str>, tls: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -48,6 +73,7 @@ where
         remote_text: remote.to_string().into_boxed_str(),
         started: started.clone(),
         admin,
+        tls,
     });
     let io = CountingIo {
         inner: io,

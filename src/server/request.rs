@@ -21,6 +21,8 @@ pub struct ConnContext {
     pub started: Arc<AtomicBool>,
     /// Arrived on a `role = "admin"` listener: admin endpoints only.
     pub admin: bool,
+    /// The connection is TLS.
+    pub tls: bool,
 }
 
 pub async fn handle(
@@ -39,24 +41,46 @@ pub async fn handle(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let router = snapshot.router(&ctx.listener);
+    let listener_redirect = !ctx.tls
+        && snapshot
+            .config
+            .listener(&ctx.listener)
+            .is_some_and(|l| l.redirect_https);
     let (response, counters) = match (&host, router) {
+        (Ok(host), Some(router)) if listener_redirect => (
+            crate::tls::redirect::redirect_https(host, &uri),
+            Some(&router.no_site),
+        ),
         (_, None) => (handlers::error(StatusCode::NOT_FOUND), None),
         (Err(status), Some(router)) => (handlers::error(*status), Some(&router.no_site)),
         (Ok(host), Some(router)) => match router.route(host, uri.path()) {
+            Lookup::Route(_, site) | Lookup::NoRoute(site)
+                if site.tls.redirect_https && !ctx.tls =>
+            {
+                (
+                    crate::tls::redirect::redirect_https(host, &uri),
+                    Some(&site.no_route),
+                )
+            }
             Lookup::Route(route, site) => {
                 let cx = RequestContext {
                     remote: ctx.remote,
                     listener: &ctx.listener,
                     host,
+                    tls: ctx.tls,
                 };
                 let response = handlers::dispatch(&route.config, req, &cx).await;
                 (
-                    handlers::apply_error_page(site, response),
+                    site.tls
+                        .finish(ctx.tls, handlers::apply_error_page(site, response)),
                     Some(&route.counters),
                 )
             }
             Lookup::NoRoute(site) => (
-                handlers::apply_error_page(site, handlers::error(StatusCode::NOT_FOUND)),
+                site.tls.finish(
+                    ctx.tls,
+                    handlers::apply_error_page(site, handlers::error(StatusCode::NOT_FOUND)),
+                ),
                 Some(&site.no_route),
             ),
             Lookup::NoSite => (

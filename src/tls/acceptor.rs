@@ -1,0 +1,256 @@
+//! The rustls server side of a TLS listener: certificate choice by SNI, ALPN, protocol
+//! versions, and the handshake itself (run in the connection task, bounded in time).
+
+use super::certs::LoadedCert;
+use super::config::PendingListenerTls;
+use crate::config::{HostPattern, SiteConfig};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// A TLS listener, ready to accept: built once per configuration generation, so a reload
+/// swaps certificates for new connections while open ones keep their session.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The listener's own certificate: for clients without SNI and unknown names.
+    pub default: Arc<LoadedCert>,
+    pub strict_sni: bool,
+    /// Every certificate this listener may present (default first), for expiry warnings.
+    pub certs: Vec<Arc<LoadedCert>>,
+    pub acceptor: TlsAcceptor,
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("default", &self.default)
+            .field("strict_sni", &self.strict_sni)
+            .field("certs", &self.certs.len())
+            .finish()
+    }
+}
+
+impl PartialEq for ListenerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.default == other.default
+            && self.strict_sni == other.strict_sni
+            && self.certs == other.certs
+    }
+}
+
+impl Eq for ListenerTls {}
+
+/// Picks the certificate for a ClientHello like the router picks a site for a Host: exact
+/// name, then the longest `*.suffix`, then a `*` site, then the listener's certificate.
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `(".example.com", key)`, longest first.
+    suffixes: Vec<(String, Arc<CertifiedKey>)>,
+    any: Option<Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+    strict: bool,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field("strict", &self.strict)
+            .finish()
+    }
+}
+
+impl SniResolver {
+    fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        // No SNI: a client that connects by IP address gets the listener's certificate.
+        let Some(name) = server_name else {
+            return Some(self.default.clone());
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Some(k.clone());
+        }
+        if let Some((_, k)) = self
+            .suffixes
+            .iter()
+            .find(|(s, _)| name.ends_with(s.as_str()))
+        {
+            return Some(k.clone());
+        }
+        if let Some(k) = &self.any {
+            return Some(k.clone());
+        }
+        // Strict: an unknown name gets a handshake alert instead of a certificate that would
+        // reveal which sites live here.
+        (!self.strict).then(|| self.default.clone())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// Builds the listener's rustls configuration from its own certificate and the certificates
+/// of the sites it serves. Hosts of sites without `tls` map to the listener's certificate,
+/// so `strict_sni` accepts them.
+pub fn build(
+    pending: PendingListenerTls,
+    listener: &str,
+    sites: &[SiteConfig],
+) -> Result<ListenerTls, String> {
+    let default_key = pending.default.certified.clone();
+    let mut resolver = SniResolver {
+        exact: HashMap::new(),
+        suffixes: Vec::new(),
+        any: None,
+        default: default_key.clone(),
+        strict: pending.strict_sni,
+    };
+    let mut certs = vec![pending.default.clone()];
+    let on_listener = sites.iter().filter(|s| {
+        s.listeners
+            .as_ref()
+            .is_none_or(|ls| ls.iter().any(|l| l == listener))
+    });
+    for site in on_listener {
+        let key = match &site.tls {
+            Some(c) => {
+                if !certs.iter().any(|have| Arc::ptr_eq(have, c)) {
+                    certs.push(c.clone());
+                }
+                c.certified.clone()
+            }
+            None => default_key.clone(),
+        };
+        for host in &site.hosts {
+            match host {
+                HostPattern::Exact(h) => {
+                    resolver
+                        .exact
+                        .entry(h.clone())
+                        .or_insert_with(|| key.clone());
+                }
+                HostPattern::Suffix(s) => resolver.suffixes.push((s.clone(), key.clone())),
+                HostPattern::Any => {
+                    resolver.any.get_or_insert_with(|| key.clone());
+                }
+            }
+        }
+    }
+    resolver
+        .suffixes
+        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+
+    let mut config = ServerConfig::builder_with_provider(Arc::new(super::provider()))
+        // TLS 1.2 and 1.3 only, with rustls' default (modern AEAD, forward-secret) suites.
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("listener {listener:?}: TLS setup failed: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(ListenerTls {
+        default: pending.default,
+        strict_sni: pending.strict_sni,
+        certs,
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+    })
+}
+
+/// Runs the handshake within `timeout` (the `header_read_timeout`): a client that connects
+/// and sends nothing, or dribbles its ClientHello, cannot hold a connection slot.
+pub async fn handshake<I>(
+    acceptor: &TlsAcceptor,
+    io: I,
+    timeout: Duration,
+    listener: &str,
+) -> Option<TlsStream<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake_until(acceptor, io, Instant::now() + timeout, listener).await
+}
+
+async fn handshake_until<I>(
+    acceptor: &TlsAcceptor,
+    io: I,
+    deadline: Instant,
+    listener: &str,
+) -> Option<TlsStream<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            // Scanners, old clients, unknown SNI with strict_sni: routine.
+            tracing::debug!(listener, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(listener, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// [`handshake`] for TCP, which first peeks at the first byte: a TLS connection starts with
+/// a handshake record (0x16), plain HTTP with a method name. Plain HTTP gets a readable 400
+/// (as nginx does) instead of a TLS alert that browsers and curl show as gibberish.
+pub async fn handshake_tcp(
+    acceptor: &TlsAcceptor,
+    io: TcpStream,
+    timeout: Duration,
+    listener: &str,
+) -> Option<TlsStream<TcpStream>> {
+    let deadline = Instant::now() + timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, io.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            answer_plain_http(io, listener).await;
+            None
+        }
+        Ok(Ok(1)) => handshake_until(acceptor, io, deadline, listener).await,
+        Ok(_) => None,
+        Err(_) => {
+            tracing::debug!(listener, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn answer_plain_http(mut io: TcpStream, listener: &str) {
+    const BODY: &str = "400 Bad Request: this port speaks HTTPS; use https://\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    tracing::debug!(listener, "plain HTTP on a TLS listener");
+    let limit = Duration::from_secs(1);
+    if let Ok(Ok(())) = tokio::time::timeout(limit, io.write_all(response.as_bytes())).await {
+        let _ = io.shutdown().await;
+        // Read what the client sent before closing: closing with unread data makes the
+        // kernel send a reset, which can destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            let mut total = 0usize;
+            while total < 64 * 1024 {
+                match io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, drain).await;
+    }
+}

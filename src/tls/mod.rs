@@ -1,0 +1,59 @@
+//! TLS for clients: certificates from files or systemd credentials, SNI, ALPN (h2 and
+//! http/1.1), reload, expiry warnings, HTTPS redirects and HSTS.
+//!
+//! Certificates are loaded while the configuration is validated, so `gatehouse check`,
+//! startup and reload refuse a broken or mismatched pair the same way; a `Snapshot` carries
+//! the built acceptors, so a reload swaps certificates for new connections only.
+
+pub mod acceptor;
+pub mod certs;
+pub mod config;
+pub mod redirect;
+
+pub use acceptor::{handshake, handshake_tcp, ListenerTls};
+pub use certs::LoadedCert;
+pub use redirect::SitePolicy;
+
+use std::time::SystemTime;
+
+/// The crypto provider: ring (builds faster than aws-lc-rs and needs no cmake).
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Logs [`warnings`] to the journal; called whenever a configuration is put to use.
+pub fn log_warnings(config: &crate::config::Config) {
+    for w in warnings(config, SystemTime::now()) {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Repeats [`log_warnings`] daily, so a server that runs for weeks still warns in the journal
+/// once a certificate enters the 14-day window (STATUS= recomputes on every refresh anyway).
+pub async fn watch_warnings(shared: std::sync::Arc<crate::server::Shared>) {
+    let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    // The first tick is immediate; startup already warned.
+    daily.tick().await;
+    loop {
+        daily.tick().await;
+        log_warnings(&shared.snapshot.load().config);
+    }
+}
+
+/// One line per problem with a certificate in use: it expires within 14 days (or has
+/// expired), or its key file is world-readable.
+pub fn warnings(config: &crate::config::Config, now: SystemTime) -> Vec<String> {
+    let mut seen: Vec<&std::path::Path> = Vec::new();
+    let mut out = Vec::new();
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for cert in &tls.certs {
+            if seen.contains(&cert.cert_path.as_path()) {
+                continue;
+            }
+            seen.push(&cert.cert_path);
+            out.extend(cert.expiry_warning(now));
+            out.extend(cert.key_warning());
+        }
+    }
+    out
+}
