@@ -1,6 +1,7 @@
 //! TLS against the real binary: a real TLS listener fd, a throwaway CA, a real rustls client.
 
 mod common;
+mod proxy_upstream;
 mod tls_support;
 use common::*;
 use std::io::{Read, Write};
@@ -537,4 +538,50 @@ fn the_shipped_example_config_checks_with_credentials() {
         stderr.contains("tls = \"auto\" needs $CREDENTIALS_DIRECTORY"),
         "{stderr}"
     );
+}
+
+#[test]
+fn proxied_requests_over_tls_say_https_to_the_upstream() {
+    let pki = Pki::new();
+    let dir = tempdir();
+    let (cert, key) = pki.leaf(&["localhost"]).write(dir.path(), "site");
+    let (l, up_port) = proxy_upstream::Listen::tcp();
+    let upstream = proxy_upstream::UpstreamServer::start(l, "app");
+    let config = format!(
+        r#"
+[[listener]]
+name = "https"
+tls = {}
+[[listener]]
+name = "http"
+[[site]]
+hosts = ["*"]
+[[site.route]]
+path = "/"
+proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
+"#,
+        tls_table(&cert, &key)
+    );
+    let (_server, ports) = start(dir, &config, &["https", "http"], &[]);
+    let h1 = pki.client(&[b"http/1.1"]);
+    assert_eq!(get_tls(&h1, ports[0], "localhost", "/over-tls").status, 200);
+    assert_eq!(
+        get_tcp(ports[1], "localhost", "/plain").unwrap().status,
+        200
+    );
+    let seen = upstream.seen();
+    let proto = |path: &str| {
+        let s = seen
+            .iter()
+            .find(|s| s.path == path)
+            .expect("request reached the upstream");
+        (
+            s.header("x-forwarded-proto").map(str::to_owned),
+            s.header("forwarded").map(str::to_owned),
+        )
+    };
+    let (xfp, fwd) = proto("/over-tls");
+    assert_eq!(xfp.as_deref(), Some("https"));
+    assert!(fwd.unwrap_or_default().contains("proto=https"));
+    assert_eq!(proto("/plain").0.as_deref(), Some("http"));
 }
