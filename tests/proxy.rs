@@ -40,18 +40,6 @@ fn get(port: u16, path: &str) -> Reply {
     get_tcp(port, "app.example.com", path).unwrap()
 }
 
-/// Waits until the server's stderr (the access log) contains `needle`.
-fn wait_log(server: &Server, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if server.stderr().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{needle:?} not in the log:\n{}", server.stderr());
-}
-
 #[test]
 fn forwards_over_tcp_and_unix_with_forwarding_headers_and_without_hop_by_hop() {
     let dir = tempdir();
@@ -110,14 +98,8 @@ Keep-Alive: timeout=1\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\nX-Ke
     let r = get(port, "/other/path");
     assert_eq!(r.header("x-upstream").as_deref(), Some("unix"));
     assert_eq!(unix.seen().last().unwrap().path, "/other/path");
-    wait_log(
-        &server,
-        &format!("GET /other/path 200 via unix:{}", sock.display()),
-    );
-    wait_log(
-        &server,
-        &format!("GET /tcp/a/b 200 via http://127.0.0.1:{up_port}"),
-    );
+    server.wait_log(&format!("GET /other/path 200 via unix:{}", sock.display()));
+    server.wait_log(&format!("GET /tcp/a/b 200 via http://127.0.0.1:{up_port}"));
 }
 
 #[test]

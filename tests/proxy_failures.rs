@@ -33,18 +33,6 @@ fn get(port: u16, path: &str) -> Reply {
     get_tcp(port, "app.example.com", path).unwrap()
 }
 
-/// Waits until the server's stderr (the access log) contains `needle`.
-fn wait_log(server: &Server, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if server.stderr().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{needle:?} not in the log:\n{}", server.stderr());
-}
-
 #[test]
 fn dead_upstream_is_502_fast_and_hung_upstream_is_504() {
     let dir = tempdir();
@@ -74,10 +62,7 @@ proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], response_header_timeout =
         "took {:?}",
         t.elapsed()
     );
-    wait_log(
-        &server,
-        &format!("GET /dead/x 502 via http://127.0.0.1:{dead_port}"),
-    );
+    server.wait_log(&format!("GET /dead/x 502 via http://127.0.0.1:{dead_port}"));
 
     // With retry_connect_for the refusals are retried, then given up on within the window.
     let t = Instant::now();
@@ -96,10 +81,9 @@ proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], response_header_timeout =
         "took {:?}",
         t.elapsed()
     );
-    wait_log(
-        &server,
-        &format!("GET /slow/5000 504 via http://127.0.0.1:{up_port}"),
-    );
+    server.wait_log(&format!(
+        "GET /slow/5000 504 via http://127.0.0.1:{up_port}"
+    ));
     // The only upstream stays usable after its ejection.
     assert_eq!(get(port, "/fine").status, 200);
 
@@ -295,7 +279,7 @@ fn a_connect_that_hangs_is_504_after_connect_timeout() {
         took >= Duration::from_millis(450) && took < Duration::from_secs(3),
         "took {took:?}"
     );
-    wait_log(&server, &format!("GET /hang 504 via http://{addr}"));
+    server.wait_log(&format!("GET /hang 504 via http://{addr}"));
 }
 
 #[test]
@@ -331,7 +315,7 @@ fn a_client_that_stops_reading_releases_the_upstream_after_idle_timeout() {
         "{:?}",
         t.elapsed()
     );
-    wait_log(&server, "client stopped reading");
+    server.wait_log("client stopped reading");
     drop(s);
 }
 
@@ -425,8 +409,5 @@ fn a_killed_upstream_is_502_within_connect_timeout_with_default_retries() {
     let took = t.elapsed();
     assert_eq!(r.status, 502, "{r:?}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    wait_log(
-        &server,
-        &format!("GET /after 502 via unix:{}", sock.display()),
-    );
+    server.wait_log(&format!("GET /after 502 via unix:{}", sock.display()));
 }
