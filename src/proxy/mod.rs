@@ -79,6 +79,9 @@ pub fn start(config: &Config) -> Background {
 }
 
 /// Every upstream of the configuration's proxy routes with whether it is up, for /metrics.
+/// Re-sends of one idempotent request whose connection died before any response byte.
+const MAX_RESENDS: u32 = 8;
+
 pub fn upstream_health(config: &Config) -> Vec<(String, bool)> {
     proxy_routes(config)
         .flat_map(|p| p.pool.upstreams.iter())
@@ -223,7 +226,7 @@ pub async fn handle(
     let deadline = Instant::now() + cfg.retry_connect_for;
     let mut tried: Vec<usize> = Vec::new();
     let mut backoff = Duration::from_millis(20);
-    let mut resent = false;
+    let mut resends = 0;
     // What to answer if every attempt fails: status, and the upstream tried last.
     let mut failure: (StatusCode, Option<usize>) = (StatusCode::BAD_GATEWAY, None);
 
@@ -295,13 +298,17 @@ pub async fn handle(
                     }
                     return failed(&route.pool, failure);
                 }
-                // Sent, but the connection died before a response head. Sent again (once) only
-                // when the method is idempotent (RFC 9110 §9.2.2) and the body can be
-                // replayed: buffered, empty, or never read.
+                // Sent, but the connection died before a response head. Sent again only when
+                // the method is idempotent (RFC 9110 §9.2.2) and the body can be replayed:
+                // buffered, empty, or never read. More than once: an app that exits
+                // gracefully closes all its idle keep-alive connections at the same moment,
+                // and the re-send may pick another of those from the pool; each fails at
+                // once, so a few more tries cost nothing (nginx's proxy_next_upstream does
+                // the same for idempotent requests).
                 tracing::debug!(upstream = %u.label, error = %e_chain(&e), "upstream failed before responding");
                 failure = (StatusCode::BAD_GATEWAY, Some(idx));
-                if !resent && body_back && is_idempotent(&out.method) {
-                    resent = true;
+                if resends < MAX_RESENDS && body_back && is_idempotent(&out.method) {
+                    resends += 1;
                     tried.clear();
                     continue;
                 }
