@@ -152,13 +152,6 @@ impl ListenerSet {
         });
     }
 
-    pub fn describe(&self) -> Vec<String> {
-        self.running
-            .iter()
-            .map(|r| format!("{} {}", r.name, r.origin))
-            .collect()
-    }
-
     /// `(listener name, address)` of every socket we bound ourselves.
     pub fn bound(&self) -> impl Iterator<Item = (&str, &BindAddr)> {
         self.running.iter().filter_map(|r| match &r.origin {

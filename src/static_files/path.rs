@@ -121,10 +121,6 @@ impl RootDir {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn fd(&self) -> io::Result<Arc<OwnedFd>> {
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, fd)) = cached.as_ref() {

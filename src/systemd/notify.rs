@@ -41,11 +41,6 @@ pub unsafe fn init_from_env() {
     let _ = NOTIFIER.set(notifier);
 }
 
-/// True when a service manager listens for our notifications.
-pub fn enabled() -> bool {
-    matches!(NOTIFIER.get(), Some(Some(_)))
-}
-
 /// Sends all `states` in one datagram; a no-op without NOTIFY_SOCKET.
 pub fn send(states: &[NotifyState<'_>]) {
     let Some(Some(n)) = NOTIFIER.get() else {
