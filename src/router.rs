@@ -16,6 +16,8 @@ pub struct Router {
     sites: Vec<Site>,
     /// Requests no site claimed.
     pub no_site: RouteCounters,
+    /// The listener's `redirect_https`, looked up once per configuration.
+    pub redirect_https: bool,
 }
 
 #[derive(Debug)]
@@ -61,6 +63,7 @@ impl Router {
             any: None,
             sites: Vec::new(),
             no_site: metrics.route_counters("-", "none"),
+            redirect_https: config.listener(listener).is_some_and(|l| l.redirect_https),
         };
         let applicable = config.sites.iter().filter(|s| {
             s.listeners

@@ -31,21 +31,17 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     ctx.started.store(true, Ordering::Release);
-    let snapshot = ctx.shared.snapshot.load_full();
     if ctx.admin {
         return Ok(crate::admin::handle(req, &ctx.shared).await);
     }
+    let snapshot = ctx.shared.snapshot.load_full();
 
     let host = request_host(&req);
     // The handler consumes the request; keep what the access log needs (cheap clones).
     let method = req.method().clone();
     let uri = req.uri().clone();
     let router = snapshot.router(&ctx.listener);
-    let listener_redirect = !ctx.tls
-        && snapshot
-            .config
-            .listener(&ctx.listener)
-            .is_some_and(|l| l.redirect_https);
+    let listener_redirect = !ctx.tls && router.is_some_and(|r| r.redirect_https);
     let (response, counters) = match (&host, router) {
         (Ok(host), Some(router)) if listener_redirect => (
             crate::tls::redirect::redirect_https(host, &uri),
@@ -94,16 +90,14 @@ pub async fn handle(
     if let Some(c) = counters {
         c.count(response.status().as_u16());
     }
-    ctx.shared
-        .metrics
-        .duration
-        .observe(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed();
+    ctx.shared.metrics.duration.observe(elapsed.as_secs_f64());
     log::access(
         &method,
         uri.path(),
         host.as_deref().unwrap_or("-"),
         &response,
-        start.elapsed(),
+        elapsed,
         &ctx.remote_text,
     );
     Ok(response)
