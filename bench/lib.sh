@@ -66,4 +66,29 @@ run_wrk() { # url connections [extra wrk args...]
     ' <<<"$out"
 }
 
+# Writes $WORK/nginx.conf: one worker, private paths under $WORK/nginx, an access log, and
+# the http-level lines given on stdin (server blocks and the like).
+write_nginx_conf() {
+    mkdir -p "$WORK/nginx"
+    {
+        cat <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    include /etc/nginx/mime.types;
+    access_log $WORK/nginx/access.log;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
+    fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+NGINX
+        cat
+        echo "}"
+    } >"$WORK/nginx.conf"
+}
+
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -37,23 +37,8 @@ hosts = ["*"]
 path = "/"
 static = { root = "$ROOT" }
 TOML
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    include /etc/nginx/mime.types;
-    access_log $WORK/nginx/access.log;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-    fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+write_nginx_conf <<NGINX
     server { listen 127.0.0.1:$NGX_PORT; root $ROOT; }
-}
 NGINX
 
 # Both servers run for the whole benchmark, pinned to the same CPU; only the one under

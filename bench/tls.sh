@@ -45,21 +45,7 @@ hosts = ["*"]
 path = "/"
 static = { root = "$ROOT" }
 TOML
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    include /etc/nginx/mime.types;
-    access_log $WORK/nginx/access.log;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-    fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+write_nginx_conf <<NGINX
     # Like gatehouse: TLS 1.2 and 1.3 only; otherwise nginx defaults. wrk speaks HTTP/1.1,
     # so h2 is not configured (nginx < 1.25 has no "http2 on;").
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -69,7 +55,6 @@ http {
         ssl_certificate_key $WORK/key.pem;
         root $ROOT;
     }
-}
 NGINX
 
 start_gatehouse() {
