@@ -95,28 +95,20 @@ pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) ->
     let Some(page) = site.error_page(status.as_u16()) else {
         return response;
     };
-    match site
-        .route(page)
-        .map(|r| (&r.config.action, r.config.path.as_str()))
-    {
-        Some((RouteAction::Static(cfg), prefix)) => {
-            match crate::static_files::error_page(cfg, prefix, page, status) {
-                Some(mut custom) => {
-                    // Keep what the status requires, e.g. Allow on 405.
-                    for name in [header::ALLOW, header::LOCATION, header::CONTENT_RANGE] {
-                        if let Some(v) = response.headers().get(&name) {
-                            custom.headers_mut().insert(name, v.clone());
-                        }
-                    }
-                    // A proxy's 502/504 keeps naming its upstream in the access log.
-                    if let Some(u) = response.extensions().get::<crate::log::UpstreamUsed>() {
-                        custom.extensions_mut().insert(u.clone());
-                    }
-                    custom
-                }
-                None => response,
-            }
-        }
-        _ => response,
-    }
+    let found = match site.route(page).map(|r| &r.config) {
+        Some(RouteConfig {
+            action: RouteAction::Static(cfg),
+            path,
+        }) => crate::static_files::error_page(cfg, path, page),
+        _ => None,
+    };
+    let Some((body, content_type)) = found else {
+        return response;
+    };
+    // Only the body and its type change: status, Allow, Location, UPSTREAM and whatever
+    // else the handler set stay as they were.
+    let (mut parts, _) = response.into_parts();
+    parts.headers.insert(header::CONTENT_TYPE, content_type);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, full(body))
 }

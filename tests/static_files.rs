@@ -63,7 +63,7 @@ name = "http"
 
 [[site]]
 hosts = ["*"]
-error_pages = {{ 404 = "/404.html" }}
+error_pages = {{ 404 = "/404.html", 405 = "/404.html" }}
 
 [[site.route]]
 path = "/"
@@ -249,6 +249,8 @@ fn files_have_type_length_validators_and_cache_rules() {
     );
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD"));
+    // The site's page replaces only the body: status and Allow stay.
+    assert_eq!(post.text(), "<p>custom not found</p>\n");
 }
 
 #[test]

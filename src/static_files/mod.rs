@@ -140,13 +140,12 @@ fn open_source(cfg: &StaticConfig, rel: &Path) -> Result<Found, OpenError> {
 /// Largest error page we serve from memory.
 const ERROR_PAGE_MAX: u64 = 1 << 20;
 
-/// Reads the site's error page `page` (a URL path below `route_path`) for `status`.
+/// Reads the site's error page `page` (a URL path below `route_path`): its bytes and type.
 pub fn error_page(
     cfg: &StaticConfig,
     route_path: &str,
     page: &str,
-    status: StatusCode,
-) -> Option<Response<Body>> {
+) -> Option<(Bytes, HeaderValue)> {
     let below = page.strip_prefix(route_path)?.trim_start_matches('/');
     let rel = path::decode(below, cfg.serve_hidden).ok()?;
     let Ok(Opened::File(file, meta)) = path::open(&cfg.root, &rel.path, cfg.follow_symlinks) else {
@@ -158,11 +157,7 @@ pub fn error_page(
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
     file.take(ERROR_PAGE_MAX).read_to_end(&mut buf).ok()?;
-    let mut resp = Response::new(handlers::full(buf.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, mime::content_type(&rel.path));
-    Some(resp)
+    Some((buf.into(), mime::content_type(&rel.path)))
 }
 
 /// `/dir` → `/dir/`, keeping the query. Leading slashes are collapsed so `//evil.example`
