@@ -154,6 +154,23 @@ fn load(port: u16, threads: usize, run_for: Duration, post: bool) -> (usize, Vec
     (ok.load(Ordering::SeqCst), f)
 }
 
+/// Fails with the first failures and the proxy's own explanation from its log.
+fn assert_no_failures(server: &Server, ok: usize, failed: &[String]) {
+    let log = server.stderr();
+    let why: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed") && !l.contains("connect failed"))
+        .take(5)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed (of {}): {:?}\n{why:#?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
 #[test]
 fn app_restarts_behind_a_held_socket_fail_no_request() {
     let dir = tempdir();
@@ -180,19 +197,7 @@ fn app_restarts_behind_a_held_socket_fail_no_request() {
     // cannot be told from one the app processed, so it is never re-sent (RFC 9110 §9.2.2).
     let (ok, failed) = load(port, 4, Duration::from_millis(2800), false);
     let _app = restarts.join().unwrap();
-    let log = server.stderr();
-    let why: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("failed") && !l.contains("connect failed"))
-        .take(5)
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed (of {}): {:?}\n{why:#?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failures(&server, ok, &failed);
     assert!(ok > 40, "only {ok} requests");
 }
 
@@ -225,18 +230,7 @@ fn refused_connections_are_retried_until_the_app_is_back() {
     });
     let (ok, failed) = load(port, 3, Duration::from_millis(2500), true);
     let _app = restarts.join().unwrap();
-    let log = server.stderr();
-    let why: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("failed") && !l.contains("connect failed"))
-        .take(5)
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}\n{why:#?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_no_failures(&server, ok, &failed);
     assert!(ok > 20, "only {ok} requests");
     assert!(
         log.contains("connect failed"),
