@@ -232,6 +232,7 @@ fn refused_connections_are_retried_until_the_app_is_back() {
     let _app = restarts.join().unwrap();
     assert_no_failures(&server, ok, &failed);
     assert!(ok > 20, "only {ok} requests");
+    let log = server.stderr();
     assert!(
         log.contains("connect failed"),
         "no refused connect was retried:\n{log}"
