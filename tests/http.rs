@@ -7,12 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn start(config: &str) -> (Server, u16) {
-    let dir = tempdir();
-    let cfg = write(dir.path(), "g.toml", config);
-    let (l, port) = tcp_listener();
-    let server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
-    server.wait_ready();
-    (server, port)
+    start_http(config, &[])
 }
 
 const VHOSTS: &str = r#"

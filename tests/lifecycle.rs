@@ -18,16 +18,10 @@ fn pings(server: &Server, window: Duration) -> Vec<Instant> {
 
 #[test]
 fn watchdog_pings_every_half_interval_and_stop_while_frozen() {
-    let dir = tempdir();
-    let cfg = write(dir.path(), "g.toml", &respond_config("http", "", "", "x"));
-    let (l, _) = tcp_listener();
-    let server = Server::start(
-        dir,
-        Launch::serve(&cfg)
-            .fd(l, "http")
-            .env("WATCHDOG_USEC", "400000"),
+    let (server, _) = start_http(
+        &respond_config("http", "", "", "x"),
+        &[("WATCHDOG_USEC", "400000")],
     );
-    server.wait_ready();
 
     let running = pings(&server, Duration::from_millis(1500));
     assert!(
@@ -63,31 +57,17 @@ fn watchdog_pings_every_half_interval_and_stop_while_frozen() {
 
 #[test]
 fn watchdog_for_another_pid_is_not_ours() {
-    let dir = tempdir();
-    let cfg = write(dir.path(), "g.toml", &respond_config("http", "", "", "x"));
-    let (l, _) = tcp_listener();
-    let server = Server::start(
-        dir,
-        Launch::serve(&cfg)
-            .fd(l, "http")
-            .env("WATCHDOG_USEC", "200000")
-            .env("WATCHDOG_PID", "1"),
+    let (server, _) = start_http(
+        &respond_config("http", "", "", "x"),
+        &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
     );
-    server.wait_ready();
     assert!(pings(&server, Duration::from_millis(600)).is_empty());
 }
 
 #[test]
 fn reload_swaps_config_and_a_broken_one_keeps_the_old() {
-    let dir = tempdir();
-    let cfg = write(
-        dir.path(),
-        "g.toml",
-        &respond_config("http", "", "", "first"),
-    );
-    let (l, port) = tcp_listener();
-    let server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
-    server.wait_ready();
+    let (server, port) = start_http(&respond_config("http", "", "", "first"), &[]);
+    let cfg = config_path(&server);
     assert_eq!(get_tcp(port, "x", "/").unwrap().text(), "first");
 
     // A keep-alive connection opened before the reload must survive it.
@@ -191,16 +171,11 @@ fn reload_adds_and_removes_bind_listeners() {
 
 #[test]
 fn sigterm_lets_a_slow_request_finish_then_exits_0() {
-    let dir = tempdir();
     const SIZE: usize = 8 << 20;
-    let cfg = write(
-        dir.path(),
-        "g.toml",
+    let (mut server, port) = start_http(
         &respond_config("http", "", "shutdown_timeout = \"30s\"", &"x".repeat(SIZE)),
+        &[],
     );
-    let (l, port) = tcp_listener();
-    let mut server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
-    server.wait_ready();
 
     // A small receive buffer keeps the response in flight while we read slowly.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -250,20 +225,15 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
 
 #[test]
 fn drain_gives_up_after_shutdown_timeout() {
-    let dir = tempdir();
-    let cfg = write(
-        dir.path(),
-        "g.toml",
+    let (mut server, port) = start_http(
         &respond_config(
             "http",
             "",
             "shutdown_timeout = \"1s\"",
             &"y".repeat(8 << 20),
         ),
+        &[],
     );
-    let (l, port) = tcp_listener();
-    let mut server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
-    server.wait_ready();
     let mut stuck = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stuck
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -288,15 +258,10 @@ fn drain_gives_up_after_shutdown_timeout() {
 
 #[test]
 fn idle_exit_waits_for_the_last_connection_to_close() {
-    let dir = tempdir();
-    let cfg = write(
-        dir.path(),
-        "g.toml",
+    let (mut server, port) = start_http(
         &respond_config("http", "", "idle_exit_after = \"1s\"", "x"),
+        &[],
     );
-    let (l, port) = tcp_listener();
-    let mut server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
-    server.wait_ready();
 
     let mut open = TcpStream::connect(("127.0.0.1", port)).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

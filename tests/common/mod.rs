@@ -302,6 +302,26 @@ pub fn free_port() -> u16 {
     tcp_listener().1
 }
 
+/// Starts the binary on `config` with one passed TCP socket named "http" (plus `env`), waits
+/// for READY=1, and returns the server and the socket's port.
+pub fn start_http(config: &str, env: &[(&str, &str)]) -> (Server, u16) {
+    let dir = tempdir();
+    let cfg = write(dir.path(), "g.toml", config);
+    let (l, port) = tcp_listener();
+    let mut launch = Launch::serve(&cfg).fd(l, "http");
+    for (k, v) in env {
+        launch = launch.env(k, v);
+    }
+    let server = Server::start(dir, launch);
+    server.wait_ready();
+    (server, port)
+}
+
+/// The config file of a server started by [`start_http`].
+pub fn config_path(server: &Server) -> PathBuf {
+    server.dir.path().join("g.toml")
+}
+
 /// A config with one `respond` route on `/` answering `body`.
 pub fn respond_config(listener: &str, bind: &str, server: &str, body: &str) -> String {
     format!(
