@@ -101,8 +101,34 @@ fn days(d: Duration) -> String {
 /// Loads `cert_path` (PEM chain, leaf first) and `key_path` (PEM PKCS#8, PKCS#1 or SEC1 key)
 /// and checks that the key belongs to the leaf.
 pub fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
-    let chain = read_chain(cert_path)?;
-    let key = read_key(key_path)?;
+    let chain = read_chain(&mut open(cert_path, "certificate")?, cert_path)?;
+    let key = read_key(&mut open(key_path, "private key")?, key_path)?;
+    let (certified, not_after, names) = check_pair(chain, key, cert_path, key_path)?;
+    Ok(LoadedCert {
+        cert_path: cert_path.to_path_buf(),
+        key_path: key_path.to_path_buf(),
+        certified: Arc::new(certified),
+        not_after,
+        names,
+        key_world_readable: world_readable(key_path),
+    })
+}
+
+/// [`load`] for PEM text in memory (key and chain in one text); `origin` names it in errors.
+pub fn from_pem(pem: &[u8], origin: &Path) -> Result<(CertifiedKey, SystemTime), String> {
+    let chain = read_chain(&mut &pem[..], origin)?;
+    let key = read_key(&mut &pem[..], origin)?;
+    check_pair(chain, key, origin, origin).map(|(c, not_after, _)| (c, not_after))
+}
+
+type Checked = (CertifiedKey, SystemTime, Vec<String>);
+
+fn check_pair(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Checked, String> {
     let provider = super::provider();
     let signing = provider
         .key_provider
@@ -132,14 +158,7 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
             .map_err(|e| format!("{}: unreadable certificate: {e}", cert_path.display()))?,
         None => return Err(format!("{}: no certificate", cert_path.display())),
     };
-    Ok(LoadedCert {
-        cert_path: cert_path.to_path_buf(),
-        key_path: key_path.to_path_buf(),
-        certified: Arc::new(certified),
-        not_after,
-        names,
-        key_world_readable: world_readable(key_path),
-    })
+    Ok((certified, not_after, names))
 }
 
 /// Group-readable keys are common (Debian's ssl-cert group); world-readable ones are a leak.
@@ -154,9 +173,11 @@ fn open(path: &Path, what: &str) -> Result<BufReader<std::fs::File>, String> {
         .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut reader = open(path, "certificate")?;
-    let chain = rustls_pemfile::certs(&mut reader)
+fn read_chain(
+    reader: &mut dyn std::io::BufRead,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = rustls_pemfile::certs(reader)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
     if chain.is_empty() {
@@ -168,10 +189,12 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let mut reader = open(path, "private key")?;
+fn read_key(
+    reader: &mut dyn std::io::BufRead,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, String> {
     // The error text of rustls-pemfile describes the structure, never the bytes.
-    match rustls_pemfile::private_key(&mut reader) {
+    match rustls_pemfile::private_key(reader) {
         Ok(Some(key)) => Ok(key),
         Ok(None) => Err(format!(
             "{}: no private key block (\"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\")",
