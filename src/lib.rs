@@ -4,6 +4,7 @@
 //! accepts; `server::conn` runs hyper; `server::request` finds the route via `router` and
 //! calls `handlers`; `log` writes the access log. Only `systemd` speaks systemd's protocols.
 
+pub mod acme;
 pub mod admin;
 pub mod cli;
 pub mod config;

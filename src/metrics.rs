@@ -66,6 +66,39 @@ static UPSTREAMS: LazyLock<UpstreamFamilies> = LazyLock::new(|| UpstreamFamilies
     errors: Family::default(),
 });
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// The certificate's first name, "+N" when it has more.
+    pub certificate: String,
+}
+
+/// ACME certificates outlive configuration generations like upstreams do.
+struct AcmeFamilies {
+    expiry: Family<CertLabels, Gauge>,
+    failures: Family<CertLabels, Counter>,
+}
+
+static ACME: LazyLock<AcmeFamilies> = LazyLock::new(|| AcmeFamilies {
+    expiry: Family::default(),
+    failures: Family::default(),
+});
+
+pub fn set_certificate_expiry(certificate: &str, unix_seconds: i64) {
+    ACME.expiry
+        .get_or_create(&CertLabels {
+            certificate: certificate.to_owned(),
+        })
+        .set(unix_seconds);
+}
+
+pub fn count_acme_failure(certificate: &str) {
+    ACME.failures
+        .get_or_create(&CertLabels {
+            certificate: certificate.to_owned(),
+        })
+        .inc();
+}
+
 /// The request and error counters of one upstream ("unix:/run/app.sock", "http://h:p").
 #[derive(Clone, Debug)]
 pub struct UpstreamCounters {
@@ -163,6 +196,16 @@ impl Metrics {
             "upstream_errors",
             "Failed connects, timeouts and connections lost before a response, per upstream",
             UPSTREAMS.errors.clone(),
+        );
+        registry.register(
+            "acme_certificate_expiry_timestamp_seconds",
+            "Unix time the ACME certificate in use expires (absent until one is issued)",
+            ACME.expiry.clone(),
+        );
+        registry.register(
+            "acme_failures",
+            "Failed attempts to obtain or renew an ACME certificate",
+            ACME.failures.clone(),
         );
         let build = Family::<VersionLabels, Gauge>::default();
         build

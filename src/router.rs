@@ -106,6 +106,15 @@ impl Router {
         router
     }
 
+    /// False while the site for `host` waits for its first ACME certificate: the
+    /// listener's `redirect_https` holds back until https works.
+    pub fn https_ready(&self, host: &str) -> bool {
+        match self.route(host, "/") {
+            Lookup::Route(_, site) | Lookup::NoRoute(site) => site.tls.https_ready(),
+            Lookup::NoSite => true,
+        }
+    }
+
     /// `host` must already be normalised by [`normalize_host`].
     pub fn route(&self, host: &str, path: &str) -> Lookup<'_> {
         let site = self

@@ -37,6 +37,7 @@ pub fn builtin_config() -> Config {
                 }),
             }],
         }],
+        acme: None,
     }
 }
 

@@ -34,9 +34,24 @@ pub struct Config {
     pub server: ServerSettings,
     pub listeners: Vec<ListenerConfig>,
     pub sites: Vec<SiteConfig>,
+    /// `[acme]`, validated; `None` when no site needs it (and no state directory is known).
+    pub acme: Option<crate::acme::AcmeSettings>,
 }
 
 impl Config {
+    /// The ACME certificates this configuration serves, each once.
+    pub fn managed_certs(&self) -> Vec<std::sync::Arc<crate::acme::ManagedCert>> {
+        let mut out: Vec<std::sync::Arc<crate::acme::ManagedCert>> = Vec::new();
+        for site in &self.sites {
+            if let Some(crate::tls::config::SiteCert::Acme(m)) = &site.tls {
+                if !out.iter().any(|have| std::sync::Arc::ptr_eq(have, m)) {
+                    out.push(m.clone());
+                }
+            }
+        }
+        out
+    }
+
     pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
         self.listeners.iter().find(|l| l.name == name)
     }
@@ -139,7 +154,7 @@ pub struct SiteConfig {
     /// Status → URL path of the page shown instead of gatehouse's own error text.
     pub error_pages: Vec<(u16, String)>,
     /// This site's own certificate, picked by SNI on TLS listeners.
-    pub tls: Option<std::sync::Arc<crate::tls::LoadedCert>>,
+    pub tls: Option<crate::tls::config::SiteCert>,
     pub redirect_https: bool,
     pub hsts: Option<HeaderValue>,
 }
@@ -151,6 +166,17 @@ pub enum HostPattern {
     /// `*.example.com` stored as `.example.com`.
     Suffix(String),
     Exact(String),
+}
+
+impl fmt::Display for HostPattern {
+    /// As written in the configuration.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
 }
 
 impl FromStr for HostPattern {

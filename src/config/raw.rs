@@ -14,6 +14,8 @@ pub struct RawConfig {
     pub listeners: Vec<Spanned<RawListener>>,
     #[serde(default, rename = "site")]
     pub sites: Vec<Spanned<RawSite>>,
+    /// Settings for sites with `tls = "acme"`.
+    pub acme: Option<crate::acme::RawAcme>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> Option<Config> {
     let server = server_settings(&raw.server, sink);
+    let wants_acme = |tls: &Option<Spanned<crate::tls::config::RawTls>>| matches!(tls.as_ref().map(|t| t.get_ref()), Some(crate::tls::config::RawTls::Auto(w)) if w == "acme");
+    let needs_acme = raw.sites.iter().any(|s| wants_acme(&s.get_ref().tls))
+        || raw.listeners.iter().any(|l| wants_acme(&l.get_ref().tls));
+    let acme = crate::acme::config::validate(raw.acme.as_ref(), needs_acme, sink);
 
     let mut listeners = Vec::new();
     let mut names = HashSet::new();
@@ -171,15 +175,13 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                 error_pages.push((code, page.get_ref().clone()));
             }
         }
+        let tls = site_cert(site, &hosts, acme.as_ref(), sink);
         sites.push(SiteConfig {
             hosts,
             listeners: site_listeners,
             routes,
             error_pages,
-            tls: site
-                .tls
-                .as_ref()
-                .and_then(|t| crate::tls::config::site_tls(t, sink)),
+            tls,
             redirect_https: site.redirect_https.unwrap_or(false),
             hsts: site
                 .hsts
@@ -216,11 +218,33 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
     }
 
     // SNI needs every site's certificate, so TLS listeners are finished last.
+    let acme_alpn = acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == crate::acme::Challenge::TlsAlpn01);
     for (idx, pending, span) in pending_tls {
         let listener = &mut listeners[idx];
-        match crate::tls::acceptor::build(pending, &listener.name, &sites) {
+        match crate::tls::acceptor::build(pending, &listener.name, &sites, acme_alpn) {
             Ok(tls) => listener.tls = Some(tls),
             Err(msg) => sink.push(Some(span), msg, None),
+        }
+    }
+
+    for (site, raw_site) in sites.iter().zip(&raw.sites) {
+        let acme_site = matches!(site.tls, Some(crate::tls::config::SiteCert::Acme(_)));
+        let on_tls = listeners.iter().any(|l| {
+            l.tls.is_some()
+                && site
+                    .listeners
+                    .as_ref()
+                    .is_none_or(|ls| ls.contains(&l.name))
+        });
+        if acme_site && !on_tls {
+            let span = raw_site.get_ref().tls.as_ref().map(|t| t.span());
+            sink.push(
+                span,
+                "tls = \"acme\" on a site that no TLS listener serves",
+                Some("add [[listener]] name = \"https\" with tls = \"acme\" (port 443)"),
+            );
         }
     }
 
@@ -229,7 +253,51 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
         server,
         listeners,
         sites,
+        acme,
     })
+}
+
+/// A site's certificate: files, or the managed certificate for its hosts.
+fn site_cert(
+    site: &RawSite,
+    hosts: &[HostPattern],
+    acme: Option<&crate::acme::AcmeSettings>,
+    sink: &mut ErrorSink,
+) -> Option<crate::tls::config::SiteCert> {
+    use crate::tls::config::{SiteCert, SiteTlsChoice};
+    let raw = site.tls.as_ref()?;
+    match crate::tls::config::site_tls(raw, sink)? {
+        SiteTlsChoice::Files(c) => Some(SiteCert::Files(c)),
+        SiteTlsChoice::Acme => {
+            // Without settings the reason (no state directory) is reported already.
+            let acme = acme?;
+            let mut names = Vec::new();
+            for h in hosts {
+                match h {
+                    HostPattern::Exact(n)
+                        if !n.starts_with('[') && n.parse::<std::net::IpAddr>().is_err() =>
+                    {
+                        names.push(n.clone())
+                    }
+                    other => {
+                        sink.push(
+                            Some(raw.span()),
+                            format!("tls = \"acme\" cannot cover the host \"{other}\""),
+                            Some("ACME certificates here are for DNS names; wildcards need DNS-01, which gatehouse does not do: list each name, or use tls = { cert, key }"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            match crate::acme::managed(acme, &names) {
+                Ok(m) => Some(SiteCert::Acme(m)),
+                Err(msg) => {
+                    sink.push(Some(raw.span()), msg, None);
+                    None
+                }
+            }
+        }
+    }
 }
 
 fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {

@@ -136,6 +136,7 @@ async fn serve(
     );
     let status_task = tokio::spawn(refresh_status(shared.clone()));
     let expiry_task = tokio::spawn(crate::tls::watch_warnings(shared.clone()));
+    let acme_task = tokio::spawn(crate::acme::manager::run(shared.clone()));
     let watchdog_task = watchdog.map(|interval| {
         let liveness = shared.liveness.clone();
         tokio::spawn(systemd::watchdog::run(interval, move || {
@@ -162,6 +163,7 @@ async fn serve(
     drain(&shared, &mut listeners, &mut signals, &reason).await;
     status_task.abort();
     expiry_task.abort();
+    acme_task.abort();
     if let Some(t) = watchdog_task {
         t.abort();
     }

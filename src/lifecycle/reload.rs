@@ -63,6 +63,7 @@ async fn try_reload(
     let max_connections = config.server.max_connections;
     crate::tls::log_warnings(&config);
     shared.snapshot.store(Arc::new(shared.snapshot_for(config)));
+    crate::acme::config_changed();
     shared.conns.set_limit(max_connections);
     for l in opened {
         listeners.start(shared, l);

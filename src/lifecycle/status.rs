@@ -34,6 +34,46 @@ pub struct Report {
     /// TLS certificates in use that expire within 14 days.
     #[serde(default)]
     pub tls_warnings: Vec<String>,
+    /// Certificates managed by ACME.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acme: Vec<AcmeCert>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcmeCert {
+    pub names: Vec<String>,
+    /// "valid", "pending" (placeholder served) or "renewal failing".
+    pub state: String,
+    /// RFC 3339; absent while the placeholder is served.
+    pub expires: Option<String>,
+    pub next_attempt: String,
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+fn acme_certs(config: &crate::config::Config) -> Vec<AcmeCert> {
+    config
+        .managed_certs()
+        .iter()
+        .map(|m| {
+            let s = m.state();
+            let state = match (s.issued, s.failures) {
+                (None, _) => "pending",
+                (Some(_), 0) => "valid",
+                (Some(_), _) => "renewal failing",
+            };
+            AcmeCert {
+                names: m.names.clone(),
+                state: state.to_owned(),
+                expires: s
+                    .issued
+                    .map(|v| humantime::format_rfc3339_seconds(v.not_after).to_string()),
+                next_attempt: humantime::format_rfc3339_seconds(s.next_attempt).to_string(),
+                failures: s.failures,
+                last_error: s.last_error,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -78,6 +118,7 @@ pub fn collect(shared: &Shared) -> Report {
             error: r.error,
         }),
         tls_warnings: crate::tls::warnings(&shared.snapshot.load().config, SystemTime::now()),
+        acme: acme_certs(&shared.snapshot.load().config),
     }
 }
 
@@ -103,6 +144,9 @@ pub fn line(r: &Report) -> String {
                 "; reload FAILED at {at}, serving previous config: {short}"
             ));
         }
+    }
+    if !r.acme.is_empty() {
+        s.push_str(&acme_summary(&r.acme));
     }
     if let Some(w) = r.tls_warnings.first() {
         s.push_str(&format!("; WARNING: {w}"));
@@ -149,10 +193,49 @@ pub fn human(r: &Report) -> String {
             s.push_str(&format!("\n  {}", e.lines().next().unwrap_or("")));
         }
     }
+    for c in &r.acme {
+        s.push_str(&format!(
+            "\nacme: {} {}{}",
+            c.names.join(","),
+            c.state,
+            c.expires
+                .as_ref()
+                .map_or(String::new(), |e| format!(", expires {e}"))
+        ));
+        if let Some(e) = &c.last_error {
+            s.push_str(&format!(
+                "\n  last error: {}",
+                e.lines().next().unwrap_or("")
+            ));
+        }
+    }
     for w in &r.tls_warnings {
         s.push_str(&format!("\nwarning: {w}"));
     }
     s.push('\n');
+    s
+}
+
+/// "; acme 2/3 valid, a.test expires 2027-02-20T10:00:00Z": the soonest expiry, since that
+/// is the one to watch.
+fn acme_summary(certs: &[AcmeCert]) -> String {
+    let valid = certs.iter().filter(|c| c.state == "valid").count();
+    let mut s = format!("; acme {valid}/{} valid", certs.len());
+    if let Some(c) = certs
+        .iter()
+        .filter(|c| c.expires.is_some())
+        .min_by_key(|c| c.expires.clone())
+    {
+        let name = c.names.first().map_or("-", String::as_str);
+        s.push_str(&format!(
+            ", {name} expires {}",
+            c.expires.as_deref().unwrap_or("-")
+        ));
+    }
+    if let Some(c) = certs.iter().find(|c| c.state != "valid") {
+        let name = c.names.first().map_or("-", String::as_str);
+        s.push_str(&format!(", {name} {}", c.state));
+    }
     s
 }
 

@@ -42,22 +42,25 @@ pub async fn handle(
     let uri = req.uri().clone();
     let router = snapshot.router(&ctx.listener);
     let listener_redirect = !ctx.tls && router.is_some_and(|r| r.redirect_https);
+    // The CA's HTTP-01 check comes before every route and redirect.
+    let acme_answer = uri
+        .path()
+        .starts_with(crate::acme::challenge::HTTP01_PREFIX)
+        .then(|| crate::acme::challenge::http01_response(uri.path()))
+        .flatten();
     let (response, counters) = match (&host, router) {
-        (Ok(host), Some(router)) if listener_redirect => (
+        _ if acme_answer.is_some() => (acme_answer.unwrap_or_default(), None),
+        (Ok(host), Some(router)) if listener_redirect && router.https_ready(host) => (
             crate::tls::redirect::redirect_https(host, &uri),
             Some(&router.no_site),
         ),
         (_, None) => (handlers::error(StatusCode::NOT_FOUND), None),
         (Err(status), Some(router)) => (handlers::error(*status), Some(&router.no_site)),
         (Ok(host), Some(router)) => match router.route(host, uri.path()) {
-            Lookup::Route(_, site) | Lookup::NoRoute(site)
-                if site.tls.redirect_https && !ctx.tls =>
-            {
-                (
-                    crate::tls::redirect::redirect_https(host, &uri),
-                    Some(&site.no_route),
-                )
-            }
+            Lookup::Route(_, site) | Lookup::NoRoute(site) if site.tls.redirects(ctx.tls) => (
+                crate::tls::redirect::redirect_https(host, &uri),
+                Some(&site.no_route),
+            ),
             Lookup::Route(route, site) => {
                 let cx = RequestContext {
                     remote: ctx.remote,

@@ -2,7 +2,9 @@
 //! versions, and the handshake itself (run in the connection task, bounded in time).
 
 use super::certs::LoadedCert;
-use super::config::PendingListenerTls;
+use super::config::{PendingListenerTls, SiteCert};
+use crate::acme::challenge::{self, ACME_TLS_ALPN};
+use crate::acme::ManagedCert;
 use crate::config::{HostPattern, SiteConfig};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -21,10 +23,12 @@ use tokio_rustls::TlsAcceptor;
 /// swaps certificates for new connections while open ones keep their session.
 #[derive(Clone)]
 pub struct ListenerTls {
-    /// The listener's own certificate: for clients without SNI and unknown names.
-    pub default: Arc<LoadedCert>,
+    /// The listener's own certificate: for clients without SNI and unknown names. `None`
+    /// with `tls = "acme"`: its first ACME site's certificate stands in.
+    pub default: Option<Arc<LoadedCert>>,
     pub strict_sni: bool,
-    /// Every certificate this listener may present (default first), for expiry warnings.
+    /// Every certificate file this listener may present (default first), for expiry
+    /// warnings; ACME certificates report through their manager instead.
     pub certs: Vec<Arc<LoadedCert>>,
     pub acceptor: TlsAcceptor,
 }
@@ -49,14 +53,31 @@ impl PartialEq for ListenerTls {
 
 impl Eq for ListenerTls {}
 
+/// A certificate as the resolver holds it: fixed for this configuration generation, or
+/// managed by ACME and swapped in place on renewal.
+#[derive(Clone)]
+enum CertSource {
+    Fixed(Arc<CertifiedKey>),
+    Managed(Arc<ManagedCert>),
+}
+
+impl CertSource {
+    fn get(&self) -> Arc<CertifiedKey> {
+        match self {
+            CertSource::Fixed(k) => k.clone(),
+            CertSource::Managed(m) => m.certified(),
+        }
+    }
+}
+
 /// Picks the certificate for a ClientHello like the router picks a site for a Host: exact
 /// name, then the longest `*.suffix`, then a `*` site, then the listener's certificate.
 struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, CertSource>,
     /// `(".example.com", key)`, longest first.
-    suffixes: Vec<(String, Arc<CertifiedKey>)>,
-    any: Option<Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    suffixes: Vec<(String, CertSource)>,
+    any: Option<CertSource>,
+    default: CertSource,
     strict: bool,
 }
 
@@ -73,30 +94,38 @@ impl SniResolver {
     fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         // No SNI: a client that connects by IP address gets the listener's certificate.
         let Some(name) = server_name else {
-            return Some(self.default.clone());
+            return Some(self.default.get());
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(k) = self.exact.get(&name) {
-            return Some(k.clone());
+            return Some(k.get());
         }
         if let Some((_, k)) = self
             .suffixes
             .iter()
             .find(|(s, _)| name.ends_with(s.as_str()))
         {
-            return Some(k.clone());
+            return Some(k.get());
         }
         if let Some(k) = &self.any {
-            return Some(k.clone());
+            return Some(k.get());
         }
         // Strict: an unknown name gets a handshake alert instead of a certificate that would
         // reveal which sites live here.
-        (!self.strict).then(|| self.default.clone())
+        (!self.strict).then(|| self.default.get())
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A TLS-ALPN-01 check (RFC 8737) asks only for "acme-tls/1" and gets the challenge
+        // certificate, or no handshake at all when no order is pending for the name.
+        if hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+        {
+            return challenge::tls_alpn01_cert(hello.server_name()?);
+        }
         self.pick(hello.server_name())
     }
 }
@@ -108,8 +137,26 @@ pub fn build(
     pending: PendingListenerTls,
     listener: &str,
     sites: &[SiteConfig],
+    acme_alpn: bool,
 ) -> Result<ListenerTls, String> {
-    let default_key = pending.default.certified.clone();
+    let on_listener = || {
+        sites.iter().filter(|s| {
+            s.listeners
+                .as_ref()
+                .is_none_or(|ls| ls.iter().any(|l| l == listener))
+        })
+    };
+    let default_key = match &pending.default {
+        Some(c) => CertSource::Fixed(c.certified.clone()),
+        None => on_listener()
+            .find_map(|s| match &s.tls {
+                Some(SiteCert::Acme(m)) => Some(CertSource::Managed(m.clone())),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                format!("listener {listener:?} has tls = \"acme\" but none of its sites has")
+            })?,
+    };
     let mut resolver = SniResolver {
         exact: HashMap::new(),
         suffixes: Vec::new(),
@@ -117,19 +164,19 @@ pub fn build(
         default: default_key.clone(),
         strict: pending.strict_sni,
     };
-    let mut certs = vec![pending.default.clone()];
-    let on_listener = sites.iter().filter(|s| {
-        s.listeners
-            .as_ref()
-            .is_none_or(|ls| ls.iter().any(|l| l == listener))
-    });
-    for site in on_listener {
+    let mut certs: Vec<Arc<LoadedCert>> = pending.default.iter().cloned().collect();
+    let mut managed = false;
+    for site in on_listener() {
         let key = match &site.tls {
-            Some(c) => {
+            Some(SiteCert::Files(c)) => {
                 if !certs.iter().any(|have| Arc::ptr_eq(have, c)) {
                     certs.push(c.clone());
                 }
-                c.certified.clone()
+                CertSource::Fixed(c.certified.clone())
+            }
+            Some(SiteCert::Acme(m)) => {
+                managed = true;
+                CertSource::Managed(m.clone())
             }
             None => default_key.clone(),
         };
@@ -159,6 +206,9 @@ pub fn build(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_alpn && managed {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok(ListenerTls {
         default: pending.default,
         strict_sni: pending.strict_sni,
@@ -191,6 +241,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+        // A TLS-ALPN-01 validation connection ends with the handshake (RFC 8737 §3).
+        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => None,
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             // Scanners, old clients, unknown SNI with strict_sni: routine.

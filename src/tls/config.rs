@@ -55,12 +55,26 @@ pub struct RawTlsFiles {
 /// A listener's TLS settings before its SNI table (which needs the sites) is built.
 #[derive(Debug, Clone)]
 pub struct PendingListenerTls {
-    pub default: Arc<LoadedCert>,
+    /// `None` for `tls = "acme"`: the listener presents its sites' ACME certificates.
+    pub default: Option<Arc<LoadedCert>>,
     pub strict_sni: bool,
 }
 
+/// Where a site's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum SiteCert {
+    Files(Arc<LoadedCert>),
+    Acme(Arc<crate::acme::ManagedCert>),
+}
+
+/// A site's `tls` before `[acme]` is known: files are loaded, "acme" is resolved later.
+pub enum SiteTlsChoice {
+    Files(Arc<LoadedCert>),
+    Acme,
+}
+
 /// What a config error says when `tls` has the wrong shape (serde's untagged message is vague).
-pub const SHAPE_HINT: &str = "`tls` is \"auto\" or { cert = \"/path/or/cred:NAME\", key = \"...\" } (listeners may add strict_sni = true)";
+pub const SHAPE_HINT: &str = "`tls` is \"auto\", \"acme\" or { cert = \"/path/or/cred:NAME\", key = \"...\" } (listeners may add strict_sni = true)";
 
 /// Where credentials live: `$CREDENTIALS_DIRECTORY`, read at every load so a reload sees
 /// what systemd set up for this service.
@@ -141,7 +155,7 @@ pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Pendi
             };
             match certs::load(&dir.join(AUTO_CERT), &dir.join(AUTO_KEY)) {
                 Ok(c) => Some(PendingListenerTls {
-                    default: Arc::new(c),
+                    default: Some(Arc::new(c)),
                     strict_sni: false,
                 }),
                 Err(msg) => {
@@ -154,6 +168,10 @@ pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Pendi
                 }
             }
         }
+        RawTls::Auto(word) if word == "acme" => Some(PendingListenerTls {
+            default: None,
+            strict_sni: false,
+        }),
         RawTls::Auto(word) => {
             sink.push(
                 Some(span),
@@ -165,15 +183,16 @@ pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Pendi
         RawTls::Files(files) => {
             let strict_sni = files.strict_sni.as_ref().is_some_and(|s| *s.get_ref());
             load_files(files, sink).map(|default| PendingListenerTls {
-                default,
+                default: Some(default),
                 strict_sni,
             })
         }
     }
 }
 
-/// A `[[site]]`'s `tls`: only `{ cert, key }`, the certificate chosen by SNI for its hosts.
-pub fn site_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Arc<LoadedCert>> {
+/// A `[[site]]`'s `tls`: `{ cert, key }` or `"acme"`, the certificate chosen by SNI for its
+/// hosts.
+pub fn site_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<SiteTlsChoice> {
     match raw.get_ref() {
         RawTls::Files(files) => {
             if let Some(s) = &files.strict_sni {
@@ -183,12 +202,13 @@ pub fn site_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Arc<Loade
                     None,
                 );
             }
-            load_files(files, sink)
+            load_files(files, sink).map(SiteTlsChoice::Files)
         }
+        RawTls::Auto(word) if word == "acme" => Some(SiteTlsChoice::Acme),
         RawTls::Auto(_) => {
             sink.push(
                 Some(raw.span()),
-                "a site's `tls` is { cert = \"...\", key = \"...\" }; \"auto\" is for listeners",
+                "a site's `tls` is \"acme\" or { cert = \"...\", key = \"...\" }; \"auto\" is for listeners",
                 None,
             );
             None
@@ -254,7 +274,7 @@ respond = {}
         for want in [
             "t.toml:5:7: tls = \"yes\" is not understood",
             "t.toml:6:18: `redirect_https` on a TLS listener",
-            "t.toml:10:7: a site's `tls` is { cert",
+            "t.toml:10:7: a site's `tls` is \"acme\" or { cert",
             "t.toml:11:8: \"includeSubDomains\" is not a Strict-Transport-Security value",
             "t.toml:18:16: \"cred:../x\" is not a credential name",
             "t.toml:18:35: \"key.pem\" must be an absolute path",

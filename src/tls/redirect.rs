@@ -11,6 +11,9 @@ pub struct SitePolicy {
     /// `Strict-Transport-Security` value, sent only over TLS (RFC 6797 §7.2: a browser must
     /// ignore it over plain HTTP, and sending it there only invites a downgrade to fake it).
     pub hsts: Option<HeaderValue>,
+    /// The site's ACME certificate: redirects wait until it is issued, since https would
+    /// only show the placeholder.
+    pub acme: Option<std::sync::Arc<crate::acme::ManagedCert>>,
 }
 
 impl SitePolicy {
@@ -18,7 +21,21 @@ impl SitePolicy {
         SitePolicy {
             redirect_https: site.redirect_https,
             hsts: site.hsts.clone(),
+            acme: match &site.tls {
+                Some(super::config::SiteCert::Acme(m)) => Some(m.clone()),
+                _ => None,
+            },
         }
+    }
+
+    /// Whether https is ready for this site: no ACME certificate pending.
+    pub fn https_ready(&self) -> bool {
+        self.acme.as_ref().is_none_or(|m| m.is_issued())
+    }
+
+    /// `redirect_https` applies to a request that arrived without TLS.
+    pub fn redirects(&self, tls: bool) -> bool {
+        self.redirect_https && !tls && self.https_ready()
     }
 
     /// Adds HSTS to a response sent over TLS.
@@ -83,6 +100,7 @@ mod tests {
         let p = SitePolicy {
             redirect_https: false,
             hsts: Some(HeaderValue::from_static("max-age=60")),
+            acme: None,
         };
         let plain = p.finish(false, handlers::error(StatusCode::OK));
         assert!(plain

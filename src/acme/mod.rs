@@ -1,0 +1,187 @@
+//! Automatic HTTPS: certificates for `tls = "acme"` sites, obtained from an ACME CA and
+//! renewed by gatehouse itself.
+//!
+//! - `config`: the `[acme]` section.
+//! - `ManagedCert` (here): one site's certificate as the TLS listeners see it. It starts as
+//!   the stored certificate, or a self-signed placeholder until the first one is issued, and
+//!   is swapped in place when a new one arrives: handshakes after the swap get it, open
+//!   connections keep theirs.
+//! - `challenge`: the HTTP-01 and TLS-ALPN-01 answers while an order is pending.
+//! - `client`: one order with instant-acme (account, authorizations, CSR, download).
+//! - `manager`: the background task that decides when to order, retries with backoff and
+//!   persists what it gets (`store`).
+//!
+//! Managed certificates live in a process-wide registry keyed by CA and names, so a reload
+//! that keeps a site keeps its certificate and its renewal schedule.
+
+pub mod challenge;
+mod client;
+pub mod config;
+pub mod manager;
+mod store;
+
+pub use config::{AcmeSettings, Challenge, RawAcme};
+
+use arc_swap::ArcSwap;
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The start and end of an issued certificate's validity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// Renew when two thirds of the lifetime have passed (Let's Encrypt's 90 days → 30 left).
+    pub fn renew_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or(Duration::ZERO);
+        self.not_before + life * 2 / 3
+    }
+}
+
+/// Where a managed certificate stands; shown by /status and STATUS=.
+#[derive(Debug, Clone)]
+pub struct CertState {
+    /// `None` while the placeholder is served.
+    pub issued: Option<Validity>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub next_attempt: SystemTime,
+}
+
+pub struct ManagedCert {
+    /// Lower-case, sorted, no duplicates: the certificate's SANs.
+    pub names: Vec<String>,
+    /// Key and chain, one PEM file under the CA's state directory.
+    path: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    issued: AtomicBool,
+    state: Mutex<CertState>,
+}
+
+impl std::fmt::Debug for ManagedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedCert")
+            .field("names", &self.names)
+            .field("issued", &self.is_issued())
+            .finish()
+    }
+}
+
+impl ManagedCert {
+    /// What the TLS listeners present now.
+    pub fn certified(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// A real certificate is installed (not the placeholder): `redirect_https` may send
+    /// clients to https now.
+    pub fn is_issued(&self) -> bool {
+        self.issued.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> CertState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn label(&self) -> String {
+        match self.names.as_slice() {
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} (+{})", rest.len()),
+            [] => "-".to_owned(),
+        }
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut CertState) -> R) -> R {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Installs a newly issued certificate: new handshakes present it from now on.
+    fn install(&self, certified: Arc<CertifiedKey>, validity: Validity) {
+        self.current.store(certified);
+        self.issued.store(true, Ordering::Release);
+        self.update(|s| {
+            s.issued = Some(validity);
+            s.failures = 0;
+            s.last_error = None;
+            s.next_attempt = validity.renew_at();
+        });
+        crate::metrics::set_certificate_expiry(&self.label(), unix_seconds(validity.not_after));
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+type RegistryKey = (PathBuf, Vec<String>);
+
+static REGISTRY: LazyLock<Mutex<HashMap<RegistryKey, Arc<ManagedCert>>>> =
+    LazyLock::new(Default::default);
+
+/// The managed certificate for `names` at this CA: the one already running, else the one
+/// stored on disk, else a placeholder due for issuance now. Called while a configuration is
+/// validated; reads the state directory, never writes it.
+pub fn managed(settings: &AcmeSettings, names: &[String]) -> Result<Arc<ManagedCert>, String> {
+    let mut names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    names.sort();
+    names.dedup();
+    let key = (settings.ca_dir.clone(), names.clone());
+    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = registry.get(&key) {
+        return Ok(m.clone());
+    }
+    let path = store::cert_path(&settings.ca_dir, &names);
+    let stored = manager::load_stored(&path, &names);
+    let (certified, issued, last_error) = match stored {
+        Ok(Some((certified, validity))) => (certified, Some(validity), None),
+        Ok(None) => (Arc::new(placeholder(&names)?), None, None),
+        // A damaged file is replaced by the next issuance; until then the placeholder.
+        Err(e) => (Arc::new(placeholder(&names)?), None, Some(e)),
+    };
+    let managed = Arc::new(ManagedCert {
+        names,
+        path,
+        current: ArcSwap::new(certified),
+        issued: AtomicBool::new(issued.is_some()),
+        state: Mutex::new(CertState {
+            issued,
+            failures: 0,
+            last_error,
+            next_attempt: issued.map_or(SystemTime::now(), |v| v.renew_at()),
+        }),
+    });
+    if let Some(v) = issued {
+        crate::metrics::set_certificate_expiry(&managed.label(), unix_seconds(v.not_after));
+    }
+    registry.insert(key, managed.clone());
+    Ok(managed)
+}
+
+/// Served until the first certificate is issued: browsers warn, but TLS clients get a
+/// handshake instead of a reset, and the plain listener answers the CA meanwhile.
+fn placeholder(names: &[String]) -> Result<CertifiedKey, String> {
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| format!("placeholder certificate for {names:?}: {e}"))?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "gatehouse placeholder: ACME certificate pending",
+    );
+    challenge::self_signed(params)
+}
+
+/// Wakes the manager, e.g. after a reload added a site.
+pub fn config_changed() {
+    manager::WAKE.notify_one();
+}
