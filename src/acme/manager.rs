@@ -170,6 +170,14 @@ async fn issue(
     accounts: &mut HashMap<PathBuf, Account>,
     cert: &ManagedCert,
 ) -> Result<(CertifiedKey, Validity), String> {
+    // Before anything is asked of the CA: an account registered but not saved would be
+    // registered again on every attempt.
+    store::ensure_dir(&settings.ca_dir).map_err(|e| {
+        format!(
+            "cannot create the ACME state directory {}: {e}",
+            settings.ca_dir.display()
+        )
+    })?;
     let account = match accounts.get(&settings.ca_dir) {
         Some(a) => a.clone(),
         None => {

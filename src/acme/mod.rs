@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,7 +65,9 @@ pub struct ManagedCert {
     /// Key and chain, one PEM file under the CA's state directory.
     path: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    issued: AtomicBool,
+    /// notAfter of the installed certificate in Unix seconds, 0 for the placeholder: read
+    /// by the request path (redirects), so an atomic rather than the state lock.
+    valid_until: AtomicU64,
     state: Mutex<CertState>,
 }
 
@@ -73,7 +75,7 @@ impl std::fmt::Debug for ManagedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagedCert")
             .field("names", &self.names)
-            .field("issued", &self.is_issued())
+            .field("valid", &self.is_valid())
             .finish()
     }
 }
@@ -84,10 +86,13 @@ impl ManagedCert {
         self.current.load_full()
     }
 
-    /// A real certificate is installed (not the placeholder): `redirect_https` may send
-    /// clients to https now.
-    pub fn is_issued(&self) -> bool {
-        self.issued.load(Ordering::Acquire)
+    /// A real, unexpired certificate is installed (not the placeholder): `redirect_https`
+    /// may send clients to https now.
+    pub fn is_valid(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.valid_until.load(Ordering::Acquire) > now
     }
 
     pub fn state(&self) -> CertState {
@@ -109,7 +114,10 @@ impl ManagedCert {
     /// Installs a newly issued certificate: new handshakes present it from now on.
     fn install(&self, certified: Arc<CertifiedKey>, validity: Validity) {
         self.current.store(certified);
-        self.issued.store(true, Ordering::Release);
+        self.valid_until.store(
+            unix_seconds(validity.not_after).max(0) as u64,
+            Ordering::Release,
+        );
         self.update(|s| {
             s.issued = Some(validity);
             s.failures = 0;
@@ -154,7 +162,7 @@ pub fn managed(settings: &AcmeSettings, names: &[String]) -> Result<Arc<ManagedC
         names,
         path,
         current: ArcSwap::new(certified),
-        issued: AtomicBool::new(issued.is_some()),
+        valid_until: AtomicU64::new(issued.map_or(0, |v| unix_seconds(v.not_after).max(0) as u64)),
         state: Mutex::new(CertState {
             issued,
             failures: 0,

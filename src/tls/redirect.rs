@@ -28,9 +28,9 @@ impl SitePolicy {
         }
     }
 
-    /// Whether https is ready for this site: no ACME certificate pending.
+    /// Whether https is ready for this site: no ACME certificate pending (or expired).
     pub fn https_ready(&self) -> bool {
-        self.acme.as_ref().is_none_or(|m| m.is_issued())
+        self.acme.as_ref().is_none_or(|m| m.is_valid())
     }
 
     /// `redirect_https` applies to a request that arrived without TLS.
