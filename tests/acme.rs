@@ -37,6 +37,7 @@ impl Setup {
     /// Starts gatehouse with `STATE_DIRECTORY=state` (as StateDirectory= sets it).
     fn start(&self, state: &Path, acme: &str) -> Server {
         let dir = tempdir();
+        let admin = dir.path().join("admin.sock").display().to_string();
         let config = format!(
             r#"[acme]
 {acme}
@@ -48,6 +49,11 @@ name = "http"
 [[listener]]
 name = "https"
 tls = "acme"
+
+[[listener]]
+name = "admin"
+role = "admin"
+bind = ["unix:{admin}"]
 
 [[site]]
 hosts = ["a.test", "www.a.test"]
@@ -87,6 +93,13 @@ fn acme_section(pebble: &Pebble) -> String {
         pebble.directory(),
         pebble.https_roots.display()
     )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn mode(path: &Path) -> u32 {
@@ -154,6 +167,23 @@ fn a_certificate_is_issued_verified_persisted_and_reused_after_a_restart() {
         .notify()
         .wait_for(|m| m.contains("acme 1/1 valid"), Duration::from_secs(10));
     assert!(status.is_some(), "STATUS= shows the certificate");
+    let admin = server.dir.path().join("admin.sock");
+    let metrics = get_unix(&admin, "localhost", "/metrics").unwrap().text();
+    let expiry = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "gatehouse_acme_certificate_expiry_timestamp_seconds{certificate=\"a.test (+1)\"}",
+            )
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let expiry: u64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    let in_days = expiry.saturating_sub(unix_now()) / 86_400;
+    assert!((88..=90).contains(&in_days), "{expiry}");
+    let status = get_unix(&admin, "localhost", "/status").unwrap().text();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["acme"][0]["state"], "valid", "{status}");
+    assert_eq!(status["acme"][0]["names"][1], "www.a.test", "{status}");
     assert_eq!(pebble.orders(), 1);
     drop(server);
 
@@ -339,4 +369,28 @@ respond = {}
     );
     // check reads the state directory but never creates it.
     assert!(!state.exists());
+}
+
+#[test]
+fn the_shipped_acme_example_checks_under_a_state_directory() {
+    let dir = tempdir();
+    let cfg = example_config(dir.path(), "units/examples/tls/gatehouse-acme.toml");
+    let check = |state: Option<&Path>| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["check", "--config", cfg.to_str().unwrap()]);
+        match state {
+            Some(s) => cmd.env("STATE_DIRECTORY", s),
+            None => cmd.env_remove("STATE_DIRECTORY"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(Some(dir.path()));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(None);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("$STATE_DIRECTORY is not set"), "{err}");
 }

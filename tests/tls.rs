@@ -507,18 +507,7 @@ fn the_shipped_example_config_checks_with_credentials() {
     let leaf = pki.leaf(&["example.com", "www.example.com"]);
     std::fs::write(dir.path().join("gatehouse.tls.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.path().join("gatehouse.tls.key"), &leaf.key_pem).unwrap();
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/units/examples/tls/gatehouse.toml"
-    ))
-    .unwrap();
-    let www = dir.path().join("www");
-    std::fs::create_dir(&www).unwrap();
-    let cfg = write(
-        dir.path(),
-        "g.toml",
-        &example.replace("/var/www/example.com", &www.display().to_string()),
-    );
+    let cfg = example_config(dir.path(), "units/examples/tls/gatehouse.toml");
     let out = std::process::Command::new(BIN)
         .args(["check", "--config", cfg.to_str().unwrap()])
         .env("CREDENTIALS_DIRECTORY", dir.path())

@@ -291,6 +291,20 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A shipped example configuration (`repo_path` from the repository root) written to
+/// `dir/g.toml`, its document root /var/www/example.com replaced by an empty `dir/www`.
+pub fn example_config(dir: &Path, repo_path: &str) -> PathBuf {
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(repo_path))
+        .expect("example config");
+    let www = dir.join("www");
+    std::fs::create_dir(&www).expect("www dir");
+    write(
+        dir,
+        "g.toml",
+        &example.replace("/var/www/example.com", &www.display().to_string()),
+    )
+}
+
 /// A TCP listener on a free loopback port, as systemd would create it.
 pub fn tcp_listener() -> (TcpListener, u16) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");

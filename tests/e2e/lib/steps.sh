@@ -403,6 +403,83 @@ step_tls() {
     return $rc
 }
 
+# Automatic HTTPS under the hardened unit (DynamicUser, StateDirectory, seccomp): a real
+# ACME CA (pebble, Let's Encrypt's test server, with pebble-challtestsrv answering
+# 127.0.0.1 for every name) in the guest validates e2e.test over HTTP-01 on port 80.
+step_acme() {
+    local bin work rc=0
+    for bin in pebble pebble-challtestsrv; do
+        command -v "$bin" >/dev/null || { STEP_SKIP="$bin is not installed on the host (apt-get install pebble)"; return 0; }
+    done
+    work=$(mktemp -d)
+    # pebble's own HTTPS: a test CA and a localhost leaf, made here.
+    printf '[ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n[leaf]\nbasicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$work/ext.cnf"
+    if ! { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=e2e-ca \
+              -keyout "$work/ca.key" -out "$work/ca.pem" -addext basicConstraints=critical,CA:TRUE \
+              -addext keyUsage=critical,keyCertSign \
+           && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+              -keyout "$work/key.pem" -out "$work/leaf.csr" \
+           && openssl x509 -req -in "$work/leaf.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+              -CAcreateserial -days 2 -extfile "$work/ext.cnf" -extensions leaf -out "$work/cert.pem"; } >/dev/null 2>&1; then
+        rm -rf "$work"; fail "openssl could not make pebble's certificate"; return 1
+    fi
+    G mkdir -p /etc/pebble
+    copy_in "$(command -v pebble)" /usr/local/bin && copy_in "$(command -v pebble-challtestsrv)" /usr/local/bin
+    copy_in "$work/cert.pem" /etc/pebble && copy_in "$work/key.pem" /etc/pebble
+    copy_in "$work/ca.pem" /etc/gatehouse && G mv /etc/gatehouse/ca.pem /etc/gatehouse/acme-ca.pem
+    rm -rf "$work"
+    printf '{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000", "certificate": "/etc/pebble/cert.pem", "privateKey": "/etc/pebble/key.pem", "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": false}}\n' \
+        | put_config /etc/pebble/pebble.json
+    G systemd-run -q --unit=e2e-acme-dns /usr/local/bin/pebble-challtestsrv -defaultIPv4 127.0.0.1 -defaultIPv6 "" \
+        -dns01 127.0.0.1:8053 -http01 "" -https01 "" -tlsalpn01 "" -management 127.0.0.1:8055
+    G systemd-run -q --unit=e2e-acme-ca -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 \
+        /usr/local/bin/pebble -config /etc/pebble/pebble.json -dnsserver 127.0.0.1:8053
+    ca_up() { G curl -sk -m 2 -o /dev/null https://127.0.0.1:14000/dir; }
+    wait_until 10 ca_up || { fail "pebble did not start in the guest"; rc=1; }
+
+    copy_in "$REPO/units/examples/tls/gatehouse-https.socket" /etc/systemd/system
+    G mkdir -p /etc/systemd/system/gatehouse.service.d
+    put_config /etc/systemd/system/gatehouse.service.d/acme.conf <"$REPO/units/examples/tls/gatehouse.service.d-acme.conf"
+    sed -e 's|^email = .*|email = "hostmaster@e2e.test"\ndirectory = "https://127.0.0.1:14000/dir"\nca_roots = "/etc/gatehouse/acme-ca.pem"|' \
+        -e 's|"example.com", "www.example.com"|"e2e.test"|' -e 's|/var/www/example.com|/usr/share/gatehouse/www|' \
+        "$REPO/units/examples/tls/gatehouse-acme.toml" | put_config /etc/gatehouse/gatehouse.toml
+    G systemctl daemon-reload
+    # A socket unit refuses to start while its service runs ("already active").
+    G systemctl stop gatehouse 2>/dev/null
+    local out
+    out=$(G systemctl enable --now gatehouse-https.socket 2>&1) || fail "gatehouse-https.socket did not start: $out"
+    G systemctl restart gatehouse || fail "gatehouse did not start with tls = \"acme\""
+    issued() { G journalctl -u gatehouse --no-pager -o cat | grep -q 'ACME certificate for e2e.test installed'; }
+    if wait_until 30 issued; then ok "certificate for e2e.test issued over HTTP-01 by the hardened service"
+    else fail "no certificate within 30 s: $(G journalctl -u gatehouse --no-pager -o cat | grep -i acme | tail -3 | tr '\n' ' ')"; rc=1; fi
+    G sh -c 'curl -sk -m 5 https://127.0.0.1:15000/roots/0 >/root/pebble-root.pem'
+    local body state
+    body=$(G curl -sS -m 10 --cacert /root/pebble-root.pem --resolve e2e.test:443:127.0.0.1 https://e2e.test/ 2>&1) || rc=1
+    case $body in *'Welcome to gatehouse'*) ok "https://e2e.test/ verifies against the CA's root" ;;
+        *) fail "no page over the ACME certificate: ${body:0:160}" ;; esac
+    expect_eq "plain HTTP redirects now" 308 "$(G curl -s -o /dev/null -w '%{http_code}' --resolve e2e.test:80:127.0.0.1 http://e2e.test/)"
+    state=$(G sh -c 'stat -c "%a %U %n" /var/lib/private/gatehouse/acme /var/lib/private/gatehouse/acme/*/*' 2>&1)
+    if ! grep -qv '^700 \|^600 ' <<<"$state" && grep -q 'e2e.test.pem' <<<"$state" && grep -q 'account.json' <<<"$state"; then
+        ok "state in /var/lib/private/gatehouse/acme, owner-only: $(tr '\n' ' ' <<<"$state" | cut -c1-200)"
+    else fail "state files: $state"; rc=1; fi
+    # A restart serves the stored certificate: no second order at the CA.
+    G systemctl restart gatehouse || fail "restart failed"
+    body=$(G curl -sS -m 10 --cacert /root/pebble-root.pem --resolve e2e.test:443:127.0.0.1 https://e2e.test/ 2>&1) || rc=1
+    case $body in *'Welcome to gatehouse'*) ok "after a restart the stored certificate is served" ;; *) fail "after restart: ${body:0:160}" ;; esac
+    expect_eq "orders at the CA after the restart" 1 "$(G journalctl -u e2e-acme-ca --no-pager -o cat | grep -c 'Added order')"
+
+    # Back to the packaged setup for the steps that follow.
+    G systemctl stop e2e-acme-ca e2e-acme-dns >/dev/null 2>&1 || true
+    G systemctl disable --now gatehouse-https.socket >/dev/null 2>&1
+    G rm -f /etc/systemd/system/gatehouse-https.socket /etc/systemd/system/gatehouse.service.d/acme.conf \
+        /etc/gatehouse/acme-ca.pem /root/pebble-root.pem
+    G rm -rf /etc/pebble /usr/local/bin/pebble /usr/local/bin/pebble-challtestsrv
+    restore_default_config
+    G systemctl daemon-reload
+    G systemctl restart gatehouse || fail "gatehouse did not restart without ACME"
+    return $rc
+}
+
 step_hardening() {
     http_get -o /dev/null http://127.0.0.1/ || true
     local pid status uid
