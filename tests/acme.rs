@@ -394,3 +394,51 @@ fn the_shipped_acme_example_checks_under_a_state_directory() {
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("$STATE_DIRECTORY is not set"), "{err}");
 }
+
+#[test]
+fn a_site_added_by_a_reload_gets_its_certificate_without_a_restart() {
+    let setup = Setup::new();
+    let pebble = Pebble::start(
+        setup.http_port,
+        setup.https_port,
+        Duration::from_secs(90 * 86_400),
+    );
+    let state = tempdir();
+    let server = setup.start(state.path(), &acme_section(&pebble));
+    wait_for(
+        &server,
+        "ACME certificate for a.test (+1) installed",
+        1,
+        Duration::from_secs(30),
+    );
+    let trusted = pebble.client();
+    let mut kept = connect(&trusted, setup.https_port, "a.test").unwrap();
+
+    let cfg = config_path(&server);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\n[[site]]\nhosts = [\"b.test\"]\ntls = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"hello from b\\n\" }}\n"
+        ),
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    wait_for(
+        &server,
+        "ACME certificate for b.test installed",
+        1,
+        Duration::from_secs(30),
+    );
+    let mut s = connect(&trusted, setup.https_port, "b.test").unwrap();
+    assert_eq!(
+        request(&mut s, "b.test", "/").unwrap().text(),
+        "hello from b\n"
+    );
+    // a.test kept its certificate (no new order for it) and its open connection.
+    assert_eq!(pebble.orders(), 2);
+    assert_eq!(
+        request(&mut kept, "a.test", "/").unwrap().text(),
+        "hello from a\n"
+    );
+}
