@@ -76,14 +76,21 @@ pub struct CertLabels {
 struct AcmeFamilies {
     expiry: Family<CertLabels, Gauge>,
     failures: Family<CertLabels, Counter>,
+    /// The labels of `expiry` (a Family cannot list them).
+    labels: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 static ACME: LazyLock<AcmeFamilies> = LazyLock::new(|| AcmeFamilies {
     expiry: Family::default(),
     failures: Family::default(),
+    labels: Default::default(),
 });
 
 pub fn set_certificate_expiry(certificate: &str, unix_seconds: i64) {
+    ACME.labels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(certificate.to_owned());
     ACME.expiry
         .get_or_create(&CertLabels {
             certificate: certificate.to_owned(),
@@ -97,6 +104,21 @@ pub fn count_acme_failure(certificate: &str) {
             certificate: certificate.to_owned(),
         })
         .inc();
+}
+
+/// Drops the expiry series of certificates no longer served (a site removed or renamed by a
+/// reload), so an expiry alert never fires for a certificate nobody uses.
+pub fn retain_certificates(current: &[String]) {
+    let mut set = ACME.labels.lock().unwrap_or_else(|e| e.into_inner());
+    set.retain(|certificate| {
+        let keep = current.contains(certificate);
+        if !keep {
+            ACME.expiry.remove(&CertLabels {
+                certificate: certificate.clone(),
+            });
+        }
+        keep
+    });
 }
 
 /// The request and error counters of one upstream ("unix:/run/app.sock", "http://h:p").

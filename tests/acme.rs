@@ -87,6 +87,13 @@ fn wait_for(server: &Server, needle: &str, n: usize, timeout: Duration) {
     }
 }
 
+/// A client trusting pebble that offers acme-tls/1 after http/1.1, as no validator would.
+fn mixed_alpn(pebble: &Pebble) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut cfg = (*pebble.client()).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"acme-tls/1".to_vec()];
+    std::sync::Arc::new(cfg)
+}
+
 fn acme_section(pebble: &Pebble) -> String {
     format!(
         "directory = \"{}\"\nca_roots = \"{}\"",
@@ -141,6 +148,8 @@ fn a_certificate_is_issued_verified_persisted_and_reused_after_a_restart() {
         let reply = request(&mut s, name, "/").unwrap();
         assert_eq!(reply.text(), "hello from a\n");
     }
+    let mut s = connect(&mixed_alpn(&pebble), setup.https_port, "a.test").unwrap();
+    assert_eq!(request(&mut s, "a.test", "/").unwrap().status, 200);
     // Now that https works, the plain listener redirects.
     let reply = get_tcp(setup.http_port, "a.test", "/page?x=1").unwrap();
     assert_eq!(reply.status, 308);
@@ -203,7 +212,9 @@ fn a_short_lived_certificate_is_renewed_under_an_open_connection_and_survives_a_
     // 15 s: renewal is due after 10 s.
     let mut pebble = Pebble::start(setup.http_port, setup.https_port, Duration::from_secs(15));
     let state = tempdir();
-    let server = setup.start(state.path(), &acme_section(&pebble));
+    // Errors (instead of warnings) only in the last 2 s, scaled down from 7 days.
+    let acme = format!("{}\nerror_before_expiry = \"2s\"", acme_section(&pebble));
+    let server = setup.start(state.path(), &acme);
     let installed = "ACME certificate for a.test (+1) installed";
     wait_for(&server, installed, 1, Duration::from_secs(30));
     let trusted = pebble.client();
@@ -241,6 +252,13 @@ fn a_short_lived_certificate_is_renewed_under_an_open_connection_and_survives_a_
     let s = connect(&insecure_client(), setup.https_port, "a.test").unwrap();
     assert_eq!(served_leaf(&s), second);
     assert!(server.stderr().matches(installed).count() == 2);
+    // Close to expiry the same failure is an error.
+    wait_for(
+        &server,
+        "ERROR ACME renewal for a.test (+1) failed and the certificate",
+        1,
+        Duration::from_secs(15),
+    );
 }
 
 #[test]
@@ -262,9 +280,13 @@ fn tls_alpn_01_is_answered_by_the_tls_listener() {
         "{}",
         server.stderr()
     );
-    // Ordinary clients, which do not offer acme-tls/1, are unaffected.
+    // Ordinary clients are unaffected, even one that lists acme-tls/1 among its protocols
+    // (RFC 8737: only a handshake offering nothing else is a validation).
     let mut s = connect(&pebble.client(), setup.https_port, "www.a.test").unwrap();
     assert_eq!(request(&mut s, "www.a.test", "/").unwrap().status, 200);
+    let mut s = connect(&mixed_alpn(&pebble), setup.https_port, "a.test").unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(request(&mut s, "a.test", "/").unwrap().status, 200);
 }
 
 #[test]

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// The rule: a renewal that still fails a week before expiry is an error.
+pub const DEFAULT_ERROR_BEFORE_EXPIRY: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +24,8 @@ pub struct RawAcme {
     pub challenge: Option<Spanned<String>>,
     /// Where accounts and certificates are kept; default `$STATE_DIRECTORY/acme`.
     pub state_dir: Option<Spanned<String>>,
+    /// Renewal failures are logged at error level (not warning) this close to expiry.
+    pub error_before_expiry: Option<Spanned<crate::config::HumanDuration>>,
 }
 
 /// How the CA checks that we control a name.
@@ -51,6 +56,7 @@ pub struct AcmeSettings {
     /// `<state_dir>/<CA>`: this CA's account and certificates. Another CA (staging vs
     /// production) never sees them.
     pub ca_dir: PathBuf,
+    pub error_before_expiry: std::time::Duration,
 }
 
 /// The first path of `$STATE_DIRECTORY` (systemd sets one per StateDirectory= entry,
@@ -88,9 +94,7 @@ pub fn validate(raw: Option<&RawAcme>, needed: bool, sink: &mut ErrorSink) -> Op
         Some(d) => match d.get_ref().as_str() {
             "letsencrypt" => Some(LETSENCRYPT.to_owned()),
             "letsencrypt-staging" => Some(LETSENCRYPT_STAGING.to_owned()),
-            url if url.starts_with("https://") && url.len() > "https://".len() => {
-                Some(url.to_owned())
-            }
+            url if is_https_url(url) => Some(url.to_owned()),
             other => {
                 sink.push(
                     Some(d.span()),
@@ -159,13 +163,30 @@ pub fn validate(raw: Option<&RawAcme>, needed: bool, sink: &mut ErrorSink) -> Op
         return None;
     };
     let directory = directory?;
+    let error_before_expiry = raw
+        .error_before_expiry
+        .as_ref()
+        .map_or(DEFAULT_ERROR_BEFORE_EXPIRY, |d| d.get_ref().0);
     Some(AcmeSettings {
+        error_before_expiry,
         ca_dir: state_dir.join(ca_slug(&directory)),
         directory,
         email,
         ca_roots,
         challenge,
     })
+}
+
+/// An https URL with a host: the host becomes part of a directory name, so "https://.."
+/// must not pass.
+fn is_https_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    uri.scheme_str() == Some("https")
+        && uri
+            .host()
+            .is_some_and(|h| !h.is_empty() && !h.chars().all(|c| c == '.'))
 }
 
 fn load_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -198,5 +219,20 @@ mod tests {
             "127.0.0.1_14000_dir"
         );
         assert!(!ca_slug("https://x/../../etc").contains('/'));
+    }
+
+    #[test]
+    fn directory_urls_need_a_real_host() {
+        assert!(is_https_url("https://127.0.0.1:14000/dir"));
+        assert!(is_https_url("https://acme.example/directory"));
+        for bad in [
+            "https://..",
+            "https://.",
+            "https://",
+            "http://ca.test/dir",
+            "https:///dir",
+        ] {
+            assert!(!is_https_url(bad), "{bad}");
+        }
     }
 }

@@ -19,18 +19,14 @@ pub static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Even with nothing due, look again this often (cheap; catches clock jumps).
 const RECHECK: Duration = Duration::from_secs(3600);
-/// Renewal failures turn from warnings into errors this close to expiry, or within the last
-/// sixth of the lifetime for short-lived certificates (6-day ones would otherwise be urgent
-/// from the day they are issued).
-const URGENT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Without a usable certificate the site is down: retry at least this often.
 const BROKEN_RETRY_CAP: Duration = Duration::from_secs(3600);
 const RETRY_CAP: Duration = Duration::from_secs(6 * 3600);
-
-fn urgent_within(v: Validity) -> Duration {
-    let life = v.not_after.duration_since(v.not_before).unwrap_or_default();
-    URGENT.min(life / 6)
-}
+/// The first retry; doubling from 2 min keeps failed validations under Let's Encrypt's
+/// limit of 5 per name and hour (attempts at 0, 2, 6, 14, 30, 62 … minutes).
+const RETRY_BASE: Duration = Duration::from_secs(120);
+/// After the CA says "rateLimited", wait at least this long.
+const RATE_LIMITED_WAIT: Duration = Duration::from_secs(3600);
 
 /// The stored certificate for `names`, if there is one that covers all of them.
 pub fn load_stored(
@@ -92,6 +88,8 @@ pub async fn run(shared: Arc<Shared>) {
                 snapshot.config.managed_certs(),
             )
         };
+        let labels: Vec<String> = certs.iter().map(|c| c.label()).collect();
+        crate::metrics::retain_certificates(&labels);
         let mut wake_at = SystemTime::now() + RECHECK;
         if let Some(settings) = settings {
             for cert in certs {
@@ -141,21 +139,31 @@ async fn attempt(
             // must not wedge renewals: the next attempt loads it afresh.
             accounts.remove(&settings.ca_dir);
             crate::metrics::count_acme_failure(&label);
+            let rate_limited = error.contains("urn:ietf:params:acme:error:rateLimited");
             let (issued, delay) = cert.update(|s| {
                 s.failures += 1;
                 s.last_error = Some(error.clone());
-                let delay = retry_delay(s.failures, s.issued, now, jitter());
+                let mut delay = retry_delay(s.failures, s.issued, now, jitter());
+                if rate_limited {
+                    delay = delay.max(RATE_LIMITED_WAIT);
+                }
                 s.next_attempt = now + delay;
                 (s.issued, delay)
             });
             let retry = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
-            match issued.map(|v| (v.not_after.duration_since(now), urgent_within(v))) {
-                Some((Ok(left), urgent)) if left >= urgent => tracing::warn!(
+            let whole = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+            match issued.map(|v| v.not_after.duration_since(now)) {
+                Some(Ok(left)) if left >= settings.error_before_expiry => tracing::warn!(
                     "ACME renewal for {label} failed (the current certificate is valid for {}): {error}; retrying in {retry}",
-                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                    whole(left)
                 ),
-                Some(_) => tracing::error!(
-                    "ACME renewal for {label} failed and the certificate expires within 7 days: {error}; retrying in {retry}"
+                Some(Ok(left)) => tracing::error!(
+                    "ACME renewal for {label} failed and the certificate expires in {}: {error}; retrying in {retry}",
+                    whole(left)
+                ),
+                Some(Err(ago)) => tracing::error!(
+                    "ACME renewal for {label} failed and the certificate EXPIRED {} ago: {error}; retrying in {retry}",
+                    whole(ago.duration())
                 ),
                 None => tracing::warn!(
                     "ACME certificate for {label} not obtained, serving a self-signed placeholder: {error}; retrying in {retry}"
@@ -191,6 +199,12 @@ async fn issue(
     // Checked before it replaces the stored file: a bad answer must not destroy a good one.
     let (certified, validity) = parse(pem.as_bytes(), &cert.path)
         .map_err(|e| format!("the CA sent an unusable certificate: {e}"))?;
+    let covered = leaf_names(&certified);
+    if let Some(missing) = cert.names.iter().find(|n| !covered.contains(n)) {
+        return Err(format!(
+            "the CA sent a certificate without {missing} (it covers {covered:?})"
+        ));
+    }
     store::write_atomic(&cert.path, pem.as_bytes())
         .map_err(|e| format!("cannot save {}: {e}", cert.path.display()))?;
     Ok((certified, validity))
@@ -210,7 +224,7 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// 1 min, 2, 4 … capped at 6 h (1 h while no valid certificate is installed), but never
+/// 2 min, 4, 8 … capped at 6 h (1 h while no valid certificate is installed), but never
 /// more than a quarter of the validity left, so a short-lived certificate is retried often
 /// enough to be renewed in time; at least 1 s; then ±25 % jitter (`jitter` in [0, 1)).
 pub fn retry_delay(
@@ -219,7 +233,7 @@ pub fn retry_delay(
     now: SystemTime,
     jitter: f64,
 ) -> Duration {
-    let exponential = Duration::from_secs(60) * 2u32.pow(failures.saturating_sub(1).min(12));
+    let exponential = RETRY_BASE * 2u32.pow(failures.saturating_sub(1).min(12));
     let delay = match issued.and_then(|v| v.not_after.duration_since(now).ok()) {
         Some(left) => exponential.min(RETRY_CAP).min(left / 4),
         None => exponential.min(BROKEN_RETRY_CAP),
@@ -237,8 +251,8 @@ mod tests {
     fn retries_back_off_and_respect_the_time_left() {
         let now = SystemTime::now();
         let d = |n, issued| retry_delay(n, issued, now, 0.5);
-        assert_eq!(d(1, None), Duration::from_secs(60));
-        assert_eq!(d(2, None), Duration::from_secs(120));
+        assert_eq!(d(1, None), Duration::from_secs(120));
+        assert_eq!(d(2, None), Duration::from_secs(240));
         assert_eq!(d(30, None), Duration::from_secs(3600));
         let expired = Validity {
             not_before: now - Duration::from_secs(90),
@@ -249,17 +263,16 @@ mod tests {
             not_before: now,
             not_after: now + Duration::from_secs(60 * 86_400),
         };
-        assert_eq!(d(3, Some(long)), Duration::from_secs(240));
+        assert_eq!(d(3, Some(long)), Duration::from_secs(480));
         assert_eq!(d(30, Some(long)), Duration::from_secs(6 * 3600));
-        assert_eq!(urgent_within(long), URGENT);
         let short = Validity {
             not_before: now - Duration::from_secs(20),
             not_after: now + Duration::from_secs(8),
         };
         assert_eq!(d(5, Some(short)), Duration::from_secs(2));
         // Jitter stays within ±25 %.
-        assert_eq!(retry_delay(1, None, now, 0.0), Duration::from_secs(45));
-        assert!(retry_delay(1, None, now, 0.999_999) < Duration::from_secs(75));
+        assert_eq!(retry_delay(1, None, now, 0.0), Duration::from_secs(90));
+        assert!(retry_delay(1, None, now, 0.999_999) < Duration::from_secs(150));
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl std::fmt::Debug for ManagedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagedCert")
             .field("names", &self.names)
-            .field("valid", &self.is_valid())
+            .field("issued", &self.is_issued())
             .finish()
     }
 }
@@ -86,13 +86,11 @@ impl ManagedCert {
         self.current.load_full()
     }
 
-    /// A real, unexpired certificate is installed (not the placeholder): `redirect_https`
-    /// may send clients to https now.
-    pub fn is_valid(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.valid_until.load(Ordering::Acquire) > now
+    /// A certificate has been issued (the placeholder is gone): `redirect_https` may send
+    /// clients to https. An expired one still counts: turning redirects off would quietly
+    /// move a site to plain HTTP while renewals fail.
+    pub fn is_issued(&self) -> bool {
+        self.valid_until.load(Ordering::Acquire) != 0
     }
 
     pub fn state(&self) -> CertState {
@@ -154,9 +152,25 @@ pub fn managed(settings: &AcmeSettings, names: &[String]) -> Result<Arc<ManagedC
     let stored = manager::load_stored(&path, &names);
     let (certified, issued, last_error) = match stored {
         Ok(Some((certified, validity))) => (certified, Some(validity), None),
-        Ok(None) => (Arc::new(placeholder(&names)?), None, None),
         // A damaged file is replaced by the next issuance; until then the placeholder.
-        Err(e) => (Arc::new(placeholder(&names)?), None, Some(e)),
+        Ok(None) | Err(_) => {
+            // A site whose hosts changed keeps presenting its previous certificate (valid
+            // for the names it had) until the new one arrives, rather than the placeholder.
+            let previous = registry
+                .iter()
+                .filter(|((dir, old), m)| {
+                    *dir == settings.ca_dir
+                        && m.is_issued()
+                        && old.iter().any(|n| names.contains(n))
+                })
+                .map(|(_, m)| m.certified())
+                .next();
+            let certified = match previous {
+                Some(c) => c,
+                None => Arc::new(placeholder(&names)?),
+            };
+            (certified, None, stored.err())
+        }
     };
     let managed = Arc::new(ManagedCert {
         names,

@@ -13,7 +13,7 @@ mod validate;
 pub use builtin::{builtin_config, parse_proxy_arg, quick_config, QuickArgs};
 pub use error::{line_col, ConfigError, ConfigErrors};
 pub use model::*;
-pub use units::parse_duration;
+pub use units::{parse_duration, HumanDuration};
 
 pub use error::ErrorSink;
 use std::path::{Path, PathBuf};

@@ -79,6 +79,8 @@ struct SniResolver {
     any: Option<CertSource>,
     default: CertSource,
     strict: bool,
+    /// This listener answers TLS-ALPN-01 checks (`challenge = "tls-alpn-01"` and ACME sites).
+    acme_alpn: bool,
 }
 
 impl fmt::Debug for SniResolver {
@@ -120,14 +122,19 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // A TLS-ALPN-01 check (RFC 8737) asks only for "acme-tls/1" and gets the challenge
         // certificate, or no handshake at all when no order is pending for the name.
-        if hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
-        {
+        if self.acme_alpn && offers_only_acme_alpn(&hello) {
             return challenge::tls_alpn01_cert(hello.server_name()?);
         }
         self.pick(hello.server_name())
     }
+}
+
+/// RFC 8737 §3: a validator offers "acme-tls/1" and nothing else. A client that lists it
+/// among others is an ordinary client and gets the site's certificate (and h2/http1.1).
+fn offers_only_acme_alpn(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut protocols| {
+        protocols.next() == Some(ACME_TLS_ALPN) && protocols.next().is_none()
+    })
 }
 
 /// Builds the listener's rustls configuration from its own certificate and the certificates
@@ -163,6 +170,7 @@ pub fn build(
         any: None,
         default: default_key.clone(),
         strict: pending.strict_sni,
+        acme_alpn: false,
     };
     let mut certs: Vec<Arc<LoadedCert>> = pending.default.iter().cloned().collect();
     let mut managed = false;
@@ -198,15 +206,17 @@ pub fn build(
     resolver
         .suffixes
         .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    resolver.acme_alpn = acme_alpn && managed;
 
-    let mut config = ServerConfig::builder_with_provider(Arc::new(super::provider()))
+    let config = ServerConfig::builder_with_provider(Arc::new(super::provider()))
         // TLS 1.2 and 1.3 only, with rustls' default (modern AEAD, forward-secret) suites.
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("listener {listener:?}: TLS setup failed: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_no_client_auth();
+    let resolver_acme_alpn = resolver.acme_alpn;
+    let mut config = config.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if acme_alpn && managed {
+    if resolver_acme_alpn {
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
     Ok(ListenerTls {

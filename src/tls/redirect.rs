@@ -28,9 +28,9 @@ impl SitePolicy {
         }
     }
 
-    /// Whether https is ready for this site: no ACME certificate pending (or expired).
+    /// Whether https is ready for this site: no ACME certificate pending.
     pub fn https_ready(&self) -> bool {
-        self.acme.as_ref().is_none_or(|m| m.is_valid())
+        self.acme.as_ref().is_none_or(|m| m.is_issued())
     }
 
     /// `redirect_https` applies to a request that arrived without TLS.
