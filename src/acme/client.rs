@@ -54,19 +54,29 @@ fn http_client(settings: &AcmeSettings) -> Result<Box<dyn HttpClient>, String> {
     Ok(Box::new(client))
 }
 
+/// The stored account for this CA, if there is one (loading it fetches the CA's directory).
+pub async fn stored_account(settings: &AcmeSettings) -> Result<Option<Account>, String> {
+    let path = settings.ca_dir.join(store::ACCOUNT_FILE);
+    let stored = store::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let Some(bytes) = stored else {
+        return Ok(None);
+    };
+    let creds: AccountCredentials = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not an account file: {e}", path.display()))?;
+    Account::builder_with_http(http_client(settings)?)
+        .from_credentials(creds)
+        .await
+        .map(Some)
+        .map_err(|e| format!("ACME directory {}: {}", settings.directory, chain(&e)))
+}
+
 /// The account for this CA: the stored one, or a new one (stored before it is used, so a
 /// crash right after registering does not register again on the next start).
 pub async fn account(settings: &AcmeSettings) -> Result<Account, String> {
-    let path = settings.ca_dir.join(store::ACCOUNT_FILE);
-    let stored = store::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if let Some(bytes) = stored {
-        let creds: AccountCredentials = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: not an account file: {e}", path.display()))?;
-        return Account::builder_with_http(http_client(settings)?)
-            .from_credentials(creds)
-            .await
-            .map_err(|e| format!("ACME directory {}: {}", settings.directory, chain(&e)));
+    if let Some(account) = stored_account(settings).await? {
+        return Ok(account);
     }
+    let path = settings.ca_dir.join(store::ACCOUNT_FILE);
     let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
     let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
     let (account, creds) = Account::builder_with_http(http_client(settings)?)

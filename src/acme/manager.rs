@@ -2,11 +2,11 @@
 //! when none is stored, renews at two thirds of the lifetime, retries failures with jittered
 //! exponential backoff, and persists what it gets before serving it.
 
-use super::{client, store, AcmeSettings, ManagedCert, Validity};
+use super::{ari, client, store, AcmeSettings, ManagedCert, Validity};
 use crate::server::Shared;
 use instant_acme::Account;
 use rustls::sign::CertifiedKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -80,6 +80,8 @@ fn leaf_names(certified: &CertifiedKey) -> Vec<String> {
 pub async fn run(shared: Arc<Shared>) {
     // Accounts stay loaded between attempts: loading one asks the CA for its directory.
     let mut accounts: HashMap<PathBuf, Account> = HashMap::new();
+    // CAs whose directory has no renewalInfo: not asked again by this process.
+    let mut no_ari: HashSet<PathBuf> = HashSet::new();
     loop {
         let (settings, certs) = {
             let snapshot = shared.snapshot.load();
@@ -93,10 +95,23 @@ pub async fn run(shared: Arc<Shared>) {
         let mut wake_at = SystemTime::now() + RECHECK;
         if let Some(settings) = settings {
             for cert in certs {
+                let ari = !no_ari.contains(&settings.ca_dir);
+                let s = cert.state();
+                let ari_due = ari
+                    && s.issued.is_some()
+                    && s.failures == 0
+                    && s.ari_check <= SystemTime::now();
+                if ari_due && !check_ari(&settings, &mut accounts, &cert).await {
+                    no_ari.insert(settings.ca_dir.clone());
+                }
                 if cert.state().next_attempt <= SystemTime::now() {
                     attempt(&settings, &mut accounts, &cert).await;
                 }
-                wake_at = wake_at.min(cert.state().next_attempt);
+                let s = cert.state();
+                wake_at = wake_at.min(s.next_attempt);
+                if s.issued.is_some() && !no_ari.contains(&settings.ca_dir) {
+                    wake_at = wake_at.min(s.ari_check);
+                }
             }
         }
         let wait = wake_at
@@ -105,6 +120,68 @@ pub async fn run(shared: Arc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = WAKE.notified() => {}
+        }
+    }
+}
+
+/// Asks the CA's renewal information about `cert` and moves its renewal earlier if the CA
+/// suggests so. Returns false when the CA has no ARI at all.
+async fn check_ari(
+    settings: &AcmeSettings,
+    accounts: &mut HashMap<PathBuf, Account>,
+    cert: &ManagedCert,
+) -> bool {
+    let now = SystemTime::now();
+    let later = |after: Duration| cert.update(|s| s.ari_check = now + after);
+    let account = match accounts.get(&settings.ca_dir) {
+        Some(a) => a.clone(),
+        // Never registers an account just to ask: without one there is nothing stored.
+        None => match client::stored_account(settings).await {
+            Ok(Some(a)) => {
+                accounts.insert(settings.ca_dir.clone(), a.clone());
+                a
+            }
+            Ok(None) => {
+                later(Duration::from_secs(6 * 3600));
+                return true;
+            }
+            Err(e) => {
+                tracing::debug!("ACME renewal information not checked: {e}");
+                later(Duration::from_secs(3600));
+                return true;
+            }
+        },
+    };
+    let label = cert.label();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        ari::ask(&account, &cert.certified(), jitter()),
+    )
+    .await
+    .unwrap_or_else(|_| Err("no answer within 30s".into()));
+    match answer {
+        Ok(ari::Answer::Window(at, recheck)) => {
+            let moved = cert.update(|s| {
+                s.ari_check = now + recheck;
+                let earlier = at < s.next_attempt;
+                if earlier {
+                    s.next_attempt = at.max(now);
+                }
+                earlier
+            });
+            if moved {
+                tracing::info!(
+                    "the CA's renewal information moves the renewal of {label} to {}",
+                    humantime::format_rfc3339_seconds(at.max(now))
+                );
+            }
+            true
+        }
+        Ok(ari::Answer::Unsupported) => false,
+        Err(e) => {
+            tracing::debug!("ACME renewal information for {label}: {e}");
+            later(Duration::from_secs(3600));
+            true
         }
     }
 }

@@ -14,6 +14,7 @@
 //! Managed certificates live in a process-wide registry keyed by CA and names, so a reload
 //! that keeps a site keeps its certificate and its renewal schedule.
 
+mod ari;
 pub mod challenge;
 mod client;
 pub mod config;
@@ -57,6 +58,8 @@ pub struct CertState {
     pub failures: u32,
     pub last_error: Option<String>,
     pub next_attempt: SystemTime,
+    /// When to ask the CA's renewal information (ARI) about the installed certificate.
+    pub ari_check: SystemTime,
 }
 
 pub struct ManagedCert {
@@ -121,6 +124,8 @@ impl ManagedCert {
             s.failures = 0;
             s.last_error = None;
             s.next_attempt = validity.renew_at();
+            // A fresh certificate's window is months away; ask later.
+            s.ari_check = SystemTime::now() + Duration::from_secs(6 * 3600);
         });
         crate::metrics::set_certificate_expiry(&self.label(), unix_seconds(validity.not_after));
     }
@@ -182,6 +187,7 @@ pub fn managed(settings: &AcmeSettings, names: &[String]) -> Result<Arc<ManagedC
             failures: 0,
             last_error,
             next_attempt: issued.map_or(SystemTime::now(), |v| v.renew_at()),
+            ari_check: SystemTime::now(),
         }),
     });
     if let Some(v) = issued {
