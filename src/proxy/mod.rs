@@ -12,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod headers;
 pub mod health;
+pub mod pool;
 pub mod upgrade;
 
 pub use config::{ProxyConfig, RawProxy};
@@ -103,7 +104,7 @@ const BUFFER_BODY_MAX: u64 = 64 * 1024;
 enum SendError {
     /// No response head within `response_header_timeout` of the last request byte.
     Timeout,
-    Client(hyper_util::client::legacy::Error),
+    Client(pool::SendError),
 }
 
 pub async fn handle(
@@ -282,8 +283,8 @@ pub async fn handle(
                 let body_back = body_back();
                 if e.is_connect() {
                     let timed_out = matches!(
-                        connector::find_connect_error(&e),
-                        Some(connector::ConnectError::Timeout(_))
+                        e,
+                        pool::SendError::Connect(connector::ConnectError::Timeout(_))
                     );
                     u.eject(cfg.eject_for, &e_chain(&e));
                     tracing::debug!(upstream = %u.label, error = %e_chain(&e), "connect failed");
@@ -346,8 +347,12 @@ impl Outgoing {
                     headers.insert(header::HOST, h);
                 }
             }
-            // The URI's authority is only the pool key; HTTP/1 sends the origin form.
-            (u.authority.clone(), Version::HTTP_11)
+            // HTTP/1 sends the origin form: the path alone.
+            let mut req = Request::new(body);
+            *req.method_mut() = self.method.clone();
+            *req.uri_mut() = Uri::from(self.path.clone());
+            *req.headers_mut() = headers;
+            return Ok(req);
         };
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -369,7 +374,7 @@ async fn send(
     response_header_timeout: Duration,
     activity: &Activity,
 ) -> Result<Response<Incoming>, SendError> {
-    let fut = u.client.request(req);
+    let fut = u.conns.send(req);
     tokio::pin!(fut);
     // The timer runs from the last request byte sent, so a long upload is not cut short;
     // a stalled upload is the body's idle_timeout's business.
