@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 /// One upstream address with its own connection pool and health.
 pub struct UpstreamState {
     /// "unix:/run/app.sock" or "http://127.0.0.1:8001": the UPSTREAM journal field.
-    pub label: String,
+    /// Shared: every proxied response carries it to the access log.
+    pub label: Arc<str>,
     pub upstream: Upstream,
     /// The upstream's authority: the Host of requests that have none, and HTTP/2's
     /// :authority. "localhost" for unix sockets.
@@ -28,10 +29,11 @@ pub struct UpstreamState {
 
 impl UpstreamState {
     fn new(upstream: &Upstream, cfg: &ProxyConfig) -> UpstreamState {
-        let label = match upstream {
+        let label: Arc<str> = match upstream {
             Upstream::Http { authority } => format!("http://{authority}"),
             Upstream::Unix(p) => format!("unix:{}", p.display()),
-        };
+        }
+        .into();
         let authority = match upstream {
             Upstream::Http { authority } => authority.parse().ok(),
             Upstream::Unix(_) => None,

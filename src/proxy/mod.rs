@@ -86,7 +86,7 @@ const MAX_RESENDS: u32 = 8;
 pub fn upstream_health(config: &Config) -> Vec<(String, bool)> {
     proxy_routes(config)
         .flat_map(|p| p.pool.upstreams.iter())
-        .map(|u| (u.label.clone(), u.is_up()))
+        .map(|u| (u.label.to_string(), u.is_up()))
         .collect()
 }
 
@@ -162,6 +162,7 @@ pub async fn handle(
         &mut head,
         &headers::ClientInfo {
             remote: cx.remote,
+            remote_text: cx.remote_text,
             host: host_value.as_ref(),
             proto: if cx.tls { "https" } else { "http" },
         },
@@ -409,7 +410,7 @@ fn respond(
                 headers.insert(header::UPGRADE, proto);
             }
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            upgrade::spawn_tunnel(client, up, idle, u.label.clone(), in_flight);
+            upgrade::spawn_tunnel(client, up, idle, u.label.to_string(), in_flight);
             handlers::full(bytes::Bytes::new())
         }
         // 101 to a request that asked for no upgrade: nothing sane to forward.
@@ -424,16 +425,16 @@ fn respond(
     tag(out, &u.label)
 }
 
-fn tag(mut resp: Response<Body>, label: &str) -> Response<Body> {
-    resp.extensions_mut().insert(UpstreamUsed(label.to_owned()));
+fn tag(mut resp: Response<Body>, label: &Arc<str>) -> Response<Body> {
+    resp.extensions_mut().insert(UpstreamUsed(label.clone()));
     resp
 }
 
 fn failed(pool: &Pool, (status, idx): (StatusCode, Option<usize>)) -> Response<Body> {
-    let label = idx
-        .and_then(|i| pool.upstreams.get(i))
-        .map_or("-", |u| u.label.as_str());
-    tag(handlers::error(status), label)
+    match idx.and_then(|i| pool.upstreams.get(i)) {
+        Some(u) => tag(handlers::error(status), &u.label),
+        None => tag(handlers::error(status), &Arc::from("-")),
+    }
 }
 
 /// Asks hyper to close the connection after this response (the request body was not

@@ -61,6 +61,7 @@ pub async fn handle(
             Lookup::Route(route, site) => {
                 let cx = RequestContext {
                     remote: ctx.remote,
+                    remote_text: &ctx.remote_text,
                     listener: &ctx.listener,
                     host,
                     tls: ctx.tls,
