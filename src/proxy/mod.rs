@@ -153,6 +153,9 @@ pub async fn handle(
         }
     };
     let mut head = parts.headers;
+    // Room for the forwarding headers and Host at once: hyper sizes the map for the
+    // headers it parsed, and each growth rehashes it.
+    head.reserve(5);
     headers::strip_hop_by_hop(&mut head);
     // We answer 100-continue ourselves (hyper sends it when the body is first read, i.e.
     // once an upstream is connected); the upstream needs no Expect.
