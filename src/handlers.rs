@@ -26,6 +26,8 @@ pub fn empty() -> Body {
 /// What a handler may know about the request beyond the request itself.
 pub struct RequestContext<'a> {
     pub remote: Remote,
+    /// `remote` as text (the IP alone), formatted once per connection.
+    pub remote_text: &'a str,
     /// The `[[listener]]` the connection arrived on.
     pub listener: &'a str,
     /// Normalised host (lower case, no port); empty for HTTP/1.0 without Host.

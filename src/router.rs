@@ -167,6 +167,19 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// Lower-cases a Host value and strips the port and a trailing dot; `None` if it is not a
 /// valid host (RFC 3986 reg-name or IP literal).
 pub fn normalize_host(raw: &str) -> Option<String> {
+    // The usual Host ("example.com", "127.0.0.1:8080"), already lower case, skips the
+    // Authority parse (this runs on every request); anything else takes the full path.
+    let (name, port) = raw.split_once(':').unwrap_or((raw, "0"));
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok()
+    {
+        let host = name.trim_end_matches('.');
+        return (!host.is_empty()).then(|| host.to_owned());
+    }
     let authority: http::uri::Authority = raw.parse().ok()?;
     // Authority also accepts userinfo ("user@host"), which a Host header must not carry.
     if authority.as_str().contains('@') {
@@ -277,6 +290,9 @@ respond = { body = "deep" }
         assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host("user@example.com"), None);
         assert_eq!(normalize_host("a b"), None);
+        assert_eq!(normalize_host("a.b:80").as_deref(), Some("a.b"));
+        assert_eq!(normalize_host("a.b.:80").as_deref(), Some("a.b"));
+        assert_eq!(normalize_host("..:80"), None);
         assert_eq!(normalize_host(""), None);
     }
 }

@@ -76,6 +76,17 @@ fn garbage_and_oversized_requests_get_4xx_and_the_server_lives_on() {
         "a".repeat(64 * 1024)
     );
     assert_eq!(raw(port, big.as_bytes()).status, 431);
+    // Above max_header_size (16 KiB) but within hyper's larger read buffer: ours to refuse.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    assert_eq!(raw(port, big.as_bytes()).status, 431);
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: example.com\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(15 * 1024)
+    );
+    assert_eq!(raw(port, fits.as_bytes()).status, 200);
     assert_eq!(raw(port, b"\x16\x03\x01garbage\r\n\r\n").status, 400);
     assert_eq!(
         raw(

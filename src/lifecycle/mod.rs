@@ -2,6 +2,7 @@
 //! stop on SIGTERM/SIGINT or idleness (STOPPING, drain), and the watchdog.
 
 pub mod liveness;
+mod memory;
 mod reload;
 pub mod reload_status;
 pub mod status;
@@ -135,6 +136,7 @@ async fn serve(
         env!("CARGO_PKG_VERSION")
     );
     let status_task = tokio::spawn(refresh_status(shared.clone()));
+    let trim_task = tokio::spawn(memory::trim_when_idle(shared.clone()));
     let expiry_task = tokio::spawn(crate::tls::watch_warnings(shared.clone()));
     let acme_task = tokio::spawn(crate::acme::manager::run(shared.clone()));
     let watchdog_task = watchdog.map(|interval| {
@@ -162,6 +164,7 @@ async fn serve(
 
     drain(&shared, &mut listeners, &mut signals, &reason).await;
     status_task.abort();
+    trim_task.abort();
     expiry_task.abort();
     acme_task.abort();
     if let Some(t) = watchdog_task {

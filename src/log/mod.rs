@@ -76,7 +76,7 @@ pub const ACCESS_TARGET: &str = "gatehouse::access";
 /// A response extension a handler sets when it forwarded the request: the access log's
 /// UPSTREAM field.
 #[derive(Debug, Clone)]
-pub struct UpstreamUsed(pub String);
+pub struct UpstreamUsed(pub std::sync::Arc<str>);
 
 /// One access-log entry. The field names are a public interface: journalctl filters on
 /// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US, REMOTE_ADDR and UPSTREAM.
@@ -92,10 +92,7 @@ pub fn access<B>(
     let method = method.as_str();
     let status = response.status().as_u16();
     // Only proxied responses carry UPSTREAM: tracing records an Option field only if Some.
-    let upstream = response
-        .extensions()
-        .get::<UpstreamUsed>()
-        .map(|u| u.0.as_str());
+    let upstream = response.extensions().get::<UpstreamUsed>().map(|u| &*u.0);
     // Field order matters to the stderr format: "GET /path 200 via UPSTREAM host=…".
     tracing::info!(
         target: ACCESS_TARGET,

@@ -1,11 +1,9 @@
 //! The upstreams of one proxy route, their health state, and how a request picks one.
 
-use super::body::UpBody;
 use super::config::{Balance, ProxyConfig};
 use super::connector::Connector;
+use super::pool::ConnPool;
 use crate::config::Upstream;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,12 +11,14 @@ use std::time::{Duration, Instant};
 /// One upstream address with its own connection pool and health.
 pub struct UpstreamState {
     /// "unix:/run/app.sock" or "http://127.0.0.1:8001": the UPSTREAM journal field.
-    pub label: String,
+    /// Shared: every proxied response carries it to the access log.
+    pub label: Arc<str>,
     pub upstream: Upstream,
-    /// The URI authority of requests to this upstream: its pool key (and, over HTTP/1, not
-    /// sent). "localhost" for unix sockets.
+    /// The upstream's authority: the Host of requests that have none, and HTTP/2's
+    /// :authority. "localhost" for unix sockets.
     pub authority: http::uri::Authority,
-    pub client: Client<Connector, UpBody>,
+    /// Its keep-alive connections.
+    pub conns: Arc<ConnPool>,
     pub in_flight: AtomicUsize,
     /// Passive health: milliseconds (see `now_ms`) until which this upstream is ejected.
     ejected_until: AtomicU64,
@@ -29,18 +29,11 @@ pub struct UpstreamState {
 
 impl UpstreamState {
     fn new(upstream: &Upstream, cfg: &ProxyConfig) -> UpstreamState {
-        let label = match upstream {
+        let label: Arc<str> = match upstream {
             Upstream::Http { authority } => format!("http://{authority}"),
             Upstream::Unix(p) => format!("unix:{}", p.display()),
-        };
-        let mut b = Client::builder(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.keepalive_timeout)
-            .pool_max_idle_per_host(256)
-            // Host is always set explicitly by the handler (the client's, or rewrite_host).
-            .set_host(false)
-            .http2_only(cfg.http2);
+        }
+        .into();
         let authority = match upstream {
             Upstream::Http { authority } => authority.parse().ok(),
             Upstream::Unix(_) => None,
@@ -49,7 +42,11 @@ impl UpstreamState {
         UpstreamState {
             authority,
             upstream: upstream.clone(),
-            client: b.build(Connector::new(upstream, cfg.connect_timeout)),
+            conns: ConnPool::new(
+                Connector::new(upstream, cfg.connect_timeout),
+                cfg.http2,
+                cfg.keepalive_timeout,
+            ),
             in_flight: AtomicUsize::new(0),
             ejected_until: AtomicU64::new(0),
             active_up: AtomicBool::new(true),

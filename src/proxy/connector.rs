@@ -1,11 +1,6 @@
-//! Opens connections to one upstream, over TCP or a unix socket, for hyper-util's pooled
-//! client. One connector (and one client) per upstream, so the URI only carries the path and
-//! the pool key never has to encode a socket path.
+//! Opens connections to one upstream, over TCP or a unix socket, for its pool (`pool`).
 
 use crate::config::Upstream;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -65,31 +60,20 @@ impl std::error::Error for ConnectError {
     }
 }
 
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let target = self.target.clone();
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let connect = async {
-                match &*target {
-                    Target::Tcp(authority) => connect_tcp(authority).await,
-                    Target::Unix(path) => UnixStream::connect(path).await.map(UpstreamStream::Unix),
-                }
-            };
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(s)) => Ok(TokioIo::new(s)),
-                Ok(Err(e)) => Err(ConnectError::Io(e)),
-                Err(_) => Err(ConnectError::Timeout(timeout)),
+impl Connector {
+    /// A new connection, within the connect timeout.
+    pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
+        let connect = async {
+            match &*self.target {
+                Target::Tcp(authority) => connect_tcp(authority).await,
+                Target::Unix(path) => UnixStream::connect(path).await.map(UpstreamStream::Unix),
             }
-        })
+        };
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ConnectError::Io(e)),
+            Err(_) => Err(ConnectError::Timeout(self.timeout)),
+        }
     }
 }
 
@@ -112,12 +96,6 @@ async fn connect_tcp(authority: &str) -> io::Result<UpstreamStream> {
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Unix(UnixStream),
-}
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for UpstreamStream {
@@ -173,18 +151,4 @@ impl AsyncWrite for UpstreamStream {
             UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
-}
-
-/// The connect error inside a client error, if that is what it was.
-pub fn find_connect_error<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a ConnectError> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<ConnectError>() {
-            return Some(c);
-        }
-        cur = err.source();
-    }
-    None
 }

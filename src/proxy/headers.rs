@@ -6,7 +6,6 @@ use super::config::Trusted;
 use crate::log::Remote;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
-use std::fmt::Write as _;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -18,6 +17,18 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Connection and every header it names, Keep-Alive, Proxy-*, TE, Trailer,
 /// Transfer-Encoding and Upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none, or only Connection: one pass over the few names is cheaper
+    // than hashing each of the names below (this runs twice per proxied request).
+    let mut found = headers.keys().filter(|k| is_hop_by_hop(k));
+    let only_connection = match (found.next(), found.next()) {
+        (None, _) => return,
+        (Some(k), None) => *k == header::CONNECTION,
+        _ => false,
+    };
+    if only_connection && connection_names_only_standard(headers) {
+        headers.remove(header::CONNECTION);
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -46,6 +57,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in proxy {
         headers.remove(name);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == KEEP_ALIVE
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name.as_str().starts_with("proxy-")
+}
+
+/// Connection names only "keep-alive" / "close" / "upgrade" (no other header to drop).
+fn connection_names_only_standard(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().all(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').all(|t| {
+                let t = t.trim();
+                t.eq_ignore_ascii_case("keep-alive")
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("upgrade")
+            })
+        })
+    })
 }
 
 /// Is this an HTTP/1.1 upgrade request (WebSocket)? `Connection: upgrade` + `Upgrade: x`.
@@ -85,6 +120,9 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), StatusCode> {
 /// What the proxy knows about the client, for the forwarding headers.
 pub struct ClientInfo<'a> {
     pub remote: Remote,
+    /// The client's IP as `Remote`'s Display writes it (IPv4-mapped IPv6 as IPv4): formatted
+    /// once per connection, not twice per request.
+    pub remote_text: &'a str,
     /// The Host the client asked for (raw, with port), if any.
     pub host: Option<&'a HeaderValue>,
     pub proto: &'static str,
@@ -113,11 +151,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, trusted: 
         Remote::Tcp(addr) => Some(addr.ip().to_canonical()),
         Remote::Unix => None,
     };
-    // One scratch string for both values: this runs on every proxied request.
-    let mut item = String::with_capacity(96);
-    if let Some(ip) = ip {
-        let _ = write!(item, "{ip}");
-        append_list(headers, &X_FORWARDED_FOR, &item);
+    if ip.is_some() {
+        append_list(headers, &X_FORWARDED_FOR, client.remote_text);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
@@ -129,12 +164,19 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, trusted: 
     }
 
     // RFC 7239: for=1.2.3.4, IPv6 quoted in brackets, "unknown" for unix clients.
-    item.clear();
-    let _ = match ip {
-        Some(std::net::IpAddr::V6(v6)) => write!(item, "for=\"[{v6}]\""),
-        Some(v4) => write!(item, "for={v4}"),
-        None => write!(item, "for=unknown"),
-    };
+    let mut item = String::with_capacity(96);
+    match ip {
+        Some(std::net::IpAddr::V6(_)) => {
+            item.push_str("for=\"[");
+            item.push_str(client.remote_text);
+            item.push_str("]\"");
+        }
+        Some(_) => {
+            item.push_str("for=");
+            item.push_str(client.remote_text);
+        }
+        None => item.push_str("for=unknown"),
+    }
     if let Some(host) = client.host.and_then(|h| h.to_str().ok()) {
         item.push_str(";host=");
         push_quoted(&mut item, host);
@@ -146,6 +188,12 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, trusted: 
 
 /// Appends `item` to a comma-separated header, merging repeated lines into one.
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
+    if !headers.contains_key(name) {
+        if let Ok(v) = HeaderValue::from_str(item) {
+            headers.insert(name, v);
+        }
+        return;
+    }
     let mut out = String::new();
     for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
         out.push_str(v);
@@ -209,11 +257,26 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_connection_header_goes_and_nothing_else() {
+        let mut h = map(&[("connection", "keep-alive"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+        let mut h = map(&[("connection", "x-secret"), ("x-secret", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+        let mut h = map(&[("host", "a"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
     fn forwarded_from_untrusted_client_is_replaced() {
         let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6")]);
         let host = HeaderValue::from_static("example.com:8080");
         let client = ClientInfo {
             remote: Remote::Tcp("127.0.0.1:5000".parse().unwrap()),
+            remote_text: "127.0.0.1",
             host: Some(&host),
             proto: "http",
         };

@@ -63,14 +63,20 @@ async fn check_loop(pool: Weak<Pool>, idx: usize, health: HealthConfig) {
 /// One check: any 2xx or 3xx within `timeout` passes.
 async fn check_once(u: &UpstreamState, health: &HealthConfig) -> bool {
     let authority = u.authority.as_str();
-    let Ok(req) = http::Request::get(format!("http://{authority}{}", health.path))
+    // HTTP/2 takes :authority from an absolute URI; HTTP/1 sends the path alone.
+    let uri = if u.conns.is_http2() {
+        format!("http://{authority}{}", health.path)
+    } else {
+        health.path.clone()
+    };
+    let Ok(req) = http::Request::get(uri)
         .header(http::header::HOST, authority)
         .header(http::header::USER_AGENT, "gatehouse-health-check")
         .body(UpBody::empty())
     else {
         return false;
     };
-    match tokio::time::timeout(health.timeout, u.client.request(req)).await {
+    match tokio::time::timeout(health.timeout, u.conns.send(req)).await {
         Ok(Ok(resp)) => {
             let ok = resp.status().is_success() || resp.status().is_redirection();
             // Drain the (small) body so the connection goes back to the pool.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod headers;
 pub mod health;
+pub mod pool;
 pub mod upgrade;
 
 pub use config::{ProxyConfig, RawProxy};
@@ -85,7 +86,7 @@ const MAX_RESENDS: u32 = 8;
 pub fn upstream_health(config: &Config) -> Vec<(String, bool)> {
     proxy_routes(config)
         .flat_map(|p| p.pool.upstreams.iter())
-        .map(|u| (u.label.clone(), u.is_up()))
+        .map(|u| (u.label.to_string(), u.is_up()))
         .collect()
 }
 
@@ -103,7 +104,7 @@ const BUFFER_BODY_MAX: u64 = 64 * 1024;
 enum SendError {
     /// No response head within `response_header_timeout` of the last request byte.
     Timeout,
-    Client(hyper_util::client::legacy::Error),
+    Client(pool::SendError),
 }
 
 pub async fn handle(
@@ -152,6 +153,9 @@ pub async fn handle(
         }
     };
     let mut head = parts.headers;
+    // Room for the forwarding headers and Host at once: hyper sizes the map for the
+    // headers it parsed, and each growth rehashes it.
+    head.reserve(5);
     headers::strip_hop_by_hop(&mut head);
     // We answer 100-continue ourselves (hyper sends it when the body is first read, i.e.
     // once an upstream is connected); the upstream needs no Expect.
@@ -161,6 +165,7 @@ pub async fn handle(
         &mut head,
         &headers::ClientInfo {
             remote: cx.remote,
+            remote_text: cx.remote_text,
             host: host_value.as_ref(),
             proto: if cx.tls { "https" } else { "http" },
         },
@@ -282,8 +287,8 @@ pub async fn handle(
                 let body_back = body_back();
                 if e.is_connect() {
                     let timed_out = matches!(
-                        connector::find_connect_error(&e),
-                        Some(connector::ConnectError::Timeout(_))
+                        e,
+                        pool::SendError::Connect(connector::ConnectError::Timeout(_))
                     );
                     u.eject(cfg.eject_for, &e_chain(&e));
                     tracing::debug!(upstream = %u.label, error = %e_chain(&e), "connect failed");
@@ -346,8 +351,12 @@ impl Outgoing {
                     headers.insert(header::HOST, h);
                 }
             }
-            // The URI's authority is only the pool key; HTTP/1 sends the origin form.
-            (u.authority.clone(), Version::HTTP_11)
+            // HTTP/1 sends the origin form: the path alone.
+            let mut req = Request::new(body);
+            *req.method_mut() = self.method.clone();
+            *req.uri_mut() = Uri::from(self.path.clone());
+            *req.headers_mut() = headers;
+            return Ok(req);
         };
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -369,7 +378,7 @@ async fn send(
     response_header_timeout: Duration,
     activity: &Activity,
 ) -> Result<Response<Incoming>, SendError> {
-    let fut = u.client.request(req);
+    let fut = u.conns.send(req);
     tokio::pin!(fut);
     // The timer runs from the last request byte sent, so a long upload is not cut short;
     // a stalled upload is the body's idle_timeout's business.
@@ -404,7 +413,7 @@ fn respond(
                 headers.insert(header::UPGRADE, proto);
             }
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            upgrade::spawn_tunnel(client, up, idle, u.label.clone(), in_flight);
+            upgrade::spawn_tunnel(client, up, idle, u.label.to_string(), in_flight);
             handlers::full(bytes::Bytes::new())
         }
         // 101 to a request that asked for no upgrade: nothing sane to forward.
@@ -419,16 +428,16 @@ fn respond(
     tag(out, &u.label)
 }
 
-fn tag(mut resp: Response<Body>, label: &str) -> Response<Body> {
-    resp.extensions_mut().insert(UpstreamUsed(label.to_owned()));
+fn tag(mut resp: Response<Body>, label: &Arc<str>) -> Response<Body> {
+    resp.extensions_mut().insert(UpstreamUsed(label.clone()));
     resp
 }
 
 fn failed(pool: &Pool, (status, idx): (StatusCode, Option<usize>)) -> Response<Body> {
-    let label = idx
-        .and_then(|i| pool.upstreams.get(i))
-        .map_or("-", |u| u.label.as_str());
-    tag(handlers::error(status), label)
+    match idx.and_then(|i| pool.upstreams.get(i)) {
+        Some(u) => tag(handlers::error(status), &u.label),
+        None => tag(handlers::error(status), &Arc::from("-")),
+    }
 }
 
 /// Asks hyper to close the connection after this response (the request body was not

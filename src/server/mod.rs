@@ -69,6 +69,9 @@ impl Snapshot {
     }
 }
 
+/// Client connections read request bodies in pieces of up to this many bytes.
+const READ_BUF_MAX: usize = 64 * 1024;
+
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let s = &config.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -77,7 +80,10 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // Bounds the wait for a complete request head, including an idle keep-alive
         // connection's next request: the slowloris guard.
         .header_read_timeout(s.header_read_timeout)
-        .max_buf_size(s.max_header_size)
+        // hyper's one limit for the read buffer: the largest head it accepts (431 beyond)
+        // and the largest body read. 16 KiB reads made a 64 KiB upload five recvfrom calls;
+        // heads between max_header_size and this get their 431 in `request::handle`.
+        .max_buf_size(s.max_header_size.max(READ_BUF_MAX))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

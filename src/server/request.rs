@@ -36,7 +36,11 @@ pub async fn handle(
     }
     let snapshot = ctx.shared.snapshot.load_full();
 
-    let host = request_host(&req);
+    let host = if head_too_large(&req, snapshot.config.server.max_header_size) {
+        Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    } else {
+        request_host(&req)
+    };
     // The handler consumes the request; keep what the access log needs (cheap clones).
     let method = req.method().clone();
     let uri = req.uri().clone();
@@ -55,7 +59,17 @@ pub async fn handle(
             Some(&router.no_site),
         ),
         (_, None) => (handlers::error(StatusCode::NOT_FOUND), None),
-        (Err(status), Some(router)) => (handlers::error(*status), Some(&router.no_site)),
+        (Err(status), Some(router)) => {
+            let mut response = handlers::error(*status);
+            if *status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                // As hyper does for its own 431: the rest of this head was never read.
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            (response, Some(&router.no_site))
+        }
         (Ok(host), Some(router)) => match router.route(host, uri.path()) {
             Lookup::Route(_, site) | Lookup::NoRoute(site) if site.tls.redirects(ctx.tls) => (
                 crate::tls::redirect::redirect_https(host, &uri),
@@ -64,6 +78,7 @@ pub async fn handle(
             Lookup::Route(route, site) => {
                 let cx = RequestContext {
                     remote: ctx.remote,
+                    remote_text: &ctx.remote_text,
                     listener: &ctx.listener,
                     host,
                     tls: ctx.tls,
@@ -104,6 +119,26 @@ pub async fn handle(
         &ctx.remote_text,
     );
     Ok(response)
+}
+
+/// An HTTP/1 head larger than `max`, counted as it was sent (less optional whitespace).
+/// hyper refuses heads only beyond its read buffer, which is larger (`READ_BUF_MAX`);
+/// HTTP/2 has its own limit (`max_header_list_size`).
+fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
+    if req.version() > Version::HTTP_11 {
+        return false;
+    }
+    // "METHOD target HTTP/1.1\r\n" … "\r\n"
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |a| a.as_str().len() + "http://".len());
+    let mut size = req.method().as_str().len() + target + 13;
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    size > max
 }
 
 /// The normalised target host: the URI authority (HTTP/2, absolute-form) or the Host header.
