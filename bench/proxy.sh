@@ -2,7 +2,7 @@
 # Reverse proxy, gatehouse vs nginx, side by side in one run (issue 4).
 #
 # Both proxies forward to the same upstream: a separate nginx returning a fixed 20-byte
-# response on a unix socket (fast, and shared, so it is never what one proxy has and the
+# response on a unix socket (and on a loopback TCP port for the /tcp/ row) (fast, and shared, so it is never what one proxy has and the
 # other lacks). nginx proxies with upstream keepalive (`keepalive 64`, HTTP/1.1), as
 # gatehouse pools its upstream connections. Both write an access log.
 #
@@ -63,6 +63,7 @@ free_port() {
 GH_PORT=${GH_PORT:-$(free_port)}
 NGX_PORT=${NGX_PORT:-$(free_port)}
 UP_SOCK=$WORK/upstream.sock
+UP_PORT=${UP_PORT:-$(free_port)}
 
 nginx_common() { # dir
     cat <<NGINX
@@ -89,6 +90,7 @@ http {
     $(temp_paths "$WORK/up")
     server {
         listen unix:$UP_SOCK;
+        listen 127.0.0.1:$UP_PORT;
         location / { return 200 "hello from upstream\n"; }
     }
 }
@@ -97,6 +99,7 @@ NGINX
 
 # The proxy: bench/nginx-proxy.conf with the paths of this run filled in.
 sed -e "s|@DIR@|$WORK/nginx|g" -e "s|@PORT@|$NGX_PORT|g" -e "s|@UPSTREAM_SOCK@|$UP_SOCK|g" \
+    -e "s|@UPSTREAM_PORT@|$UP_PORT|g" \
     bench/nginx-proxy.conf >"$WORK/nginx.conf"
 
 cat >"$WORK/gatehouse.toml" <<TOML
@@ -110,6 +113,9 @@ hosts = ["*"]
 [[site.route]]
 path = "/"
 proxy = { upstreams = ["unix:$UP_SOCK"], max_body = "10MiB" }
+[[site.route]]
+path = "/tcp/"
+proxy = { upstreams = ["http://127.0.0.1:$UP_PORT"], max_body = "10MiB" }
 TOML
 
 cat >"$WORK/post64k.lua" <<'LUA'
@@ -197,6 +203,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 # name | path | extra wrk args
 SCENARIOS=(
     "GET, 20 B response|/small|"
+    "GET, TCP upstream, 20 B response|/tcp/small|"
     "POST 64 KiB body, 20 B response|/upload|-s $WORK/post64k.lua"
 )
 
