@@ -113,8 +113,8 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-#[test]
-fn a_certificate_is_issued_verified_persisted_and_reused_after_a_restart() {
+/// gatehouse with a.test's certificate issued by a pebble that hands out 90-day certificates.
+fn issued_90_days() -> (Setup, Pebble, tempfile::TempDir, Server) {
     let setup = Setup::new();
     let pebble = Pebble::start(
         setup.http_port,
@@ -129,6 +129,12 @@ fn a_certificate_is_issued_verified_persisted_and_reused_after_a_restart() {
         1,
         Duration::from_secs(30),
     );
+    (setup, pebble, state, server)
+}
+
+#[test]
+fn a_certificate_is_issued_verified_persisted_and_reused_after_a_restart() {
+    let (setup, pebble, state, server) = issued_90_days();
     assert!(
         server.stderr().contains("GET /.well-known/acme-challenge/"),
         "the CA's HTTP-01 checks reach the plain listener:\n{}",
@@ -419,20 +425,7 @@ fn the_shipped_acme_example_checks_under_a_state_directory() {
 
 #[test]
 fn a_site_added_by_a_reload_gets_its_certificate_without_a_restart() {
-    let setup = Setup::new();
-    let pebble = Pebble::start(
-        setup.http_port,
-        setup.https_port,
-        Duration::from_secs(90 * 86_400),
-    );
-    let state = tempdir();
-    let server = setup.start(state.path(), &acme_section(&pebble));
-    wait_for(
-        &server,
-        "ACME certificate for a.test (+1) installed",
-        1,
-        Duration::from_secs(30),
-    );
+    let (setup, pebble, _state, server) = issued_90_days();
     let trusted = pebble.client();
     let mut kept = connect(&trusted, setup.https_port, "a.test").unwrap();
 
