@@ -47,19 +47,15 @@ pub async fn handle(
     let router = snapshot.router(&ctx.listener);
     let listener_redirect = !ctx.tls && router.is_some_and(|r| r.redirect_https);
     // The CA's HTTP-01 check comes before every route and redirect.
-    let acme_answer = uri
-        .path()
-        .starts_with(crate::acme::challenge::HTTP01_PREFIX)
-        .then(|| crate::acme::challenge::http01_response(uri.path()))
-        .flatten();
-    let (response, counters) = match (&host, router) {
-        _ if acme_answer.is_some() => (acme_answer.unwrap_or_default(), None),
-        (Ok(host), Some(router)) if listener_redirect && router.https_ready(host) => (
+    let acme_answer = crate::acme::challenge::http01_response(uri.path());
+    let (response, counters) = match (&host, router, acme_answer) {
+        (_, _, Some(answer)) => (answer, None),
+        (Ok(host), Some(router), None) if listener_redirect && router.https_ready(host) => (
             crate::tls::redirect::redirect_https(host, &uri),
             Some(&router.no_site),
         ),
-        (_, None) => (handlers::error(StatusCode::NOT_FOUND), None),
-        (Err(status), Some(router)) => {
+        (_, None, None) => (handlers::error(StatusCode::NOT_FOUND), None),
+        (Err(status), Some(router), None) => {
             let mut response = handlers::error(*status);
             if *status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
                 // As hyper does for its own 431: the rest of this head was never read.
@@ -70,7 +66,7 @@ pub async fn handle(
             }
             (response, Some(&router.no_site))
         }
-        (Ok(host), Some(router)) => match router.route(host, uri.path()) {
+        (Ok(host), Some(router), None) => match router.route(host, uri.path()) {
             Lookup::Route(_, site) | Lookup::NoRoute(site) if site.tls.redirects(ctx.tls) => (
                 crate::tls::redirect::redirect_https(host, &uri),
                 Some(&site.no_route),
