@@ -86,7 +86,7 @@ static ACME: LazyLock<AcmeFamilies> = LazyLock::new(|| AcmeFamilies {
     labels: Default::default(),
 });
 
-pub fn set_certificate_expiry(certificate: &str, unix_seconds: i64) {
+pub fn set_certificate_expiry(certificate: &str, not_after: SystemTime) {
     ACME.labels
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -95,7 +95,7 @@ pub fn set_certificate_expiry(certificate: &str, unix_seconds: i64) {
         .get_or_create(&CertLabels {
             certificate: certificate.to_owned(),
         })
-        .set(unix_seconds);
+        .set(unix_seconds(not_after));
 }
 
 pub fn count_acme_failure(certificate: &str) {

@@ -3,10 +3,11 @@
 //! plain GET; CAs without it (pebble 2.4 among them) answer "unsupported", and then the
 //! 2/3-of-lifetime rule alone decides.
 
+use crate::tls::certs::from_unix_seconds;
 use instant_acme::{Account, CertificateIdentifier};
 use rustls::pki_types::Der;
 use rustls::sign::CertifiedKey;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// How often to ask again when the CA gives no usable Retry-After.
 const DEFAULT_RECHECK: Duration = Duration::from_secs(6 * 3600);
@@ -52,8 +53,8 @@ pub async fn ask(
         Ok((info, retry_after)) => {
             let window = &info.suggested_window;
             let at = pick(
-                to_system_time(window.start.unix_timestamp()),
-                to_system_time(window.end.unix_timestamp()),
+                from_unix_seconds(window.start.unix_timestamp()),
+                from_unix_seconds(window.end.unix_timestamp()),
                 jitter,
             );
             let recheck = if retry_after.is_zero() {
@@ -69,10 +70,6 @@ pub async fn ask(
     }
 }
 
-fn to_system_time(unix: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0))
-}
-
 /// A uniformly random point in [start, end] (`jitter` in [0, 1)), so that a CA's window is
 /// not hit by every client at its first second. An inverted window means its start.
 pub fn pick(start: SystemTime, end: SystemTime, jitter: f64) -> SystemTime {
@@ -85,6 +82,7 @@ pub fn pick(start: SystemTime, end: SystemTime, jitter: f64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn a_point_inside_the_window() {

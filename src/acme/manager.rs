@@ -53,10 +53,8 @@ fn parse(pem: &[u8], origin: &Path) -> Result<(CertifiedKey, Validity), String> 
     let not_before = certified
         .cert
         .first()
-        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
-        .map(|(_, c)| c.validity().not_before.timestamp())
-        .and_then(|ts| u64::try_from(ts).ok())
-        .map_or(UNIX_EPOCH, |s| UNIX_EPOCH + Duration::from_secs(s));
+        .map_or(Ok(UNIX_EPOCH), |leaf| crate::tls::certs::not_before(leaf))
+        .map_err(|e| format!("{}: unreadable certificate: {e}", origin.display()))?;
     Ok((
         certified,
         Validity {

@@ -115,10 +115,8 @@ impl ManagedCert {
     /// Installs a newly issued certificate: new handshakes present it from now on.
     fn install(&self, certified: Arc<CertifiedKey>, validity: Validity) {
         self.current.store(certified);
-        self.valid_until.store(
-            unix_seconds(validity.not_after).max(0) as u64,
-            Ordering::Release,
-        );
+        self.valid_until
+            .store(unix_secs(validity.not_after), Ordering::Release);
         self.update(|s| {
             s.issued = Some(validity);
             s.failures = 0;
@@ -127,13 +125,12 @@ impl ManagedCert {
             // A fresh certificate's window is months away; ask later.
             s.ari_check = SystemTime::now() + Duration::from_secs(6 * 3600);
         });
-        crate::metrics::set_certificate_expiry(&self.label(), unix_seconds(validity.not_after));
+        crate::metrics::set_certificate_expiry(&self.label(), validity.not_after);
     }
 }
 
-fn unix_seconds(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 type RegistryKey = (PathBuf, Vec<String>);
@@ -181,7 +178,7 @@ pub fn managed(settings: &AcmeSettings, names: &[String]) -> Result<Arc<ManagedC
         names,
         path,
         current: ArcSwap::new(certified),
-        valid_until: AtomicU64::new(issued.map_or(0, |v| unix_seconds(v.not_after).max(0) as u64)),
+        valid_until: AtomicU64::new(issued.map_or(0, |v| unix_secs(v.not_after))),
         state: Mutex::new(CertState {
             issued,
             failures: 0,
@@ -191,7 +188,7 @@ pub fn managed(settings: &AcmeSettings, names: &[String]) -> Result<Arc<ManagedC
         }),
     });
     if let Some(v) = issued {
-        crate::metrics::set_certificate_expiry(&managed.label(), unix_seconds(v.not_after));
+        crate::metrics::set_certificate_expiry(&managed.label(), v.not_after);
     }
     registry.insert(key, managed.clone());
     Ok(managed)

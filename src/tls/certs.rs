@@ -204,15 +204,21 @@ fn read_key(
     }
 }
 
+/// Unix seconds (as X.509 and ACME give them) as a SystemTime; before 1970 counts as 1970.
+pub fn from_unix_seconds(ts: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).unwrap_or(0))
+}
+
+/// notBefore of a DER certificate.
+pub fn not_before(der: &[u8]) -> Result<SystemTime, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    Ok(from_unix_seconds(cert.validity().not_before.timestamp()))
+}
+
 /// notAfter and DNS names of a DER certificate.
 pub fn leaf_info(der: &[u8]) -> Result<(SystemTime, Vec<String>), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-    let ts = cert.validity().not_after.timestamp();
-    let not_after = if ts >= 0 {
-        UNIX_EPOCH + Duration::from_secs(ts.unsigned_abs())
-    } else {
-        UNIX_EPOCH
-    };
+    let not_after = from_unix_seconds(cert.validity().not_after.timestamp());
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
