@@ -206,17 +206,18 @@ pub fn build(
     resolver
         .suffixes
         .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    // Validations are answered only where a managed certificate is served.
     resolver.acme_alpn = acme_alpn && managed;
+    let alpn_acme = resolver.acme_alpn;
 
-    let config = ServerConfig::builder_with_provider(Arc::new(super::provider()))
+    let mut config = ServerConfig::builder_with_provider(Arc::new(super::provider()))
         // TLS 1.2 and 1.3 only, with rustls' default (modern AEAD, forward-secret) suites.
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("listener {listener:?}: TLS setup failed: {e}"))?
-        .with_no_client_auth();
-    let resolver_acme_alpn = resolver.acme_alpn;
-    let mut config = config.with_cert_resolver(Arc::new(resolver));
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if resolver_acme_alpn {
+    if alpn_acme {
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
     Ok(ListenerTls {
