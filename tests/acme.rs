@@ -329,18 +329,8 @@ fn until_a_certificate_exists_a_placeholder_is_served_and_redirects_wait() {
     assert!(status.is_some());
 }
 
-#[test]
-fn acme_configuration_mistakes_are_reported_with_positions() {
-    let dir = tempdir();
-    let cfg = write(
-        dir.path(),
-        "g.toml",
-        r#"[acme]
-directory = "http://ca.test/dir"
-challenge = "dns-01"
-email = "nobody"
-
-[[listener]]
+/// An ACME site on a wildcard host, which ACME over HTTP-01/TLS-ALPN-01 cannot cover.
+const WILDCARD_SITE: &str = r#"[[listener]]
 name = "https"
 bind = ["127.0.0.1:1"]
 tls = "acme"
@@ -351,7 +341,17 @@ tls = "acme"
 [[site.route]]
 path = "/"
 respond = {}
-"#,
+"#;
+
+#[test]
+fn acme_configuration_mistakes_are_reported_with_positions() {
+    let dir = tempdir();
+    let cfg = write(
+        dir.path(),
+        "g.toml",
+        &format!(
+            "[acme]\ndirectory = \"http://ca.test/dir\"\nchallenge = \"dns-01\"\nemail = \"nobody\"\n\n{WILDCARD_SITE}"
+        ),
     );
     let (code, _, err) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(78), "{err}");
@@ -363,22 +363,7 @@ respond = {}
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     // Without a state directory, and for a wildcard host.
-    let cfg = write(
-        dir.path(),
-        "h.toml",
-        r#"[[listener]]
-name = "https"
-bind = ["127.0.0.1:1"]
-tls = "acme"
-
-[[site]]
-hosts = ["*.a.test"]
-tls = "acme"
-[[site.route]]
-path = "/"
-respond = {}
-"#,
-    );
+    let cfg = write(dir.path(), "h.toml", WILDCARD_SITE);
     let (code, _, err) = run_cli(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("$STATE_DIRECTORY is not set"), "{err}");
