@@ -49,7 +49,7 @@ rss_kib() { # pid
     echo "$total"
 }
 
-# wrk on the client core; prints "req_per_sec p50_ms p99_ms errors".
+# wrk on the client core; prints "req_per_sec p50_ms p99_ms errors non2xx requests".
 run_wrk() { # url connections [extra wrk args...]
     local url=$1 conns=$2; shift 2
     local out
@@ -62,7 +62,8 @@ run_wrk() { # url connections [extra wrk args...]
         /^ +99%/ {p99=ms($2)}
         /Socket errors/ {gsub(",",""); err+=$4+$6+$8+$10}
         /Non-2xx or 3xx/ {non2xx=$NF}
-        END {printf "%s %s %s %d %d\n", rps, p50, p99, err, non2xx}
+        / requests in / {n=$1}
+        END {printf "%s %s %s %d %d %d\n", rps, p50, p99, err, non2xx, n}
     ' <<<"$out"
 }
 

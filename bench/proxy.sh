@@ -2,8 +2,8 @@
 # Reverse proxy, gatehouse vs nginx, side by side in one run (issue 4).
 #
 # Both proxies forward to the same upstream: a separate nginx returning a fixed 20-byte
-# response on a unix socket (and on a loopback TCP port for the /tcp/ row) (fast, and shared, so it is never what one proxy has and the
-# other lacks). nginx proxies with upstream keepalive (`keepalive 64`, HTTP/1.1), as
+# response on a unix socket and, for the /tcp/ row, a loopback TCP port (fast, and shared,
+# so it is never what one proxy has and the other lacks). nginx proxies with upstream keepalive (`keepalive 64`, HTTP/1.1), as
 # gatehouse pools its upstream connections. Both write an access log.
 #
 # The proxy under test runs on CPU $SERVER_CPU; wrk and the upstream share CPU $CLIENT_CPU.
@@ -14,21 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BENCH_DURATION=${BENCH_DURATION:-5s}
-BENCH_REPS=${BENCH_REPS:-3}
-SERVER_CPU=${SERVER_CPU:-0}
-CLIENT_CPU=${CLIENT_CPU:-1}
 CONNS=${CONNS:-50}
-
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v taskset >/dev/null || missing+=(util-linux)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
-fi
+. bench/lib.sh
+need_tools
 
 GH=${1:-}
 if [ -z "$GH" ]; then
@@ -124,13 +112,6 @@ wrk.body = string.rep("x", 65536)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
 
-wait_port() { # port
-    local deadline=$((SECONDS + 10))
-    until (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; do
-        [ $SECONDS -lt $deadline ] || { echo "nothing listens on $1" >&2; return 1; }
-        sleep 0.05
-    done
-}
 wait_sock() { # path
     local deadline=$((SECONDS + 10))
     until [ -S "$1" ]; do
@@ -182,24 +163,6 @@ cpu_ticks() { # pid
 }
 HZ=$(getconf CLK_TCK)
 
-# wrk on the client core; prints "req_per_sec p99_ms errors non2xx requests".
-run_wrk() { # url [extra wrk args...]
-    local url=$1; shift
-    local out
-    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$BENCH_DURATION" --latency "$@" "$url" 2>&1)
-    echo "$out" >>"$BENCH_LOG"
-    awk '
-        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-        /Requests\/sec/ {rps=$2}
-        /^ +99%/ {p99=ms($2)}
-        /Socket errors/ {gsub(",",""); err+=$4+$6+$8+$10}
-        /Non-2xx or 3xx/ {non2xx=$NF}
-        / requests in / {n=$1}
-        END {printf "%s %s %d %d %d\n", rps, p99, err, non2xx, n}
-    ' <<<"$out"
-}
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-
 # name | path | extra wrk args
 SCENARIOS=(
     "GET, 20 B response|/small|"
@@ -216,7 +179,7 @@ for s in "${SCENARIOS[@]}"; do
             if [ $server = gatehouse ]; then start_gatehouse; port=$GH_PORT; else start_nginx; port=$NGX_PORT; fi
             t0=$(cpu_ticks "$SERVER_PID")
             # shellcheck disable=SC2086
-            read -r rps p99 err non2xx n < <(run_wrk "http://127.0.0.1:$port$path" $extra)
+            read -r rps _ p99 err non2xx n < <(run_wrk "http://127.0.0.1:$port$path" "$CONNS" $extra)
             t1=$(cpu_ticks "$SERVER_PID")
             stop_server
             # Proxy CPU per request: unlike req/s, not skewed by other load on the machine.

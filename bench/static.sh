@@ -71,9 +71,9 @@ for i in "${!SCENARIOS[@]}"; do
             if [ $server = gatehouse ]; then port=$GH_PORT; else port=$NGX_PORT; fi
             # wrk honours "Connection: close" only with the space after the colon.
             if [ "$extra" = close ]; then
-                read -r rps p50 p99 err non2xx < <(run_wrk "http://127.0.0.1:$port$path" "$conns" -H "Connection: close")
+                read -r rps p50 p99 err non2xx _ < <(run_wrk "http://127.0.0.1:$port$path" "$conns" -H "Connection: close")
             else
-                read -r rps p50 p99 err non2xx < <(run_wrk "http://127.0.0.1:$port$path" "$conns")
+                read -r rps p50 p99 err non2xx _ < <(run_wrk "http://127.0.0.1:$port$path" "$conns")
             fi
             if [ "$err" != 0 ] || { [ "$path" != /missing ] && [ "$non2xx" != 0 ]; }; then
                 echo "ERROR: $server '$name': $err socket errors, $non2xx non-2xx" >&2

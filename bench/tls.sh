@@ -87,7 +87,7 @@ for rep in $(seq "$BENCH_REPS"); do
             IFS='|' read -r name path conns mode <<<"${SCENARIOS[$i]}"
             extra=()
             [ "$mode" = close ] && extra=(-H "Connection: close")
-            read -r rps p50 p99 err non2xx < <(run_wrk "https://localhost:$port$path" "$conns" "${extra[@]}")
+            read -r rps p50 p99 err non2xx _ < <(run_wrk "https://localhost:$port$path" "$conns" "${extra[@]}")
             if [ "$err" != 0 ] || [ "$non2xx" != 0 ]; then
                 echo "ERROR: $server '$name': $err socket errors, $non2xx non-2xx" >&2
                 FAIL=1
