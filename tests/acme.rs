@@ -199,6 +199,12 @@ fn a_certificate_is_issued_verified_persisted_and_reused_after_a_restart() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["acme"][0]["state"], "valid", "{status}");
     assert_eq!(status["acme"][0]["names"][1], "www.a.test", "{status}");
+    let (code, out, err) = run_cli(&["status", "--admin", admin.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("acme: a.test,www.a.test valid, expires 20"),
+        "{out}"
+    );
     assert_eq!(pebble.orders(), 1);
     drop(server);
 
