@@ -12,7 +12,7 @@ use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 static HTTP01: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Default::default);
