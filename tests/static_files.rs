@@ -530,7 +530,10 @@ fn a_huge_file_to_many_slow_clients_keeps_memory_flat() {
     let after = rss_kib(site.server.pid());
     let growth = after.saturating_sub(before);
     eprintln!("RSS before {before} KiB, with 50 slow clients {after} KiB (+{growth} KiB)");
-    assert!(growth < 6 * 1024, "RSS grew by {growth} KiB");
+    // Per client: the 32 KiB chunk being written, one queued in hyper, and the read buffer
+    // (≈ 128 KiB, 6.2 MiB for 50 measured on a debug build). A server that read ahead
+    // into memory would hold most of the 1 GiB by now.
+    assert!(growth < 12 * 1024, "RSS grew by {growth} KiB");
     for mut c in clients {
         let mut buf = [0u8; 65536];
         assert!(c.read(&mut buf).unwrap() > 0, "streams keep flowing");
