@@ -60,7 +60,9 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(opts.origin, config, sockets, env.watchdog)) {
+    let outcome = runtime.block_on(serve(opts.origin, config, sockets, env.watchdog));
+    log::flush_access();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
             tracing::error!("{msg}");
@@ -80,16 +82,19 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    if workers == 1 {
+    let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        // Buffered access lines go out when a thread has nothing left to do.
+        .on_thread_park(log::flush_access)
+        .on_thread_stop(log::flush_access)
+        .build()
 }
 
 struct Signals {

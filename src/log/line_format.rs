@@ -16,13 +16,22 @@ use tracing_subscriber::registry::LookupSpan;
 
 pub struct LineFormat;
 
+/// A `key=value` value is quoted only when it would otherwise be ambiguous on one line.
+/// A byte scan: cheaper than str::contains with a char array.
+pub(super) fn needs_quotes(value: &str) -> bool {
+    value.is_empty()
+        || value
+            .bytes()
+            .any(|b| matches!(b, b' ' | b'"' | b'\n' | b'='))
+}
+
 thread_local! {
     /// (unix second, its RFC 3339 text without the zone) of the last line this thread wrote.
     static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-fn write_timestamp(w: &mut Writer<'_>) -> fmt::Result {
-    let now = SystemTime::now();
+/// Writes the line's timestamp for `now`: `2026-11-22T05:00:00.123Z`.
+pub(super) fn write_timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     STAMP.with(|cell| {
@@ -55,7 +64,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write_timestamp(&mut writer)?;
+        write_timestamp(&mut writer, SystemTime::now())?;
         writer.write_char(' ')?;
         writer.write_str(event.metadata().level().as_str())?;
         let mut visitor = LineVisitor {
@@ -110,14 +119,7 @@ impl Visit for LineVisitor<'_, '_> {
             return;
         }
         self.result = self.key(field).and_then(|()| {
-            // Quote only what would otherwise be ambiguous on one line.
-            // A byte scan: cheaper than str::contains with a char array.
-            if !self.unquoted(field)
-                && (value.is_empty()
-                    || value
-                        .bytes()
-                        .any(|b| matches!(b, b' ' | b'"' | b'\n' | b'=')))
-            {
+            if !self.unquoted(field) && needs_quotes(value) {
                 write!(self.writer, "{value:?}")
             } else {
                 self.writer.write_str(value)

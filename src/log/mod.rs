@@ -1,7 +1,10 @@
 //! Logging: native journald entries under systemd, readable lines on stderr otherwise, and
 //! the per-request access log with its journal fields.
 
+mod access;
 mod line_format;
+
+pub use access::flush as flush_access;
 
 use crate::systemd;
 use std::net::SocketAddr;
@@ -43,13 +46,17 @@ pub fn init(level: Option<&str>, target: LogTarget) {
         }
     }
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| access::OrderedStderr)
         .with_ansi(false)
         .event_format(line_format::LineFormat);
-    let _ = tracing_subscriber::registry()
+    if tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .try_init();
+        .try_init()
+        .is_ok()
+    {
+        access::enable_direct();
+    }
 }
 
 /// Where a request came from, for REMOTE_ADDR.
@@ -93,6 +100,21 @@ pub fn access<B>(
     let status = response.status().as_u16();
     // Only proxied responses carry UPSTREAM: tracing records an Option field only if Some.
     let upstream = response.extensions().get::<UpstreamUsed>().map(|u| &*u.0);
+    if access::direct() {
+        // The filter still decides (RUST_LOG=gatehouse::access=off silences it).
+        if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+            access::write_line(&access::Entry {
+                method,
+                path,
+                status,
+                upstream,
+                host,
+                duration_us,
+                remote,
+            });
+        }
+        return;
+    }
     // Field order matters to the stderr format: "GET /path 200 via UPSTREAM host=…".
     tracing::info!(
         target: ACCESS_TARGET,

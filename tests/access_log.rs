@@ -1,0 +1,104 @@
+//! The stderr access log: buffered per runtime thread, so these check that every line
+//! still comes out whole, in order, promptly when the server goes idle, and only when the
+//! log filter lets it.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn respond_server(env: &[(&str, &str)]) -> (Server, u16) {
+    start_http(&respond_config("http", "\"127.0.0.1:0\"", "", "ok"), env)
+}
+
+/// Sends `n` pipelined GETs on one connection and reads all `n` replies.
+fn pipelined(port: u16, n: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!("GET /r{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    }
+    s.write_all(batch.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    while seen.windows(2).filter(|w| w == b"ok").count() < n {
+        let got = s.read(&mut buf).unwrap();
+        assert!(got > 0, "connection closed early");
+        seen.extend_from_slice(&buf[..got]);
+    }
+}
+
+fn access_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(" INFO GET /"))
+        .collect()
+}
+
+#[test]
+fn every_access_line_comes_out_whole_and_in_order() {
+    let (server, port) = respond_server(&[]);
+    // 2,000 lines: several times the buffer, so size-triggered and park-triggered writes mix.
+    for _ in 0..4 {
+        pipelined(port, 500);
+    }
+    server.wait_log("GET /r499 200");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while access_lines(&server.stderr()).len() < 2000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = server.stderr();
+    let lines = access_lines(&stderr);
+    assert_eq!(lines.len(), 2000, "{stderr}");
+    for (k, line) in lines.iter().enumerate() {
+        let i = k % 500;
+        // 2026-12-05T19:32:24.350Z INFO GET /r7 200 http_host=t http_duration_us=12 remote_addr=127.0.0.1
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        assert_eq!(stamp.len(), "2026-12-05T19:32:24.350Z".len(), "{line}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{line}"
+        );
+        let rest = rest
+            .strip_prefix(&format!("INFO GET /r{i} 200 http_host=t http_duration_us="))
+            .unwrap_or_else(|| panic!("line {k}: {line}"));
+        let (micros, remote) = rest.split_once(' ').unwrap();
+        assert!(micros.parse::<u64>().is_ok(), "{line}");
+        assert_eq!(remote, "remote_addr=127.0.0.1", "{line}");
+    }
+}
+
+#[test]
+fn a_lone_request_is_logged_at_once() {
+    let (server, port) = respond_server(&[]);
+    for i in 0..3 {
+        let path = format!("/alone{i}");
+        assert_eq!(get_tcp(port, "t", &path).unwrap().status, 200);
+        // The runtime parks right after answering: the line must not wait for company.
+        let t = Instant::now();
+        server.wait_log(&format!("GET {path} 200"));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn the_log_filter_still_decides() {
+    let (server, port) = respond_server(&[("RUST_LOG", "info,gatehouse::access=off")]);
+    assert_eq!(get_tcp(port, "t", "/quiet").unwrap().status, 200);
+    // A later non-access line proves the earlier one would have been out by now.
+    server.signal(libc::SIGHUP);
+    server.wait_log("reload");
+    assert!(
+        !server.stderr().contains("GET /quiet"),
+        "{}",
+        server.stderr()
+    );
+}
