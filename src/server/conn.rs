@@ -3,6 +3,7 @@
 
 use super::connections::ConnGuard;
 use super::listener::Stream;
+use super::read_ahead::ReadAhead;
 use super::request;
 use super::Shared;
 use crate::log::Remote;
@@ -42,8 +43,12 @@ pub async fn serve(
             })
     };
     match (stream, tls) {
-        (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, false).await,
-        (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, false).await,
+        (Stream::Tcp(s), None) => {
+            serve_io(shared, ReadAhead::new(s), remote, listener, false).await
+        }
+        (Stream::Unix(s), None) => {
+            serve_io(shared, ReadAhead::new(s), remote, listener, false).await
+        }
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
             if let Some(s) = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener).await {
                 serve_io(shared, s, remote, listener, true).await;

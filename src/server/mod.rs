@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod connections;
 pub mod listener;
+mod read_ahead;
 pub mod request;
 
 use crate::config::Config;
