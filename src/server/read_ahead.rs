@@ -20,12 +20,8 @@ pub struct ReadAhead<I> {
 enum State {
     /// Nothing read yet.
     Fresh,
-    /// Read ahead, not yet handed out: `buf[pos..len]`.
-    Holding {
-        buf: Box<[u8]>,
-        pos: usize,
-        len: usize,
-    },
+    /// Read ahead, not yet handed out: `buf[pos..]`.
+    Holding { buf: Vec<u8>, pos: usize },
     /// Reads go straight to the connection.
     PassThrough,
 }
@@ -51,26 +47,25 @@ impl<I: AsyncRead + Unpin> AsyncRead for ReadAhead<I> {
                 this.state = State::PassThrough;
             } else {
                 // Allocated per attempt: a connection that sends nothing holds no buffer.
-                let mut buf = vec![0u8; FIRST_READ].into_boxed_slice();
-                let mut read = ReadBuf::new(&mut buf);
+                // Not zeroed: only the bytes read are ever looked at.
+                let mut buf = Vec::with_capacity(FIRST_READ);
+                let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
                 std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
                 let n = read.filled().len();
+                // SAFETY: ReadBuf guarantees its first `filled` bytes were initialised.
+                unsafe { buf.set_len(n) };
                 if n == 0 {
                     this.state = State::PassThrough;
                     return Poll::Ready(Ok(()));
                 }
-                this.state = State::Holding {
-                    buf,
-                    pos: 0,
-                    len: n,
-                };
+                this.state = State::Holding { buf, pos: 0 };
             }
         }
-        if let State::Holding { buf, pos, len } = &mut this.state {
-            let n = out.remaining().min(*len - *pos);
+        if let State::Holding { buf, pos } = &mut this.state {
+            let n = out.remaining().min(buf.len() - *pos);
             out.put_slice(&buf[*pos..*pos + n]);
             *pos += n;
-            if *pos == *len {
+            if *pos == buf.len() {
                 this.state = State::PassThrough;
             }
             return Poll::Ready(Ok(()));
