@@ -41,11 +41,12 @@ fn can_use_mount_namespaces() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[test]
-fn access_log_entries_carry_the_documented_journal_fields() {
+/// Starts the server in a private mount namespace whose /run/systemd/journal/socket is a
+/// datagram socket of ours; None (after saying why) where that is not possible.
+fn start_with_journal() -> Option<(Server, u16, UnixDatagram)> {
     if !can_use_mount_namespaces() {
         eprintln!("SKIPPED: needs root and unshare -m for a private /run/systemd/journal");
-        return;
+        return None;
     }
     let dir = tempdir();
     let journal_path = dir.path().join("journal.sock");
@@ -83,6 +84,14 @@ fn access_log_entries_carry_the_documented_journal_fields() {
     );
     let server = Server::start(dir, launch);
     server.wait_ready();
+    Some((server, port, journal))
+}
+
+#[test]
+fn access_log_entries_carry_the_documented_journal_fields() {
+    let Some((server, port, journal)) = start_with_journal() else {
+        return;
+    };
 
     assert_eq!(
         get_tcp(port, "Example.COM:8080", "/hello?x=1")
@@ -148,4 +157,46 @@ fn access_log_entries_carry_the_documented_journal_fields() {
         "with the journal detected, stderr stays quiet: {}",
         server.stderr()
     );
+}
+
+#[test]
+fn a_burst_of_requests_reaches_the_journal_whole_and_in_order() {
+    let Some((_server, port, journal)) = start_with_journal() else {
+        return;
+    };
+    const N: usize = 300;
+    // Read as journald does, while the requests run: the socket queue may hold only 10.
+    let reader = std::thread::spawn(move || {
+        let mut paths = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while paths.len() < N && Instant::now() < deadline {
+            if let Ok(n) = journal.recv(&mut buf) {
+                let entry = parse_entry(&buf[..n]);
+                if let Some(path) = entry.get("HTTP_PATH") {
+                    assert_eq!(entry["HTTP_STATUS"], "200", "{entry:?}");
+                    assert_eq!(entry["PRIORITY"], "6", "{entry:?}");
+                    paths.push(path.clone());
+                }
+            }
+        }
+        paths
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut batch = String::new();
+    for i in 0..N {
+        batch.push_str(&format!("GET /p{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    }
+    std::io::Write::write_all(&mut s, batch.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    while seen.windows(6).filter(|w| w == b"logged").count() < N {
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        assert!(n > 0, "connection closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let paths = reader.join().unwrap();
+    let want: Vec<String> = (0..N).map(|i| format!("/p{i}")).collect();
+    assert_eq!(paths, want);
 }

@@ -1,49 +1,64 @@
-//! The access log's stderr fast path: one line per request, formatted without tracing's
-//! per-event machinery into a buffer that goes out in one `write` when a runtime thread
-//! runs out of work (`flush`, hooked to tokio's thread park), when it holds `FLUSH_BYTES`,
-//! or when its oldest line is `FLUSH_AGE` old. Under load that is one syscall for many
-//! requests instead of one each; an idle server still writes at once. One buffer for all
-//! threads, written under its lock, so lines keep the order in which they were logged.
+//! The access log's fast path: one entry per request, encoded without tracing's per-event
+//! machinery into a buffer that goes out when a runtime thread runs out of work (`flush`,
+//! hooked to tokio's thread park), when it holds `FLUSH_BYTES`, or when its oldest entry is
+//! `FLUSH_AGE` old. Under load that is one syscall for many requests instead of one each;
+//! an idle server still writes at once. One buffer for all threads, written under its lock,
+//! so entries keep the order in which they were logged.
 //!
-//! The line is the one `LineFormat` writes for the same event, so readers see no change.
+//! On stderr the line is the one `LineFormat` writes for the same event; in the journal the
+//! entry has the fields tracing-journald gave it, sent in one sendmmsg(2) per batch.
 
 use super::line_format::{needs_quotes, write_timestamp};
+use crate::systemd::journal::EntryBatch;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Set once at start-up when access lines go to stderr in the line format.
-static DIRECT: AtomicBool = AtomicBool::new(false);
 
 const FLUSH_BYTES: usize = 32 * 1024;
 const FLUSH_AGE: Duration = Duration::from_millis(200);
 
+/// Where access entries go; set once at start-up, unset while tracing handles them.
+enum Sink {
+    Stderr,
+    Journal(UnixDatagram),
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
 struct Pending {
     text: String,
-    /// When the oldest buffered line was logged (since the Unix epoch).
+    journal: EntryBatch,
+    /// When the oldest buffered entry was logged (since the Unix epoch).
     oldest: Duration,
 }
 
 static PENDING: Mutex<Pending> = Mutex::new(Pending {
     text: String::new(),
+    journal: EntryBatch::new(),
     oldest: Duration::ZERO,
 });
 
 fn pending() -> std::sync::MutexGuard<'static, Pending> {
-    // A panic while holding the lock leaves at worst a half-written line: keep logging.
+    // A panic while holding the lock leaves at worst a half-written entry: keep logging.
     PENDING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub(super) fn enable_direct() {
-    DIRECT.store(true, Ordering::Relaxed);
+/// Access entries go to stderr as lines.
+pub(super) fn use_stderr() {
+    let _ = SINK.set(Sink::Stderr);
+}
+
+/// Access entries go to journald on `socket`.
+pub(super) fn use_journal(socket: UnixDatagram) {
+    let _ = SINK.set(Sink::Journal(socket));
 }
 
 pub(super) fn direct() -> bool {
-    DIRECT.load(Ordering::Relaxed)
+    SINK.get().is_some()
 }
 
 /// One access entry, as its fields appear in the journal.
@@ -57,19 +72,26 @@ pub(super) struct Entry<'a> {
     pub remote: &'a str,
 }
 
-/// Buffers the entry's stderr line.
-pub(super) fn write_line(entry: &Entry<'_>) {
+/// Buffers the entry for the sink chosen at start-up.
+pub(super) fn write(entry: &Entry<'_>) {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
     let now = SystemTime::now();
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut pending = pending();
-    if pending.text.is_empty() {
+    if pending.text.is_empty() && pending.journal.is_empty() {
         pending.oldest = since_epoch;
     }
-    // Writing into a String cannot fail.
-    let _ = format_line(&mut pending.text, now, entry);
-    if pending.text.len() >= FLUSH_BYTES || since_epoch.saturating_sub(pending.oldest) >= FLUSH_AGE
+    match sink {
+        // Writing into a String cannot fail.
+        Sink::Stderr => drop(format_line(&mut pending.text, now, entry)),
+        Sink::Journal(_) => journal_entry(&mut pending.journal, entry),
+    }
+    if pending.text.len() + pending.journal.queued_bytes() >= FLUSH_BYTES
+        || since_epoch.saturating_sub(pending.oldest) >= FLUSH_AGE
     {
-        write_out(&mut pending);
+        write_out(sink, &mut pending);
     }
 }
 
@@ -99,22 +121,61 @@ fn format_line(out: &mut String, now: SystemTime, e: &Entry<'_>) -> std::fmt::Re
     Ok(())
 }
 
-/// Writes the buffered access lines. Called when a runtime thread parks or stops, before
+/// The fields tracing-journald wrote for the access event (see `systemd::journal::layer`).
+fn journal_entry(batch: &mut EntryBatch, e: &Entry<'_>) {
+    let mut message = String::with_capacity(e.method.len() + e.path.len() + 64);
+    message.push_str(e.method);
+    message.push(' ');
+    message.push_str(e.path);
+    message.push(' ');
+    message.push_str(itoa::Buffer::new().format(e.status));
+    if let Some(upstream) = e.upstream {
+        message.push_str(" via ");
+        message.push_str(upstream);
+    }
+    batch.field("PRIORITY", "6");
+    batch.field("SYSLOG_IDENTIFIER", "gatehouse");
+    batch.field("TARGET", super::ACCESS_TARGET);
+    batch.field("MESSAGE", &message);
+    batch.field("HTTP_METHOD", e.method);
+    batch.field("HTTP_PATH", e.path);
+    batch.field("HTTP_STATUS", itoa::Buffer::new().format(e.status));
+    if let Some(upstream) = e.upstream {
+        batch.field("UPSTREAM", upstream);
+    }
+    batch.field("HTTP_HOST", e.host);
+    batch.field(
+        "HTTP_DURATION_US",
+        itoa::Buffer::new().format(e.duration_us),
+    );
+    batch.field("REMOTE_ADDR", e.remote);
+    batch.end_entry();
+}
+
+/// Writes the buffered access entries. Called when a runtime thread parks or stops, before
 /// any other log line (to keep the order), and at exit.
 pub fn flush() {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
     let mut pending = pending();
-    if !pending.text.is_empty() {
-        write_out(&mut pending);
+    if !pending.text.is_empty() || !pending.journal.is_empty() {
+        write_out(sink, &mut pending);
     }
 }
 
-fn write_out(pending: &mut Pending) {
-    // A closed or full stderr loses the lines, as it would lose any other log line.
-    let _ = std::io::stderr().lock().write_all(pending.text.as_bytes());
-    pending.text.clear();
-    // A burst must not pin a large buffer for the life of the process.
-    if pending.text.capacity() > 2 * FLUSH_BYTES {
-        pending.text.shrink_to(FLUSH_BYTES);
+fn write_out(sink: &Sink, pending: &mut Pending) {
+    match sink {
+        Sink::Stderr => {
+            // A closed or full stderr loses the lines, as it would lose any other log line.
+            let _ = std::io::stderr().lock().write_all(pending.text.as_bytes());
+            pending.text.clear();
+            // A burst must not pin a large buffer for the life of the process.
+            if pending.text.capacity() > 2 * FLUSH_BYTES {
+                pending.text.shrink_to(FLUSH_BYTES);
+            }
+        }
+        Sink::Journal(socket) => pending.journal.send(socket),
     }
 }
 

@@ -36,10 +36,16 @@ pub fn init(level: Option<&str>, target: LogTarget) {
     if want_journal {
         match systemd::journal::layer() {
             Ok(layer) => {
-                let _ = tracing_subscriber::registry()
+                let installed = tracing_subscriber::registry()
                     .with(filter)
+                    .with(FlushAccessFirst)
                     .with(layer)
-                    .try_init();
+                    .try_init()
+                    .is_ok();
+                // Without a socket of our own the access log takes the tracing path.
+                if let (true, Ok(socket)) = (installed, systemd::journal::connect()) {
+                    access::use_journal(socket);
+                }
                 return;
             }
             Err(e) => eprintln!("gatehouse: journald unavailable ({e}); logging to stderr"),
@@ -55,7 +61,17 @@ pub fn init(level: Option<&str>, target: LogTarget) {
         .try_init()
         .is_ok()
     {
-        access::enable_direct();
+        access::use_stderr();
+    }
+}
+
+/// Sends the batched access entries before any other event reaches the journal, so the
+/// journal keeps the order in which things happened.
+struct FlushAccessFirst;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FlushAccessFirst {
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        access::flush();
     }
 }
 
@@ -103,7 +119,7 @@ pub fn access<B>(
     if access::direct() {
         // The filter still decides (RUST_LOG=gatehouse::access=off silences it).
         if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
-            access::write_line(&access::Entry {
+            access::write(&access::Entry {
                 method,
                 path,
                 status,

@@ -42,3 +42,170 @@ pub fn layer() -> std::io::Result<tracing_journald::Layer> {
             trace: Priority::Debug,
         }))
 }
+
+/// Where journald takes native-protocol entries (systemd-journald.service(8)).
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// A datagram socket connected to journald, for [`EntryBatch::send`].
+pub fn connect() -> std::io::Result<std::os::unix::net::UnixDatagram> {
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.connect(JOURNAL_SOCKET)?;
+    Ok(socket)
+}
+
+/// Journal entries in the native protocol (one datagram each), queued and then sent
+/// together with one sendmmsg(2) instead of a sendmsg per entry.
+#[derive(Default)]
+pub struct EntryBatch {
+    bytes: Vec<u8>,
+    /// Where each complete entry ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+/// Datagrams per sendmmsg call (the kernel caps one call at UIO_MAXIOV = 1024).
+const PER_CALL: usize = 64;
+
+impl EntryBatch {
+    pub const fn new() -> EntryBatch {
+        EntryBatch {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Adds `KEY=value`; a value with a newline takes the protocol's length-prefixed form.
+    pub fn field(&mut self, key: &str, value: &str) {
+        self.bytes.extend_from_slice(key.as_bytes());
+        if value.contains('\n') {
+            self.bytes.push(b'\n');
+            self.bytes
+                .extend_from_slice(&(value.len() as u64).to_le_bytes());
+        } else {
+            self.bytes.push(b'=');
+        }
+        self.bytes.extend_from_slice(value.as_bytes());
+        self.bytes.push(b'\n');
+    }
+
+    /// Closes the entry whose fields were added since the last call.
+    pub fn end_entry(&mut self) {
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes queued, for the caller's flush threshold.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Sends every complete entry and empties the batch. Entries journald refuses are
+    /// dropped, as a log line on a broken stderr would be.
+    pub fn send(&mut self, socket: &std::os::unix::net::UnixDatagram) {
+        let complete = self.ends.last().copied().unwrap_or(0);
+        let mut start = 0;
+        let mut pending: Vec<(usize, usize)> = Vec::with_capacity(self.ends.len());
+        for &end in &self.ends {
+            pending.push((start, end));
+            start = end;
+        }
+        let mut rest = &pending[..];
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(PER_CALL)];
+            let sent = self.send_chunk(socket, chunk);
+            // One refused entry (too large, say) is skipped rather than retried forever.
+            rest = &rest[sent.max(1).min(rest.len())..];
+        }
+        self.bytes.drain(..complete);
+        self.ends.clear();
+        // A burst must not pin a large buffer for the life of the process.
+        if self.bytes.capacity() > 128 * 1024 {
+            self.bytes.shrink_to(64 * 1024);
+        }
+    }
+
+    /// One sendmmsg(2) for `entries`; returns how many datagrams went out.
+    fn send_chunk(
+        &self,
+        socket: &std::os::unix::net::UnixDatagram,
+        entries: &[(usize, usize)],
+    ) -> usize {
+        let mut iovecs: Vec<libc::iovec> = entries
+            .iter()
+            .map(|&(s, e)| libc::iovec {
+                iov_base: self.bytes[s..e].as_ptr() as *mut libc::c_void,
+                iov_len: e - s,
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: all-zero is a valid msghdr (no name, no control data).
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        loop {
+            // SAFETY: `headers` points at `iovecs`, which point into `self.bytes`; all
+            // outlive the call, and the kernel only reads them.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    headers.len() as libc::c_uint,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return n as usize;
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn a_batch_arrives_as_one_datagram_per_entry() {
+        let (rx, tx) = UnixDatagram::pair().unwrap();
+        let mut batch = EntryBatch::new();
+        for i in 0..100 {
+            batch.field("MESSAGE", &format!("entry {i}"));
+            batch.field("MULTI", "two\nlines");
+            batch.end_entry();
+        }
+        // The receive queue may hold as few as 10 datagrams (net.unix.max_dgram_qlen):
+        // read concurrently, as journald does.
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut got = Vec::new();
+            for _ in 0..100 {
+                let n = rx.recv(&mut buf).unwrap();
+                got.push(buf[..n].to_vec());
+            }
+            (rx, got)
+        });
+        batch.send(&tx);
+        assert!(batch.is_empty() && batch.queued_bytes() == 0);
+        let (rx, got) = reader.join().unwrap();
+        for (i, datagram) in got.iter().enumerate() {
+            let mut want = format!("MESSAGE=entry {i}\nMULTI\n").into_bytes();
+            want.extend_from_slice(&9u64.to_le_bytes());
+            want.extend_from_slice(b"two\nlines\n");
+            assert_eq!(datagram, &want);
+        }
+        let mut buf = [0u8; 256];
+        rx.set_nonblocking(true).unwrap();
+        assert!(rx.recv(&mut buf).is_err(), "nothing more");
+    }
+}
