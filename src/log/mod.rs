@@ -93,6 +93,26 @@ impl std::fmt::Display for Remote {
     }
 }
 
+impl Remote {
+    /// The Display text, once per connection. IPv4 (the common case) is written without
+    /// core::fmt, which took ~1.4k instructions of a new connection's ~39k.
+    pub fn text(&self) -> Box<str> {
+        if let Remote::Tcp(addr) = self {
+            if let std::net::IpAddr::V4(v4) = addr.ip().to_canonical() {
+                let mut text = String::with_capacity(15);
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push('.');
+                    }
+                    text.push_str(itoa::Buffer::new().format(octet));
+                }
+                return text.into_boxed_str();
+            }
+        }
+        self.to_string().into_boxed_str()
+    }
+}
+
 /// The tracing target of access-log events.
 pub const ACCESS_TARGET: &str = "gatehouse::access";
 
@@ -155,5 +175,31 @@ impl std::fmt::Display for Via<'_> {
             Some(u) => write!(f, " via {u}"),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Remote;
+
+    #[test]
+    fn remote_text_matches_its_display() {
+        for addr in [
+            "127.0.0.1:80",
+            "10.200.3.45:1",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::ffff:192.0.2.7]:8080",
+            "[2001:db8::1]:443",
+            "[::1]:80",
+        ] {
+            let remote = Remote::Tcp(addr.parse().unwrap());
+            assert_eq!(&*remote.text(), remote.to_string(), "{addr}");
+        }
+        assert_eq!(&*Remote::Unix.text(), "unix");
+        assert_eq!(
+            &*Remote::Tcp("[::ffff:192.0.2.7]:1".parse().unwrap()).text(),
+            "192.0.2.7"
+        );
     }
 }

@@ -75,7 +75,7 @@ where
         shared: shared.clone(),
         listener,
         remote,
-        remote_text: remote.to_string().into_boxed_str(),
+        remote_text: remote.text(),
         started: started.clone(),
         admin,
         tls,
