@@ -13,6 +13,14 @@ fn respond_server(env: &[(&str, &str)]) -> (Server, u16) {
     start_http(&respond_config("http", "\"127.0.0.1:0\"", "", "ok"), env)
 }
 
+/// One worker: the current-thread runtime, whose park hook is a different code path.
+fn single_worker_server() -> (Server, u16) {
+    start_http(
+        &respond_config("http", "\"127.0.0.1:0\"", "workers = 1", "ok"),
+        &[],
+    )
+}
+
 /// Sends `n` pipelined GETs on one connection and reads all `n` replies.
 fn pipelined(port: u16, n: usize) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -73,7 +81,15 @@ fn every_access_line_comes_out_whole_and_in_order() {
 
 #[test]
 fn a_lone_request_is_logged_at_once() {
-    let (server, port) = respond_server(&[]);
+    lone_requests_are_logged_at_once(respond_server(&[]));
+}
+
+#[test]
+fn a_lone_request_is_logged_at_once_with_one_worker() {
+    lone_requests_are_logged_at_once(single_worker_server());
+}
+
+fn lone_requests_are_logged_at_once((server, port): (Server, u16)) {
     for i in 0..3 {
         let path = format!("/alone{i}");
         assert_eq!(get_tcp(port, "t", &path).unwrap().status, 200);
