@@ -9,20 +9,22 @@
 //! entry has the fields tracing-journald gave it, sent in one sendmmsg(2) per batch.
 
 use super::line_format::{needs_quotes, write_timestamp};
-use crate::systemd::journal::EntryBatch;
+use crate::systemd::journal::{EntryBatch, JournalSocket};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::os::unix::net::UnixDatagram;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const FLUSH_BYTES: usize = 32 * 1024;
+/// Path plus host bytes above which an entry is left to tracing (see `log::access`): the
+/// journal entry carries the path twice and must fit one datagram.
+pub(super) const DIRECT_MAX: usize = 16 * 1024;
 const FLUSH_AGE: Duration = Duration::from_millis(200);
 
 /// Where access entries go; set once at start-up, unset while tracing handles them.
 enum Sink {
     Stderr,
-    Journal(UnixDatagram),
+    Journal(JournalSocket),
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -53,7 +55,7 @@ pub(super) fn use_stderr() {
 }
 
 /// Access entries go to journald on `socket`.
-pub(super) fn use_journal(socket: UnixDatagram) {
+pub(super) fn use_journal(socket: JournalSocket) {
     let _ = SINK.set(Sink::Journal(socket));
 }
 
@@ -88,8 +90,10 @@ pub(super) fn write(entry: &Entry<'_>) {
         Sink::Stderr => drop(format_line(&mut pending.text, now, entry)),
         Sink::Journal(_) => journal_entry(&mut pending.journal, entry),
     }
+    // A wall clock stepped back makes the age unknowable: flush rather than hold on.
     if pending.text.len() + pending.journal.queued_bytes() >= FLUSH_BYTES
-        || since_epoch.saturating_sub(pending.oldest) >= FLUSH_AGE
+        || since_epoch < pending.oldest
+        || since_epoch - pending.oldest >= FLUSH_AGE
     {
         write_out(sink, &mut pending);
     }

@@ -43,7 +43,7 @@ pub fn init(level: Option<&str>, target: LogTarget) {
                     .try_init()
                     .is_ok();
                 // Without a socket of our own the access log takes the tracing path.
-                if let (true, Ok(socket)) = (installed, systemd::journal::connect()) {
+                if let (true, Ok(socket)) = (installed, systemd::journal::JournalSocket::open()) {
                     access::use_journal(socket);
                 }
                 return;
@@ -136,7 +136,9 @@ pub fn access<B>(
     let status = response.status().as_u16();
     // Only proxied responses carry UPSTREAM: tracing records an Option field only if Some.
     let upstream = response.extensions().get::<UpstreamUsed>().map(|u| &*u.0);
-    if access::direct() {
+    // Huge entries (a raised max_header_size) take the tracing path, whose journald
+    // layer passes what does not fit a datagram in a memfd.
+    if access::direct() && path.len() + host.len() <= access::DIRECT_MAX {
         // The filter still decides (RUST_LOG=gatehouse::access=off silences it).
         if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
             access::write(&access::Entry {

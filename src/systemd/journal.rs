@@ -46,11 +46,40 @@ pub fn layer() -> std::io::Result<tracing_journald::Layer> {
 /// Where journald takes native-protocol entries (systemd-journald.service(8)).
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
-/// A datagram socket connected to journald, for [`EntryBatch::send`].
-pub fn connect() -> std::io::Result<std::os::unix::net::UnixDatagram> {
-    let socket = std::os::unix::net::UnixDatagram::unbound()?;
-    socket.connect(JOURNAL_SOCKET)?;
-    Ok(socket)
+/// An unbound datagram socket and journald's address. Each send names the address (as
+/// tracing-journald does) rather than connecting once: a restarted journald's new socket
+/// is found at the same path.
+pub struct JournalSocket {
+    socket: std::os::unix::net::UnixDatagram,
+    addr: libc::sockaddr_un,
+    addr_len: libc::socklen_t,
+}
+
+impl JournalSocket {
+    pub fn open() -> std::io::Result<JournalSocket> {
+        JournalSocket::at(std::path::Path::new(JOURNAL_SOCKET))
+    }
+
+    /// A socket that sends to `path` (tests use their own).
+    pub fn at(path: &std::path::Path) -> std::io::Result<JournalSocket> {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: all-zero is a valid sockaddr_un; family and path are filled in below.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.len() >= addr.sun_path.len() {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        let addr_len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+        Ok(JournalSocket {
+            socket: std::os::unix::net::UnixDatagram::unbound()?,
+            addr,
+            addr_len: addr_len as libc::socklen_t,
+        })
+    }
 }
 
 /// Journal entries in the native protocol (one datagram each), queued and then sent
@@ -103,7 +132,7 @@ impl EntryBatch {
 
     /// Sends every complete entry and empties the batch. Entries journald refuses are
     /// dropped, as a log line on a broken stderr would be.
-    pub fn send(&mut self, socket: &std::os::unix::net::UnixDatagram) {
+    pub fn send(&mut self, socket: &JournalSocket) {
         let complete = self.ends.last().copied().unwrap_or(0);
         let mut start = 0;
         let mut pending: Vec<(usize, usize)> = Vec::with_capacity(self.ends.len());
@@ -127,11 +156,7 @@ impl EntryBatch {
     }
 
     /// One sendmmsg(2) for `entries`; returns how many datagrams went out.
-    fn send_chunk(
-        &self,
-        socket: &std::os::unix::net::UnixDatagram,
-        entries: &[(usize, usize)],
-    ) -> usize {
+    fn send_chunk(&self, socket: &JournalSocket, entries: &[(usize, usize)]) -> usize {
         let mut iovecs: Vec<libc::iovec> = entries
             .iter()
             .map(|&(s, e)| libc::iovec {
@@ -142,19 +167,22 @@ impl EntryBatch {
         let mut headers: Vec<libc::mmsghdr> = iovecs
             .iter_mut()
             .map(|iov| {
-                // SAFETY: all-zero is a valid msghdr (no name, no control data).
+                // SAFETY: all-zero is a valid msghdr (no control data); name and data are
+                // filled in below.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = &socket.addr as *const libc::sockaddr_un as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = socket.addr_len;
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
                 h
             })
             .collect();
         loop {
-            // SAFETY: `headers` points at `iovecs`, which point into `self.bytes`; all
-            // outlive the call, and the kernel only reads them.
+            // SAFETY: `headers` points at `iovecs` and `socket.addr`, `iovecs` into
+            // `self.bytes`; all outlive the call, and the kernel only reads them.
             let n = unsafe {
                 libc::sendmmsg(
-                    socket.as_raw_fd(),
+                    socket.socket.as_raw_fd(),
                     headers.as_mut_ptr(),
                     headers.len() as libc::c_uint,
                     libc::MSG_NOSIGNAL,
@@ -177,7 +205,14 @@ mod tests {
 
     #[test]
     fn a_batch_arrives_as_one_datagram_per_entry() {
-        let (rx, tx) = UnixDatagram::pair().unwrap();
+        let dir = std::env::temp_dir().join(format!("gatehouse-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("socket");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let tx = JournalSocket::at(&path).unwrap();
         let mut batch = EntryBatch::new();
         for i in 0..100 {
             batch.field("MESSAGE", &format!("entry {i}"));
@@ -198,6 +233,7 @@ mod tests {
         batch.send(&tx);
         assert!(batch.is_empty() && batch.queued_bytes() == 0);
         let (rx, got) = reader.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         for (i, datagram) in got.iter().enumerate() {
             let mut want = format!("MESSAGE=entry {i}\nMULTI\n").into_bytes();
             want.extend_from_slice(&9u64.to_le_bytes());
