@@ -102,15 +102,7 @@ pub(super) fn write(entry: &Entry<'_>) {
 fn format_line(out: &mut String, now: SystemTime, e: &Entry<'_>) -> std::fmt::Result {
     write_timestamp(out, now)?;
     out.push_str(" INFO ");
-    out.push_str(e.method);
-    out.push(' ');
-    out.push_str(e.path);
-    out.push(' ');
-    out.push_str(itoa::Buffer::new().format(e.status));
-    if let Some(upstream) = e.upstream {
-        out.push_str(" via ");
-        out.push_str(upstream);
-    }
+    push_message(out, e);
     out.push_str(" http_host=");
     if needs_quotes(e.host) {
         write!(out, "{:?}", e.host)?;
@@ -125,18 +117,23 @@ fn format_line(out: &mut String, now: SystemTime, e: &Entry<'_>) -> std::fmt::Re
     Ok(())
 }
 
+/// MESSAGE, and the start of the stderr line: "GET /path 200 via UPSTREAM".
+fn push_message(out: &mut String, e: &Entry<'_>) {
+    out.push_str(e.method);
+    out.push(' ');
+    out.push_str(e.path);
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(e.status));
+    if let Some(upstream) = e.upstream {
+        out.push_str(" via ");
+        out.push_str(upstream);
+    }
+}
+
 /// The fields tracing-journald wrote for the access event (see `systemd::journal::layer`).
 fn journal_entry(batch: &mut EntryBatch, e: &Entry<'_>) {
     let mut message = String::with_capacity(e.method.len() + e.path.len() + 64);
-    message.push_str(e.method);
-    message.push(' ');
-    message.push_str(e.path);
-    message.push(' ');
-    message.push_str(itoa::Buffer::new().format(e.status));
-    if let Some(upstream) = e.upstream {
-        message.push_str(" via ");
-        message.push_str(upstream);
-    }
+    push_message(&mut message, e);
     batch.field("PRIORITY", "6");
     batch.field("SYSLOG_IDENTIFIER", "gatehouse");
     batch.field("TARGET", super::ACCESS_TARGET);

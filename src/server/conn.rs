@@ -3,7 +3,7 @@
 
 use super::connections::ConnGuard;
 use super::listener::Stream;
-use super::read_ahead::ReadAhead;
+use super::read_ahead::FirstRead;
 use super::request;
 use super::Shared;
 use crate::log::Remote;
@@ -43,12 +43,8 @@ pub async fn serve(
             })
     };
     match (stream, tls) {
-        (Stream::Tcp(s), None) => {
-            serve_io(shared, ReadAhead::new(s), remote, listener, false).await
-        }
-        (Stream::Unix(s), None) => {
-            serve_io(shared, ReadAhead::new(s), remote, listener, false).await
-        }
+        (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, false).await,
+        (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, false).await,
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
             if let Some(s) = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener).await {
                 serve_io(shared, s, remote, listener, true).await;
@@ -80,9 +76,10 @@ where
         admin,
         tls,
     });
-    let io = CountingIo {
+    let io = ClientIo {
         inner: io,
         shared: shared.clone(),
+        first_read: FirstRead::new(!tls),
     };
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
@@ -119,20 +116,23 @@ where
     log_connection_end(conn.await);
 }
 
-/// Counts the bytes of a client connection for the metrics.
-struct CountingIo<I> {
+/// A client connection as hyper sees it: bytes counted for the metrics, and a plaintext
+/// connection's first read made large (see `read_ahead`).
+struct ClientIo<I> {
     inner: I,
     shared: Arc<Shared>,
+    first_read: FirstRead,
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for CountingIo<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let result = this.first_read.poll_read(&mut this.inner, cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
             self.shared.metrics.bytes_in.inc_by(n as u64);
@@ -141,7 +141,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for CountingIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
