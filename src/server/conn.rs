@@ -65,14 +65,13 @@ where
 {
     let snapshot = shared.snapshot.load_full();
     let mut drain = shared.conns.drain_signal();
-    let started = Arc::new(AtomicBool::new(false));
     let admin = snapshot.config.is_admin_listener(&listener);
     let ctx = Arc::new(request::ConnContext {
         shared: shared.clone(),
         listener,
         remote,
         remote_text: remote.text(),
-        started: started.clone(),
+        started: AtomicBool::new(false),
         admin,
         tls,
     });
@@ -81,6 +80,7 @@ where
         shared: shared.clone(),
         first_read: FirstRead::new(!tls),
     };
+    let conn_ctx = ctx.clone();
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { request::handle(req, &ctx).await }
@@ -97,7 +97,7 @@ where
         }
         _ = drain.wait_for(|draining| *draining) => {}
     }
-    if !started.load(Ordering::Acquire) {
+    if !conn_ctx.started.load(Ordering::Acquire) {
         let grace = tokio::time::sleep(FIRST_REQUEST_GRACE);
         tokio::pin!(grace);
         let mut poll = tokio::time::interval(Duration::from_millis(10));
@@ -108,7 +108,7 @@ where
                     return;
                 }
                 _ = &mut grace => break,
-                _ = poll.tick() => if started.load(Ordering::Acquire) { break },
+                _ = poll.tick() => if conn_ctx.started.load(Ordering::Acquire) { break },
             }
         }
     }

@@ -18,7 +18,7 @@ pub struct ConnContext {
     /// `remote` as the access log writes it, formatted once per connection.
     pub remote_text: Box<str>,
     /// Set once the connection has started a request (see the drain grace in `conn`).
-    pub started: Arc<AtomicBool>,
+    pub started: AtomicBool,
     /// Arrived on a `role = "admin"` listener: admin endpoints only.
     pub admin: bool,
     /// The connection is TLS.

@@ -275,7 +275,7 @@ fn serve_file(
     }
 
     let len = rep.meta.len();
-    builder = builder.header(header::ACCEPT_RANGES, "bytes");
+    builder = builder.header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let range = if conditional::if_range_allows(headers, &validators) {
         range::parse(
             headers.get(header::RANGE).and_then(|v| v.to_str().ok()),

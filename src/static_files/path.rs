@@ -7,7 +7,7 @@
 //! descriptor, which does not open them.
 
 use super::config::FollowSymlinks;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -260,7 +260,18 @@ fn open_checked(
 
 /// openat2(2); falls back to openat(2) + a user-space containment check on kernels < 5.6.
 fn openat2(dir: BorrowedFd<'_>, path: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
+    // Typical paths fit on the stack: no allocation per request for the C string.
+    let bytes = path.as_os_str().as_bytes();
+    let mut stack = [0u8; 256];
+    let heap;
+    let c: &CStr = if bytes.len() < stack.len() {
+        stack[..bytes.len()].copy_from_slice(bytes);
+        CStr::from_bytes_with_nul(&stack[..=bytes.len()])
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?
+    } else {
+        heap = CString::new(bytes)?;
+        &heap
+    };
     // SAFETY: open_how is plain data; zeroed is its documented initial state.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = flags as u64;
