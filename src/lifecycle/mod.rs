@@ -134,12 +134,14 @@ async fn serve(
     let reload_file = reload_status::StatusFile::from_env();
     reload_file.started();
 
-    notify::ready(&status::line(&status::collect(&shared)));
+    // Logged before READY=1: whoever waits for READY (systemd, a test) finds the line
+    // already in the log, ahead of the first request's.
     tracing::info!(
         config = %shared.snapshot.load().config.source,
         "gatehouse {} ready",
         env!("CARGO_PKG_VERSION")
     );
+    notify::ready(&status::line(&status::collect(&shared)));
     let status_task = tokio::spawn(refresh_status(shared.clone()));
     let trim_task = tokio::spawn(memory::trim_when_idle(shared.clone()));
     let expiry_task = tokio::spawn(crate::tls::watch_warnings(shared.clone()));
