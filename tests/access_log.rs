@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -21,24 +20,6 @@ fn single_worker_server() -> (Server, u16) {
     )
 }
 
-/// Sends `n` pipelined GETs on one connection and reads all `n` replies.
-fn pipelined(port: u16, n: usize) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut batch = String::new();
-    for i in 0..n {
-        batch.push_str(&format!("GET /r{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
-    }
-    s.write_all(batch.as_bytes()).unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 65536];
-    while seen.windows(2).filter(|w| w == b"ok").count() < n {
-        let got = s.read(&mut buf).unwrap();
-        assert!(got > 0, "connection closed early");
-        seen.extend_from_slice(&buf[..got]);
-    }
-}
-
 fn access_lines(stderr: &str) -> Vec<&str> {
     stderr
         .lines()
@@ -51,7 +32,7 @@ fn every_access_line_comes_out_whole_and_in_order() {
     let (server, port) = respond_server(&[]);
     // 2,000 lines: several times the buffer, so size-triggered and park-triggered writes mix.
     for _ in 0..4 {
-        pipelined(port, 500);
+        pipelined_gets(port, "/r", 500, b"ok");
     }
     server.wait_log("GET /r499 200");
     let deadline = Instant::now() + Duration::from_secs(5);

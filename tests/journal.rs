@@ -182,20 +182,7 @@ fn a_burst_of_requests_reaches_the_journal_whole_and_in_order() {
         }
         paths
     });
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut batch = String::new();
-    for i in 0..N {
-        batch.push_str(&format!("GET /p{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
-    }
-    std::io::Write::write_all(&mut s, batch.as_bytes()).unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 65536];
-    while seen.windows(6).filter(|w| w == b"logged").count() < N {
-        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
-        assert!(n > 0, "connection closed early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    pipelined_gets(port, "/p", N, b"logged");
     let paths = reader.join().unwrap();
     let want: Vec<String> = (0..N).map(|i| format!("/p{i}")).collect();
     assert_eq!(paths, want);

@@ -460,3 +460,22 @@ pub fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Sends GET `{prefix}0` … `{prefix}{n-1}` pipelined on one connection and reads until all
+/// `n` replies (each ending in `body`) are in.
+pub fn pipelined_gets(port: u16, prefix: &str, n: usize, body: &[u8]) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!("GET {prefix}{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    }
+    s.write_all(batch.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    while seen.windows(body.len()).filter(|w| *w == body).count() < n {
+        let got = s.read(&mut buf).unwrap();
+        assert!(got > 0, "connection closed early");
+        seen.extend_from_slice(&buf[..got]);
+    }
+}
