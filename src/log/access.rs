@@ -32,6 +32,8 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 struct Pending {
     text: String,
     journal: EntryBatch,
+    /// The journal entry's MESSAGE, built here to spare an allocation per entry.
+    message: String,
     /// When the oldest buffered entry was logged (since the Unix epoch).
     oldest: Duration,
 }
@@ -39,6 +41,7 @@ struct Pending {
 static PENDING: Mutex<Pending> = Mutex::new(Pending {
     text: String::new(),
     journal: EntryBatch::new(),
+    message: String::new(),
     oldest: Duration::ZERO,
 });
 
@@ -88,7 +91,12 @@ pub(super) fn write(entry: &Entry<'_>) {
     match sink {
         // Writing into a String cannot fail.
         Sink::Stderr => drop(format_line(&mut pending.text, now, entry)),
-        Sink::Journal(_) => journal_entry(&mut pending.journal, entry),
+        Sink::Journal(_) => {
+            let Pending {
+                journal, message, ..
+            } = &mut *pending;
+            journal_entry(journal, message, entry);
+        }
     }
     // A wall clock stepped back makes the age unknowable: flush rather than hold on.
     if pending.text.len() + pending.journal.queued_bytes() >= FLUSH_BYTES
@@ -131,13 +139,13 @@ fn push_message(out: &mut String, e: &Entry<'_>) {
 }
 
 /// The fields tracing-journald wrote for the access event (see `systemd::journal::layer`).
-fn journal_entry(batch: &mut EntryBatch, e: &Entry<'_>) {
-    let mut message = String::with_capacity(e.method.len() + e.path.len() + 64);
-    push_message(&mut message, e);
+fn journal_entry(batch: &mut EntryBatch, message: &mut String, e: &Entry<'_>) {
+    message.clear();
+    push_message(message, e);
     batch.field("PRIORITY", "6");
     batch.field("SYSLOG_IDENTIFIER", "gatehouse");
     batch.field("TARGET", super::ACCESS_TARGET);
-    batch.field("MESSAGE", &message);
+    batch.field("MESSAGE", message);
     batch.field("HTTP_METHOD", e.method);
     batch.field("HTTP_PATH", e.path);
     batch.field("HTTP_STATUS", itoa::Buffer::new().format(e.status));
