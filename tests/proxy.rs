@@ -455,3 +455,69 @@ fn head_requests_get_the_upstreams_length_and_no_body() {
     );
     assert_eq!(r.body.len(), 1000);
 }
+
+/// A client that asks to close still gets a proxied body as the upstream sends it: the part
+/// before a pause arrives during the pause. (A closing connection's last response may be
+/// held for the FIN, which the kernel does for up to 200 ms; never one that waits on a peer.)
+#[test]
+fn a_closing_clients_proxied_body_is_not_held_while_the_upstream_pauses() {
+    const ROUNDS: usize = 3;
+    let dir = tempdir();
+    let (up, up_port) = tcp_listener();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<Instant>();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
+    let upstream = std::thread::spawn(move || {
+        for _ in 0..ROUNDS {
+            let (mut s, _) = up.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(s.read(&mut byte).unwrap(), 1, "upstream: request cut short");
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello")
+                .unwrap();
+            sent_tx.send(Instant::now()).unwrap();
+            // The rest once the client has the first part (or gave up).
+            let _ = seen_rx.recv_timeout(Duration::from_secs(5));
+            s.write_all(b"world").unwrap();
+        }
+    });
+    let (_server, port) = start(
+        dir,
+        &site(
+            "",
+            &format!("[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"] }}\n"),
+        ),
+    );
+    let mut delays = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /pause HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"hello") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let seen = Instant::now();
+        delays.push(seen - sent_rx.recv().unwrap());
+        seen_tx.send(()).unwrap();
+        c.read_to_end(&mut got).unwrap();
+        assert!(
+            got.ends_with(b"helloworld"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    upstream.join().unwrap();
+    // Held, every round takes the kernel's 200 ms; passed on, at least one is quick.
+    let quickest = delays.iter().min().unwrap();
+    assert!(
+        *quickest < Duration::from_millis(150),
+        "the first part waited for the rest: {delays:?}"
+    );
+}

@@ -2,6 +2,7 @@
 //! served until the client leaves or a drain asks it to finish.
 
 use super::connections::ConnGuard;
+use super::fin_merge::HoldTail;
 use super::listener::Stream;
 use super::read_ahead::FirstRead;
 use super::request;
@@ -61,7 +62,7 @@ pub async fn serve(
 
 async fn serve_io<I>(shared: Arc<Shared>, io: I, remote: Remote, listener: Arc<str>, tls: bool)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + HoldTail + Send + 'static,
 {
     let snapshot = shared.snapshot.load_full();
     let mut drain = shared.conns.drain_signal();
@@ -72,12 +73,13 @@ where
         remote,
         remote_text: remote.text(),
         started: AtomicBool::new(false),
+        last_response: AtomicBool::new(false),
         admin,
         tls,
     });
     let io = ClientIo {
         inner: io,
-        shared: shared.clone(),
+        ctx: ctx.clone(),
         first_read: FirstRead::new(!tls),
     };
     let conn_ctx = ctx.clone();
@@ -116,12 +118,21 @@ where
     log_connection_end(conn.await);
 }
 
-/// A client connection as hyper sees it: bytes counted for the metrics, and a plaintext
-/// connection's first read made large (see `read_ahead`).
+/// A client connection as hyper sees it: bytes counted for the metrics, a plaintext
+/// connection's first read made large (see `read_ahead`), and its last response sent with
+/// the FIN (see `fin_merge`).
 struct ClientIo<I> {
     inner: I,
-    shared: Arc<Shared>,
+    ctx: Arc<request::ConnContext>,
     first_read: FirstRead,
+}
+
+impl<I> ClientIo<I> {
+    fn count_out(&self, result: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = result {
+            self.ctx.shared.metrics.bytes_out.inc_by(*n as u64);
+        }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
@@ -135,23 +146,19 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
         let result = this.first_read.poll_read(&mut this.inner, cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.shared.metrics.bytes_in.inc_by(n as u64);
+            self.ctx.shared.metrics.bytes_in.inc_by(n as u64);
         }
         result
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
+impl<I: HoldTail> AsyncWrite for ClientIo<I> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &result {
-            self.shared.metrics.bytes_out.inc_by(*n as u64);
-        }
-        result
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -159,10 +166,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &result {
-            self.shared.metrics.bytes_out.inc_by(*n as u64);
-        }
+        let this = &mut *self;
+        let hold_tail = this.ctx.last_response.load(Ordering::Relaxed);
+        let inner = Pin::new(&mut this.inner);
+        let result = if hold_tail {
+            inner.poll_write_hold_tail(cx, bufs)
+        } else {
+            inner.poll_write_vectored(cx, bufs)
+        };
+        self.count_out(&result);
         result
     }
 

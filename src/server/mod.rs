@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod connections;
+mod fin_merge;
 pub mod listener;
 mod read_ahead;
 pub mod request;

@@ -1,6 +1,7 @@
 //! The per-request pipeline: find the host, route it, run the handler, write the access log.
 
 use super::Shared;
+use crate::config::RouteAction;
 use crate::handlers::{self, Body, RequestContext};
 use crate::log::{self, Remote};
 use crate::router::{normalize_host, Lookup};
@@ -19,6 +20,9 @@ pub struct ConnContext {
     pub remote_text: Box<str>,
     /// Set once the connection has started a request (see the drain grace in `conn`).
     pub started: AtomicBool,
+    /// The response being written is the connection's last, and none of it waits on a
+    /// peer: its final segment may wait for the FIN (see `fin_merge`).
+    pub last_response: AtomicBool,
     /// Arrived on a `role = "admin"` listener: admin endpoints only.
     pub admin: bool,
     /// The connection is TLS.
@@ -41,6 +45,7 @@ pub async fn handle(
     } else {
         request_host(&req)
     };
+    let mut client_closes = closes_connection(&req);
     // The handler consumes the request; keep what the access log needs (cheap clones).
     let method = req.method().clone();
     let uri = req.uri().clone();
@@ -72,6 +77,10 @@ pub async fn handle(
                 Some(&site.no_route),
             ),
             Lookup::Route(route, site) => {
+                if matches!(route.config.action, RouteAction::Proxy(_)) {
+                    // An upstream may pause mid-body; a held tail would wait with it.
+                    client_closes = false;
+                }
                 let cx = RequestContext {
                     remote: ctx.remote,
                     remote_text: &ctx.remote_text,
@@ -100,6 +109,9 @@ pub async fn handle(
         },
     };
 
+    if client_closes || has_token(response.headers(), "close") {
+        ctx.last_response.store(true, Ordering::Relaxed);
+    }
     ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(c) = counters {
         c.count(response.status().as_u16());
@@ -115,6 +127,24 @@ pub async fn handle(
         &ctx.remote_text,
     );
     Ok(response)
+}
+
+/// Whether hyper closes the connection once it has answered `req` (RFC 9112 §9.3).
+fn closes_connection(req: &Request<Incoming>) -> bool {
+    match req.version() {
+        Version::HTTP_11 => has_token(req.headers(), "close"),
+        Version::HTTP_10 => !has_token(req.headers(), "keep-alive"),
+        _ => false,
+    }
+}
+
+/// Whether a `Connection` header lists `token`.
+fn has_token(headers: &header::HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 /// An HTTP/1 head larger than `max`, counted as it was sent (less optional whitespace).
