@@ -116,26 +116,21 @@ impl Remote {
 /// The tracing target of access-log events.
 pub const ACCESS_TARGET: &str = "gatehouse::access";
 
-/// A response extension a handler sets when it forwarded the request: the access log's
-/// UPSTREAM field.
-#[derive(Debug, Clone)]
-pub struct UpstreamUsed(pub std::sync::Arc<str>);
-
 /// One access-log entry. The field names are a public interface: journalctl filters on
-/// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US, REMOTE_ADDR and UPSTREAM.
-pub fn access<B>(
+/// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US, REMOTE_ADDR and UPSTREAM
+/// (only proxied requests have an `upstream`; tracing records an Option field only if Some).
+pub fn access(
     method: &http::Method,
     path: &str,
     host: &str,
-    response: &http::Response<B>,
+    status: http::StatusCode,
+    upstream: Option<&str>,
     elapsed: Duration,
     remote: &str,
 ) {
     let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     let method = method.as_str();
-    let status = response.status().as_u16();
-    // Only proxied responses carry UPSTREAM: tracing records an Option field only if Some.
-    let upstream = response.extensions().get::<UpstreamUsed>().map(|u| &*u.0);
+    let status = status.as_u16();
     // Huge entries (a raised max_header_size) take the tracing path, whose journald
     // layer passes what does not fit a datagram in a memfd.
     if access::direct() && path.len() + host.len() <= access::DIRECT_MAX {

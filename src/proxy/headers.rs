@@ -188,21 +188,25 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, trusted: 
 
 /// Appends `item` to a comma-separated header, merging repeated lines into one.
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
-    if !headers.contains_key(name) {
-        if let Ok(v) = HeaderValue::from_str(item) {
-            headers.insert(name, v);
+    // One hash of `name` whether or not the client sent the header.
+    match headers.entry(name) {
+        header::Entry::Vacant(slot) => {
+            if let Ok(v) = HeaderValue::from_str(item) {
+                slot.insert(v);
+            }
         }
-        return;
-    }
-    let mut out = String::new();
-    for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-        out.push_str(v);
-        out.push_str(", ");
-    }
-    out.push_str(item);
-    // from_maybe_shared takes the buffer as it is: no second copy.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)) {
-        headers.insert(name, v);
+        header::Entry::Occupied(mut slot) => {
+            let mut out = String::new();
+            for v in slot.iter().filter_map(|v| v.to_str().ok()) {
+                out.push_str(v);
+                out.push_str(", ");
+            }
+            out.push_str(item);
+            // from_maybe_shared takes the buffer as it is: no second copy.
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)) {
+                slot.insert_mult(v);
+            }
+        }
     }
 }
 

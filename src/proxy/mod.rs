@@ -20,7 +20,6 @@ pub use health::Background;
 
 use crate::config::{Config, RouteAction};
 use crate::handlers::{self, Body, RequestContext};
-use crate::log::UpstreamUsed;
 use balance::{InFlight, Pool, UpstreamState};
 use body::{caused_by, Activity, BodyTooLarge, DownBody, Reclaim, UpBody};
 use bytes::Bytes;
@@ -29,7 +28,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -196,14 +195,16 @@ pub async fn handle(
         _ if body.is_end_stream() => (Some(Vec::new()), None),
         Some(n) if n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
             match tokio::time::timeout(cfg.idle_timeout, body::read_frames(body)).await {
-                Ok(Ok(frames)) => (Some(frames), None),
+                Ok(Ok(frames)) => {
+                    activity.touch();
+                    (Some(frames), None)
+                }
                 Ok(Err(_)) => return closing(handlers::error(StatusCode::BAD_REQUEST)),
                 Err(_) => return closing(handlers::error(StatusCode::REQUEST_TIMEOUT)),
             }
         }
         _ => (None, Some(Arc::new(Mutex::new(Some(body))))),
     };
-    activity.touch();
     let take_body = || match (&full, &reclaim) {
         (Some(frames), _) => Some(UpBody::full(frames, activity.clone())),
         (None, Some(slot)) => slot
@@ -243,7 +244,7 @@ pub async fn handle(
                 // retry_connect_for is used up (an app restarting, a socket coming back).
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
-                    return failed(&route.pool, failure);
+                    return failed(&route.pool, cx.upstream, failure);
                 }
                 tokio::time::sleep(backoff.min(remaining)).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -254,33 +255,55 @@ pub async fn handle(
         tried.push(idx);
         let u = &route.pool.upstreams[idx];
         let Some(up_body) = take_body() else {
-            return failed(&route.pool, failure);
+            return failed(&route.pool, cx.upstream, failure);
         };
         let req = match out.build(u, up_body) {
             Ok(r) => r,
-            Err(_) => return failed(&route.pool, (StatusCode::BAD_REQUEST, Some(idx))),
+            Err(_) => {
+                return failed(
+                    &route.pool,
+                    cx.upstream,
+                    (StatusCode::BAD_REQUEST, Some(idx)),
+                )
+            }
         };
         let in_flight = InFlight::new(u);
         u.counters.requests.inc();
         match send(u, req, cfg.response_header_timeout, &activity).await {
             Ok(resp) => {
                 u.mark_ok();
-                return respond(resp, u, cfg.idle_timeout, in_flight, client_upgrade);
+                return respond(
+                    resp,
+                    u,
+                    cfg.idle_timeout,
+                    in_flight,
+                    client_upgrade,
+                    cx.upstream,
+                );
             }
             Err(SendError::Timeout) => {
                 u.counters.errors.inc();
                 u.eject(cfg.eject_for, "no response header in time");
-                return failed(&route.pool, (StatusCode::GATEWAY_TIMEOUT, Some(idx)));
+                return failed(
+                    &route.pool,
+                    cx.upstream,
+                    (StatusCode::GATEWAY_TIMEOUT, Some(idx)),
+                );
             }
             Err(SendError::Client(e)) => {
                 if caused_by::<BodyTooLarge>(&e) {
                     return closing(tag(
+                        cx.upstream,
                         handlers::error(StatusCode::PAYLOAD_TOO_LARGE),
                         &u.label,
                     ));
                 }
                 if caused_by::<body::IdleTimeout>(&e) {
-                    return closing(tag(handlers::error(StatusCode::REQUEST_TIMEOUT), &u.label));
+                    return closing(tag(
+                        cx.upstream,
+                        handlers::error(StatusCode::REQUEST_TIMEOUT),
+                        &u.label,
+                    ));
                 }
                 // From here on the upstream failed, not the client.
                 u.counters.errors.inc();
@@ -301,7 +324,7 @@ pub async fn handle(
                     if body_back {
                         continue;
                     }
-                    return failed(&route.pool, failure);
+                    return failed(&route.pool, cx.upstream, failure);
                 }
                 // Sent, but the connection died before a response head. Sent again only when
                 // the method is idempotent (RFC 9110 §9.2.2) and the body can be replayed:
@@ -317,7 +340,7 @@ pub async fn handle(
                     tried.clear();
                     continue;
                 }
-                return failed(&route.pool, failure);
+                return failed(&route.pool, cx.upstream, failure);
             }
         }
     }
@@ -381,9 +404,10 @@ async fn send(
     let fut = u.conns.send(req);
     tokio::pin!(fut);
     // The timer runs from the last request byte sent, so a long upload is not cut short;
-    // a stalled upload is the body's idle_timeout's business.
+    // a stalled upload is the body's idle_timeout's business. The request starts going out
+    // now: the first wait is whole.
+    let mut wait = response_header_timeout;
     loop {
-        let wait = response_header_timeout.saturating_sub(activity.idle());
         if wait.is_zero() {
             return Err(SendError::Timeout);
         }
@@ -391,6 +415,7 @@ async fn send(
             r = &mut fut => return r.map_err(SendError::Client),
             _ = tokio::time::sleep(wait) => {}
         }
+        wait = response_header_timeout.saturating_sub(activity.idle());
     }
 }
 
@@ -400,6 +425,7 @@ fn respond(
     idle: Duration,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    used: &OnceLock<Arc<str>>,
 ) -> Response<Body> {
     let upstream_upgrade =
         (resp.status() == StatusCode::SWITCHING_PROTOCOLS).then(|| hyper::upgrade::on(&mut resp));
@@ -418,25 +444,30 @@ fn respond(
         }
         // 101 to a request that asked for no upgrade: nothing sane to forward.
         (Some(_), None) => {
-            return tag(handlers::error(StatusCode::BAD_GATEWAY), &u.label);
+            return tag(used, handlers::error(StatusCode::BAD_GATEWAY), &u.label);
         }
         _ => DownBody::new(body, idle, in_flight).boxed(),
     };
     let mut out = Response::new(body);
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
-    tag(out, &u.label)
+    tag(used, out, &u.label)
 }
 
-fn tag(mut resp: Response<Body>, label: &Arc<str>) -> Response<Body> {
-    resp.extensions_mut().insert(UpstreamUsed(label.clone()));
+/// Records the upstream that answered `resp` (the access log's UPSTREAM).
+fn tag(used: &OnceLock<Arc<str>>, resp: Response<Body>, label: &Arc<str>) -> Response<Body> {
+    let _ = used.set(label.clone());
     resp
 }
 
-fn failed(pool: &Pool, (status, idx): (StatusCode, Option<usize>)) -> Response<Body> {
+fn failed(
+    pool: &Pool,
+    used: &OnceLock<Arc<str>>,
+    (status, idx): (StatusCode, Option<usize>),
+) -> Response<Body> {
     match idx.and_then(|i| pool.upstreams.get(i)) {
-        Some(u) => tag(handlers::error(status), &u.label),
-        None => tag(handlers::error(status), &Arc::from("-")),
+        Some(u) => tag(used, handlers::error(status), &u.label),
+        None => tag(used, handlers::error(status), &Arc::from("-")),
     }
 }
 

@@ -53,6 +53,7 @@ pub async fn handle(
     let listener_redirect = !ctx.tls && router.is_some_and(|r| r.redirect_https);
     // The CA's HTTP-01 check comes before every route and redirect.
     let acme_answer = crate::acme::challenge::http01_response(uri.path());
+    let upstream = std::sync::OnceLock::new();
     let (response, counters) = match (&host, router, acme_answer) {
         (_, _, Some(answer)) => (answer, None),
         (Ok(host), Some(router), None) if listener_redirect && router.https_ready(host) => (
@@ -87,6 +88,7 @@ pub async fn handle(
                     listener: &ctx.listener,
                     host,
                     tls: ctx.tls,
+                    upstream: &upstream,
                 };
                 let response = handlers::dispatch(&route.config, req, &cx).await;
                 (
@@ -109,7 +111,9 @@ pub async fn handle(
         },
     };
 
-    if client_closes || has_token(response.headers(), "close") {
+    // (Responses that say `Connection: close` themselves are rare errors: not worth a
+    // header lookup on every response.)
+    if client_closes {
         ctx.last_response.store(true, Ordering::Relaxed);
     }
     ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +126,8 @@ pub async fn handle(
         &method,
         uri.path(),
         host.as_deref().unwrap_or("-"),
-        &response,
+        response.status(),
+        upstream.get().map(|u| &**u),
         elapsed,
         &ctx.remote_text,
     );
