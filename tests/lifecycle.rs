@@ -223,6 +223,41 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Idle keep-alive connections that have served requests are closed at once by a drain,
+/// and the server exits long before its shutdown_timeout.
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let (mut server, port) = start_http(
+        &respond_config("http", "", "shutdown_timeout = \"30s\"", "hi"),
+        &[],
+    );
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            for _ in 0..3 {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                assert!(read_response(&mut s).ends_with("hi"));
+            }
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    server.signal(libc::SIGTERM);
+    for s in &mut idle {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    }
+    let status = server.wait_exit(Duration::from_secs(5)).expect("exit");
+    assert!(status.success());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn drain_gives_up_after_shutdown_timeout() {
     let (mut server, port) = start_http(

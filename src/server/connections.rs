@@ -1,10 +1,14 @@
 //! Open-connection accounting: the `max_connections` limit, the count that STATUS, idle exit
 //! and drain read, and the signal that asks every connection to finish.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 pub struct Connections {
     open: AtomicUsize,
@@ -15,7 +19,8 @@ pub struct Connections {
     all_closed: Notify,
     limit: Arc<Semaphore>,
     limit_value: Mutex<usize>,
-    drain: watch::Sender<bool>,
+    draining: AtomicBool,
+    drain_started: Notify,
 }
 
 impl Connections {
@@ -28,7 +33,8 @@ impl Connections {
             all_closed: Notify::new(),
             limit: Arc::new(Semaphore::new(max)),
             limit_value: Mutex::new(max),
-            drain: watch::Sender::new(false),
+            draining: AtomicBool::new(false),
+            drain_started: Notify::new(),
         }
     }
 
@@ -82,7 +88,7 @@ impl Connections {
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.drain.borrow()
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn open(&self) -> usize {
@@ -109,11 +115,18 @@ impl Connections {
 
     /// Asks every connection to finish its current request and close.
     pub fn start_drain(&self) {
-        self.drain.send_replace(true);
+        self.draining.store(true, Ordering::Release);
+        self.drain_started.notify_waiters();
     }
 
-    pub fn drain_signal(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
+    /// Resolves once a drain has started (at once if one has).
+    pub fn drain_wait(&self) -> DrainWait<'_> {
+        DrainWait {
+            // Created before the flag is read: a drain that starts in between still wakes it.
+            notified: Box::pin(self.drain_started.notified()),
+            draining: &self.draining,
+            registered: false,
+        }
     }
 
     /// Resolves once no connection is open.
@@ -125,6 +138,32 @@ impl Connections {
             }
             notified.await;
         }
+    }
+}
+
+/// A connection's wait for the drain. It is polled each time its connection's task is, so
+/// after its first poll has left the task's waker with the `Notify`, a poll reads one flag
+/// instead of taking the `Notify`'s lock (a watch channel's `changed()` did that).
+pub struct DrainWait<'a> {
+    notified: Pin<Box<Notified<'a>>>,
+    draining: &'a AtomicBool,
+    registered: bool,
+}
+
+impl Future for DrainWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.draining.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if self.registered {
+            // A connection task's waker stays the same for its life: the one left at
+            // registration is still the one to wake.
+            return Poll::Pending;
+        }
+        self.registered = true;
+        self.notified.as_mut().poll(cx)
     }
 }
 
