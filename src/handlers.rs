@@ -34,6 +34,8 @@ pub struct RequestContext<'a> {
     pub host: &'a str,
     /// The connection is TLS (for X-Forwarded-Proto and the like).
     pub tls: bool,
+    /// When the request's head was handed over: a time already read, for handlers' timers.
+    pub started: std::time::Instant,
     /// Set by a proxy route to the upstream it forwarded to: the access log's UPSTREAM.
     pub upstream: &'a std::sync::OnceLock<std::sync::Arc<str>>,
 }

@@ -56,8 +56,9 @@ impl UpstreamState {
     }
 
     pub fn is_up(&self) -> bool {
-        self.active_up.load(Ordering::Relaxed)
-            && self.ejected_until.load(Ordering::Relaxed) <= now_ms()
+        // 0: never ejected, or back in since (no clock read for the usual case).
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        self.active_up.load(Ordering::Relaxed) && (until == 0 || until <= now_ms())
     }
 
     /// Passive health: a failed connect or a timeout keeps this upstream out of rotation for
@@ -91,9 +92,15 @@ impl UpstreamState {
 
 /// Milliseconds since the first call: a cheap monotonic clock for atomics.
 pub(super) fn now_ms() -> u64 {
+    ms_of(Instant::now())
+}
+
+/// `now_ms()` for an `Instant` already read.
+pub(super) fn ms_of(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let since = at.saturating_duration_since(*EPOCH.get_or_init(Instant::now));
     // Start at 1 so 0 can mean "never ejected".
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    since.as_secs() * 1000 + u64::from(since.subsec_millis()) + 1
 }
 
 pub struct Pool {
@@ -122,6 +129,10 @@ impl Pool {
     /// Picks an upstream not in `tried`: a healthy one by the balance policy, else (every
     /// untried one is down) any untried one, as nginx does, since "down" may be stale.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        if self.upstreams.len() == 1 {
+            // The usual route: one app server. Down or not, it is the one to try.
+            return tried.is_empty().then_some(0);
+        }
         let untried: Vec<usize> = (0..self.upstreams.len())
             .filter(|i| !tried.contains(i))
             .collect();

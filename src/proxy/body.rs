@@ -9,7 +9,7 @@
 //!   when a client stops reading a large response for `idle_timeout`, and holds the
 //!   upstream's in-flight count until the response is done.
 
-use super::balance::{now_ms, InFlight};
+use super::balance::{ms_of, now_ms, InFlight};
 use crate::handlers::BoxError;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -42,22 +42,37 @@ impl std::fmt::Display for IdleTimeout {
 }
 impl std::error::Error for IdleTimeout {}
 
-/// When the request last made progress, shared between the body and the response timer.
-#[derive(Clone, Default)]
-pub struct Activity(Arc<AtomicU64>);
+/// When the request (or a tunnel) last made progress, shared between the body that makes
+/// it and the timer that watches it.
+#[derive(Clone)]
+pub enum Activity {
+    /// No body: the request made its last progress when it was sent, at this `now_ms()`.
+    Sent(u64),
+    /// Progress recorded as it happens (each body frame, each tunnel read).
+    Tracked(Arc<AtomicU64>),
+}
 
 impl Activity {
-    pub fn new() -> Activity {
-        let a = Activity::default();
-        a.touch();
-        a
+    /// Progress recorded from now on.
+    pub fn tracked() -> Activity {
+        Activity::Tracked(Arc::new(AtomicU64::new(now_ms())))
+    }
+    /// For a request without a body, sent at `at` (a time already read: no clock read).
+    pub fn sent_at(at: std::time::Instant) -> Activity {
+        Activity::Sent(ms_of(at))
     }
     pub fn touch(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
+        if let Activity::Tracked(last) = self {
+            last.store(now_ms(), Ordering::Relaxed);
+        }
     }
     /// Time since the last progress.
     pub fn idle(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+        let last = match self {
+            Activity::Sent(at) => *at,
+            Activity::Tracked(last) => last.load(Ordering::Relaxed),
+        };
+        Duration::from_millis(now_ms().saturating_sub(last))
     }
 }
 

@@ -76,7 +76,7 @@ async fn check_once(u: &UpstreamState, health: &HealthConfig) -> bool {
     else {
         return false;
     };
-    match tokio::time::timeout(health.timeout, u.conns.send(req)).await {
+    match tokio::time::timeout(health.timeout, u.conns.send(req, std::time::Instant::now())).await {
         Ok(Ok(resp)) => {
             let ok = resp.status().is_success() || resp.status().is_redirection();
             // Drain the (small) body so the connection goes back to the pool.

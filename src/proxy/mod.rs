@@ -186,13 +186,20 @@ pub async fn handle(
         http2: cfg.http2,
     };
 
-    let activity = Activity::new();
+    // A request without a body is sent as it came: the time request::handle read then
+    // serves the timers and the pool (no clock read of its own).
+    let bodiless = body.is_end_stream();
+    let activity = if bodiless {
+        Activity::sent_at(cx.started)
+    } else {
+        Activity::tracked()
+    };
     // A small body with a declared length is read first, like nginx's request buffering:
     // the upstream gets it in one write instead of several, and it can be sent again after
     // a failed connect. Larger and chunked bodies stream, parked in `reclaim` between
     // attempts (see `UpBody`).
     let (full, reclaim): (Option<Vec<Bytes>>, Option<Reclaim>) = match declared {
-        _ if body.is_end_stream() => (Some(Vec::new()), None),
+        _ if bodiless => (Some(Vec::new()), None),
         Some(n) if n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
             match tokio::time::timeout(cfg.idle_timeout, body::read_frames(body)).await {
                 Ok(Ok(frames)) => {
@@ -229,14 +236,25 @@ pub async fn handle(
                 .as_ref()
                 .is_some_and(|s| s.lock().map(|b| b.is_some()).unwrap_or(false))
     };
-    let deadline = Instant::now() + cfg.retry_connect_for;
-    let mut tried: Vec<usize> = Vec::new();
+    let mut ready_at = if bodiless {
+        cx.started
+    } else {
+        std::time::Instant::now()
+    };
+    let deadline = Instant::from_std(ready_at) + cfg.retry_connect_for;
+    let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
+    let mut attempts = 0u32;
     let mut backoff = Duration::from_millis(20);
     let mut resends = 0;
     // What to answer if every attempt fails: status, and the upstream tried last.
     let mut failure: (StatusCode, Option<usize>) = (StatusCode::BAD_GATEWAY, None);
 
     loop {
+        if attempts > 0 {
+            // A retry: later than the time read before the first attempt.
+            ready_at = std::time::Instant::now();
+        }
+        attempts += 1;
         let idx = match route.pool.pick(&tried) {
             Some(i) => i,
             None => {
@@ -269,7 +287,8 @@ pub async fn handle(
         };
         let in_flight = InFlight::new(u);
         u.counters.requests.inc();
-        match send(u, req, cfg.response_header_timeout, &activity).await {
+        let sent = send(u, req, cfg.response_header_timeout, &activity, ready_at).await;
+        match sent {
             Ok(resp) => {
                 u.mark_ok();
                 return respond(
@@ -395,27 +414,30 @@ impl Outgoing {
     }
 }
 
+/// Sends `req`, which is ready to go at `now`.
 async fn send(
     u: &UpstreamState,
     req: Request<UpBody>,
     response_header_timeout: Duration,
     activity: &Activity,
+    now: std::time::Instant,
 ) -> Result<Response<Incoming>, SendError> {
-    let fut = u.conns.send(req);
+    let fut = u.conns.send(req, now);
     tokio::pin!(fut);
     // The timer runs from the last request byte sent, so a long upload is not cut short;
     // a stalled upload is the body's idle_timeout's business. The request starts going out
     // now: the first wait is whole.
-    let mut wait = response_header_timeout;
+    let mut deadline = Instant::from_std(now) + response_header_timeout;
     loop {
+        tokio::select! {
+            r = &mut fut => return r.map_err(SendError::Client),
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let wait = response_header_timeout.saturating_sub(activity.idle());
         if wait.is_zero() {
             return Err(SendError::Timeout);
         }
-        tokio::select! {
-            r = &mut fut => return r.map_err(SendError::Client),
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = response_header_timeout.saturating_sub(activity.idle());
+        deadline = Instant::now() + wait;
     }
 }
 

@@ -97,29 +97,33 @@ impl ConnPool {
 
     /// Sends `req` on a pooled connection, or a new one. A request that a pooled connection
     /// closed before taking is sent again on another: it never left, so any method may be.
+    /// `now` is the time the caller last read (no need to read the clock again here).
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpBody>,
+        now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         if self.http2 {
             self.send_h2(req).await
         } else {
-            self.send_h1(req).await
+            self.send_h1(req, now).await
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         mut req: Request<UpBody>,
+        now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
-            let (mut tx, reused) = match self.checkout_h1() {
+            let (mut tx, reused) = match self.checkout_h1(now) {
                 Some(tx) => (tx, true),
                 None => (self.connect_h1().await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
-                    self.checkin_h1(tx);
+                    // Parked as of `now`: a little older than it is, so it expires early.
+                    self.checkin_h1(tx, now);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -130,11 +134,11 @@ impl ConnPool {
         }
     }
 
-    fn checkout_h1(&self) -> Option<http1::SendRequest<UpBody>> {
+    fn checkout_h1(&self, now: Instant) -> Option<http1::SendRequest<UpBody>> {
         let mut idle = self.lock();
         while let Some((tx, since)) = idle.h1.pop() {
             // Not ready: its connection closed (or is closing) since it was parked.
-            if tx.is_ready() && since.elapsed() < self.keepalive {
+            if tx.is_ready() && now.saturating_duration_since(since) < self.keepalive {
                 return Some(tx);
             }
         }
@@ -158,9 +162,9 @@ impl ConnPool {
 
     /// Parks a connection that has sent its request. It can take the next one once hyper
     /// has read this response to its end; a small response usually is by now.
-    fn checkin_h1(self: &Arc<Self>, mut tx: http1::SendRequest<UpBody>) {
+    fn checkin_h1(self: &Arc<Self>, mut tx: http1::SendRequest<UpBody>, sent: Instant) {
         if tx.is_ready() {
-            self.park_h1(tx);
+            self.park_h1(tx, sent);
             return;
         }
         if tx.is_closed() {
@@ -171,18 +175,18 @@ impl ConnPool {
             // Resolves when the response body is done (or the connection gone).
             if tx.ready().await.is_ok() {
                 if let Some(pool) = pool.upgrade() {
-                    pool.park_h1(tx);
+                    pool.park_h1(tx, Instant::now());
                 }
             }
         });
     }
 
-    fn park_h1(self: &Arc<Self>, tx: http1::SendRequest<UpBody>) {
+    fn park_h1(self: &Arc<Self>, tx: http1::SendRequest<UpBody>, since: Instant) {
         let mut idle = self.lock();
         if idle.h1.len() >= MAX_IDLE {
             return;
         }
-        idle.h1.push((tx, Instant::now()));
+        idle.h1.push((tx, since));
         if !idle.reaper {
             idle.reaper = true;
             tokio::spawn(reap(Arc::downgrade(self), self.keepalive));

@@ -27,7 +27,7 @@ pub fn spawn_tunnel(
         };
         let (cr, cw) = tokio::io::split(TokioIo::new(client));
         let (ur, uw) = tokio::io::split(TokioIo::new(upstream));
-        let activity = Activity::new();
+        let activity = Activity::tracked();
         // Either direction ending (close, error, or silence both ways) ends the tunnel;
         // WebSocket closes are full closes, so half-open tunnels need not be kept.
         tokio::select! {

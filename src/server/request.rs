@@ -88,6 +88,7 @@ pub async fn handle(
                     listener: &ctx.listener,
                     host,
                     tls: ctx.tls,
+                    started: start,
                     upstream: &upstream,
                 };
                 let response = handlers::dispatch(&route.config, req, &cx).await;
