@@ -287,8 +287,7 @@ pub async fn handle(
         };
         let in_flight = InFlight::new(u);
         u.counters.requests.inc();
-        let sent = send(u, req, cfg.response_header_timeout, &activity, ready_at).await;
-        match sent {
+        match send(u, req, cfg.response_header_timeout, &activity, ready_at).await {
             Ok(resp) => {
                 u.mark_ok();
                 return respond(
