@@ -189,3 +189,58 @@ fn http2_prior_knowledge_on_the_same_listener() {
         }
     });
 }
+
+/// TCP segments the peer has sent to `s` (Linux `tcp_info.tcpi_segs_in`, at a fixed offset:
+/// the struct only ever grows at its end).
+fn segments_received(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info` and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    assert!(
+        len >= 144,
+        "tcp_info too short ({len} bytes) for tcpi_segs_in"
+    );
+    u32::from_ne_bytes([info[140], info[141], info[142], info[143]])
+}
+
+/// A response that closes its connection leaves in the same segment as the FIN: the client
+/// receives the SYN-ACK, the ACK of its request and one segment with the response and the
+/// FIN (nginx's count too). Sent apart, it was four.
+#[test]
+fn a_closing_response_and_its_fin_share_one_segment() {
+    let (_server, port) = start(&respond_config("http", "", "", "hello"));
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let mut segments = Vec::new();
+        for _ in 0..5 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(request).unwrap();
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).unwrap();
+            assert!(
+                reply.ends_with(b"hello"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+            segments.push(segments_received(&s));
+        }
+        assert!(
+            segments.iter().all(|&n| n <= 3),
+            "segments received per connection: {segments:?}"
+        );
+    }
+}
