@@ -169,13 +169,16 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 pub fn normalize_host(raw: &str) -> Option<String> {
     // The usual Host ("example.com", "127.0.0.1:8080"), already lower case, skips the
     // Authority parse (this runs on every request); anything else takes the full path.
-    let (name, port) = raw.split_once(':').unwrap_or((raw, "0"));
+    // A byte search: str::split_once(char) goes through the generic char searcher.
+    let (name, port) = match raw.bytes().position(|b| b == b':') {
+        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+        None => (raw, None),
+    };
     if !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && port.parse::<u16>().is_ok()
+        && port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
     {
         let host = name.trim_end_matches('.');
         return (!host.is_empty()).then(|| host.to_owned());

@@ -20,7 +20,6 @@ use arc_swap::ArcSwap;
 use connections::Connections;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -29,7 +28,8 @@ use std::time::SystemTime;
 /// reload; requests in flight keep the generation they started with.
 pub struct Snapshot {
     pub config: Config,
-    routers: HashMap<String, Router>,
+    /// By listener name. A handful at most: a scan is cheaper than hashing the name.
+    routers: Vec<(String, Router)>,
     /// hyper's connection builder, carrying this generation's limits and timeouts.
     pub http: auto::Builder<TokioExecutor>,
     pub loaded_at: SystemTime,
@@ -61,13 +61,16 @@ impl Snapshot {
 
     /// The router for a listener; in quick mode every passed socket uses the one listener.
     pub fn router(&self, listener: &str) -> Option<&Router> {
-        self.routers.get(listener).or_else(|| {
-            if self.config.claims_every_passed_socket() {
-                self.routers.values().next()
-            } else {
-                None
-            }
-        })
+        let named = self.routers.iter().find(|(name, _)| name == listener);
+        named
+            .or_else(|| {
+                if self.config.claims_every_passed_socket() {
+                    self.routers.first()
+                } else {
+                    None
+                }
+            })
+            .map(|(_, router)| router)
     }
 }
 

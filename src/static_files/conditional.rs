@@ -17,23 +17,26 @@ impl Validators {
     pub fn of(meta: &Metadata, encoding: Option<&str>) -> Validators {
         let secs = u64::try_from(meta.mtime()).unwrap_or(0);
         let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
-        // "size-mtime.nanos-inode[-encoding]" in hex, built without the formatting machinery.
-        let mut etag = String::with_capacity(64);
-        etag.push('"');
+        // "size-mtime.nanos-inode[-encoding]" in hex, built as bytes without the formatting
+        // machinery and checked as UTF-8 once.
+        let mut etag = Vec::with_capacity(64);
+        etag.push(b'"');
         for (i, n) in [meta.size(), secs, nanos, meta.ino()]
             .into_iter()
             .enumerate()
         {
             if i > 0 {
-                etag.push(if i == 2 { '.' } else { '-' });
+                etag.push(if i == 2 { b'.' } else { b'-' });
             }
             push_hex(&mut etag, n);
         }
         if let Some(enc) = encoding {
-            etag.push('-');
-            etag.push_str(enc);
+            etag.push(b'-');
+            etag.extend_from_slice(enc.as_bytes());
         }
-        etag.push('"');
+        etag.push(b'"');
+        // ASCII digits and a &str: always UTF-8.
+        let etag = String::from_utf8(etag).unwrap_or_default();
         Validators {
             etag,
             modified: UNIX_EPOCH + Duration::from_secs(secs),
@@ -61,7 +64,7 @@ impl Validators {
     }
 }
 
-fn push_hex(out: &mut String, n: u64) {
+fn push_hex(out: &mut Vec<u8>, n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 16];
     let mut i = buf.len();
@@ -74,7 +77,7 @@ fn push_hex(out: &mut String, n: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+    out.extend_from_slice(&buf[i..]);
 }
 
 pub enum Precondition {
@@ -156,12 +159,12 @@ mod tests {
 
     #[test]
     fn hex() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         for n in [0u64, 1, 0xabc, u64::MAX] {
             push_hex(&mut s, n);
-            s.push(',');
+            s.push(b',');
         }
-        assert_eq!(s, "0,1,abc,ffffffffffffffff,");
+        assert_eq!(s, b"0,1,abc,ffffffffffffffff,");
     }
 
     #[test]

@@ -47,7 +47,12 @@ fn common(ext: &str) -> Option<&'static str> {
 
 /// Textual types: they get a charset and may be compressed on the fly.
 pub fn is_text(mime: &str) -> bool {
-    let essence = mime.split(';').next().unwrap_or("").trim();
+    // A byte search: str::split(char) goes through the generic char searcher.
+    let essence = match mime.bytes().position(|b| b == b';') {
+        Some(i) => &mime[..i],
+        None => mime,
+    }
+    .trim();
     essence.starts_with("text/")
         || matches!(
             essence,
