@@ -6,7 +6,7 @@ use http::HeaderValue;
 use std::path::Path;
 
 pub fn content_type(path: &Path) -> HeaderValue {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let ext = extension(path);
     if let Some(v) = common(ext) {
         return HeaderValue::from_static(v);
     }
@@ -18,6 +18,18 @@ pub fn content_type(path: &Path) -> HeaderValue {
             .unwrap_or(HeaderValue::from_static("application/octet-stream"))
     } else {
         HeaderValue::from_static(mime)
+    }
+}
+
+/// `Path::extension` of a file path, without its component parser (this runs per request):
+/// the text after the last '.' of the last segment, "" for none or a leading-dot name.
+fn extension(path: &Path) -> &str {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let name = &bytes[bytes.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1)..];
+    match name.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot > 0 => std::str::from_utf8(&name[dot + 1..]).unwrap_or(""),
+        _ => "",
     }
 }
 
@@ -71,6 +83,26 @@ pub fn is_text(mime: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extensions_match_path_extension() {
+        for p in [
+            "a.html",
+            "dir/a.tar.gz",
+            ".bashrc",
+            "dir/.hidden",
+            "noext",
+            "a.",
+            "d.x/file",
+            "d.x/file.js",
+            "üñí.cödé",
+            "",
+        ] {
+            let path = Path::new(p);
+            let expected = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            assert_eq!(extension(path), expected, "{p:?}");
+        }
+    }
 
     #[test]
     fn types() {
