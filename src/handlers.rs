@@ -23,6 +23,15 @@ pub fn empty() -> Body {
         .boxed()
 }
 
+/// Whether a `Connection` header lists `token` (case-insensitive, comma-separated).
+pub fn connection_lists(headers: &http::HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
 /// What a handler may know about the request beyond the request itself.
 pub struct RequestContext<'a> {
     pub remote: Remote,

@@ -85,13 +85,7 @@ fn connection_names_only_standard(headers: &HeaderMap) -> bool {
 
 /// Is this an HTTP/1.1 upgrade request (WebSocket)? `Connection: upgrade` + `Upgrade: x`.
 pub fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let conn_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !conn_upgrade {
+    if !crate::handlers::connection_lists(headers, "upgrade") {
         return None;
     }
     headers.get(header::UPGRADE).cloned()

@@ -243,18 +243,18 @@ pub async fn handle(
     };
     let deadline = Instant::from_std(ready_at) + cfg.retry_connect_for;
     let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
-    let mut attempts = 0u32;
+    let mut first_attempt = true;
     let mut backoff = Duration::from_millis(20);
     let mut resends = 0;
     // What to answer if every attempt fails: status, and the upstream tried last.
     let mut failure: (StatusCode, Option<usize>) = (StatusCode::BAD_GATEWAY, None);
 
     loop {
-        if attempts > 0 {
+        if !first_attempt {
             // A retry: later than the time read before the first attempt.
             ready_at = std::time::Instant::now();
         }
-        attempts += 1;
+        first_attempt = false;
         let idx = match route.pool.pick(&tried) {
             Some(i) => i,
             None => {

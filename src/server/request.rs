@@ -138,19 +138,10 @@ pub async fn handle(
 /// Whether hyper closes the connection once it has answered `req` (RFC 9112 §9.3).
 fn closes_connection(req: &Request<Incoming>) -> bool {
     match req.version() {
-        Version::HTTP_11 => has_token(req.headers(), "close"),
-        Version::HTTP_10 => !has_token(req.headers(), "keep-alive"),
+        Version::HTTP_11 => handlers::connection_lists(req.headers(), "close"),
+        Version::HTTP_10 => !handlers::connection_lists(req.headers(), "keep-alive"),
         _ => false,
     }
-}
-
-/// Whether a `Connection` header lists `token`.
-fn has_token(headers: &header::HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 /// An HTTP/1 head larger than `max`, counted as it was sent (less optional whitespace).
