@@ -123,7 +123,7 @@ impl Connections {
     pub fn drain_wait(&self) -> DrainWait<'_> {
         DrainWait {
             // Created before the flag is read: a drain that starts in between still wakes it.
-            notified: Box::pin(self.drain_started.notified()),
+            notified: self.drain_started.notified(),
             draining: &self.draining,
             registered: false,
         }
@@ -141,29 +141,34 @@ impl Connections {
     }
 }
 
-/// A connection's wait for the drain. It is polled each time its connection's task is, so
-/// after its first poll has left the task's waker with the `Notify`, a poll reads one flag
-/// instead of taking the `Notify`'s lock (a watch channel's `changed()` did that).
-pub struct DrainWait<'a> {
-    notified: Pin<Box<Notified<'a>>>,
-    draining: &'a AtomicBool,
-    registered: bool,
+pin_project_lite::pin_project! {
+    /// A connection's wait for the drain. It is polled each time its connection's task is,
+    /// so after its first poll has left the task's waker with the `Notify`, a poll reads one
+    /// flag instead of taking the `Notify`'s lock (a watch channel's `changed()` did that).
+    pub struct DrainWait<'a> {
+        // Pinned in place with the connection's future: no allocation per connection.
+        #[pin]
+        notified: Notified<'a>,
+        draining: &'a AtomicBool,
+        registered: bool,
+    }
 }
 
 impl Future for DrainWait<'_> {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.draining.load(Ordering::Acquire) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.draining.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        if self.registered {
+        if *this.registered {
             // A connection task's waker stays the same for its life: the one left at
             // registration is still the one to wake.
             return Poll::Pending;
         }
-        self.registered = true;
-        self.notified.as_mut().poll(cx)
+        *this.registered = true;
+        this.notified.poll(cx)
     }
 }
 
