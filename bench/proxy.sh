@@ -177,10 +177,12 @@ for s in "${SCENARIOS[@]}"; do
     for rep in $(seq "$BENCH_REPS"); do
         for server in gatehouse nginx; do
             if [ $server = gatehouse ]; then start_gatehouse; port=$GH_PORT; else start_nginx; port=$NGX_PORT; fi
+            R[$server,idle]+="$(rss_kib "$SERVER_PID") "
             t0=$(cpu_ticks "$SERVER_PID")
             # shellcheck disable=SC2086
-            read -r rps _ p99 err non2xx n < <(run_wrk "http://127.0.0.1:$port$path" "$CONNS" $extra)
+            read -r rps p50 p99 err non2xx n < <(run_wrk "http://127.0.0.1:$port$path" "$CONNS" $extra)
             t1=$(cpu_ticks "$SERVER_PID")
+            R[$name,$server,peak]+="$(peak_rss_kib "$SERVER_PID") "
             stop_server
             # Proxy CPU per request: unlike req/s, not skewed by other load on the machine.
             us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / hz / n : 0 }')
@@ -190,6 +192,7 @@ for s in "${SCENARIOS[@]}"; do
                 FAIL=1
             fi
             R[$name,$server,rps]+="$rps "
+            R[$name,$server,p50]+="$p50 "
             R[$name,$server,p99]+="$p99 "
             R[$name,$server,us]+="$us "
             echo "rep $rep $server $name: $rps req/s, p99 $p99 ms, $us µs CPU/request" >&2
@@ -197,20 +200,22 @@ for s in "${SCENARIOS[@]}"; do
     done
 done
 
+med() { tr ' ' '\n' <<<"${R[$1]}" | grep . | median; }
 echo
-echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p99 ms | nginx p99 ms | gatehouse CPU µs/req | nginx CPU µs/req |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p50 / p99 ms | nginx p50 / p99 ms | gatehouse CPU µs/req | nginx CPU µs/req | peak RSS KiB, gatehouse / nginx |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for s in "${SCENARIOS[@]}"; do
     IFS='|' read -r name _ _ <<<"$s"
-    g=$(tr ' ' '\n' <<<"${R[$name,gatehouse,rps]}" | grep . | median)
-    n=$(tr ' ' '\n' <<<"${R[$name,nginx,rps]}" | grep . | median)
-    gp=$(tr ' ' '\n' <<<"${R[$name,gatehouse,p99]}" | grep . | median)
-    np=$(tr ' ' '\n' <<<"${R[$name,nginx,p99]}" | grep . | median)
-    gu=$(tr ' ' '\n' <<<"${R[$name,gatehouse,us]}" | grep . | median)
-    nu=$(tr ' ' '\n' <<<"${R[$name,nginx,us]}" | grep . | median)
+    g=$(med "$name,gatehouse,rps")
+    n=$(med "$name,nginx,rps")
     ratio=$(awk -v g="$g" -v n="$n" 'BEGIN { printf "%.2f", (n > 0) ? g / n : 0 }')
-    printf "| %s | %.0f | %.0f | %s× | %.2f | %.2f | %.1f | %.1f |\n" "$name" "$g" "$n" "$ratio" "$gp" "$np" "$gu" "$nu"
+    printf "| %s | %.0f | %.0f | %s× | %.2f / %.2f | %.2f / %.2f | %.1f | %.1f | %.0f / %.0f |\n" "$name" "$g" "$n" "$ratio" \
+        "$(med "$name,gatehouse,p50")" "$(med "$name,gatehouse,p99")" \
+        "$(med "$name,nginx,p50")" "$(med "$name,nginx,p99")" \
+        "$(med "$name,gatehouse,us")" "$(med "$name,nginx,us")" \
+        "$(med "$name,gatehouse,peak")" "$(med "$name,nginx,peak")"
 done
+printf "| idle RSS (KiB, nginx = master + worker) | %.0f | %.0f | | | | | | |\n" "$(med gatehouse,idle)" "$(med nginx,idle)"
 echo
 echo "$BENCH_REPS alternating runs of $BENCH_DURATION each, $CONNS connections, medians;" \
     "proxy on CPU $SERVER_CPU, wrk + upstream nginx on CPU $CLIENT_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $("$GH" --version)"
