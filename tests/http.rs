@@ -135,6 +135,34 @@ fn slowloris_is_cut_off_after_header_read_timeout() {
 }
 
 #[test]
+fn a_client_that_sends_nothing_is_cut_off_after_header_read_timeout() {
+    // Before any byte, the connection is not yet HTTP/1 or HTTP/2; the head timer must
+    // run from the connect all the same, or silent clients hold their slots for ever
+    // (max_connections is 2 here: two of them would shut everybody else out).
+    let (_server, port) = start(VHOSTS);
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let t = Instant::now();
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let read = s.read_to_end(&mut buf);
+        assert!(
+            read.is_ok() && buf.is_empty(),
+            "closed without an answer: {read:?} {buf:?}"
+        );
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "closed after ~500ms, took {took:?}"
+    );
+    let reply = raw(port, b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(reply.status, 200, "slots are free again");
+}
+
+#[test]
 fn connections_beyond_max_wait_in_the_backlog() {
     let (_server, port) = start(VHOSTS);
     let ask = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";

@@ -1,10 +1,10 @@
-//! One client connection: HTTP/1.1 (keep-alive) or HTTP/2 prior knowledge, detected by hyper,
-//! served until the client leaves or a drain asks it to finish.
+//! One client connection: HTTP/1.1 (keep-alive) or HTTP/2 (ALPN or prior knowledge, told by
+//! its first bytes), served until the client leaves or a drain asks it to finish.
 
 use super::connections::ConnGuard;
 use super::fin_merge::HoldTail;
 use super::listener::Stream;
-use super::read_ahead::FirstRead;
+use super::read_ahead::{FirstRead, Protocol};
 use super::request;
 use super::Shared;
 use crate::log::Remote;
@@ -44,24 +44,41 @@ pub async fn serve(
             })
     };
     match (stream, tls) {
-        (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, false).await,
-        (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, false).await,
+        (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, None).await,
+        (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, None).await,
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
             if let Some(s) = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener).await {
-                serve_io(shared, s, remote, listener, true).await;
+                let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
+                serve_io(shared, s, remote, listener, Some(alpn)).await;
             }
         }
         (Stream::Unix(s), Some((acceptor, timeout))) => {
             if let Some(s) = crate::tls::handshake(&acceptor, s, timeout, &listener).await {
-                serve_io(shared, s, remote, listener, true).await;
+                let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
+                serve_io(shared, s, remote, listener, Some(alpn)).await;
             }
         }
     }
     drop(guard);
 }
 
-async fn serve_io<I>(shared: Arc<Shared>, io: I, remote: Remote, listener: Arc<str>, tls: bool)
-where
+/// The protocol a TLS client chose by ALPN; `None`: it chose none, so its first bytes tell.
+fn alpn_protocol(alpn: Option<&[u8]>) -> Option<Protocol> {
+    match alpn {
+        Some(b"h2") => Some(Protocol::Http2),
+        Some(b"http/1.1") => Some(Protocol::Http1),
+        _ => None,
+    }
+}
+
+/// `tls`: `None` for plaintext, else the protocol ALPN settled (if any).
+async fn serve_io<I>(
+    shared: Arc<Shared>,
+    io: I,
+    remote: Remote,
+    listener: Arc<str>,
+    tls: Option<Option<Protocol>>,
+) where
     I: AsyncRead + HoldTail + Send + 'static,
 {
     let snapshot = shared.snapshot.load_full();
@@ -76,23 +93,96 @@ where
         started: AtomicBool::new(false),
         last_response: AtomicBool::new(false),
         admin,
-        tls,
+        tls: tls.is_some(),
     });
-    let io = ClientIo {
+    let mut io = ClientIo {
         inner: io,
         ctx: ctx.clone(),
-        first_read: FirstRead::new(!tls),
+        first_read: FirstRead::default(),
+    };
+    let protocol = match tls.flatten() {
+        Some(p) => p,
+        None => {
+            let timeout = snapshot.config.server.header_read_timeout;
+            match first_bytes(&mut io, timeout, drain.as_mut()).await {
+                Some(p) => p,
+                None => return,
+            }
+        }
     };
     let conn_ctx = ctx.clone();
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { request::handle(req, &ctx).await }
     });
-    let conn = snapshot
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    let io = TokioIo::new(io);
+    match protocol {
+        Protocol::Http1 => {
+            let conn = snapshot
+                .http
+                .h1
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), drain, &conn_ctx).await;
+        }
+        Protocol::Http2 => {
+            let conn = snapshot.http.h2.serve_connection(io, service);
+            drive(conn, |c| c.graceful_shutdown(), drain, &conn_ctx).await;
+        }
+    }
+}
 
+/// Waits for the connection's first bytes and tells its protocol by them; `None` when they
+/// did not come within `header_read_timeout` (the slowloris guard covers a client that
+/// sends nothing at all, too) or could not be read. A drain leaves the client
+/// `FIRST_REQUEST_GRACE` to start.
+async fn first_bytes<I: AsyncRead + Unpin>(
+    io: &mut ClientIo<I>,
+    timeout: Duration,
+    mut drain: Pin<&mut super::connections::DrainWait<'_>>,
+) -> Option<Protocol> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let ClientIo {
+        inner, first_read, ..
+    } = io;
+    let sniff = std::future::poll_fn(|cx| first_read.poll_sniff(inner, cx));
+    let sniff = tokio::time::timeout_at(deadline, sniff);
+    tokio::pin!(sniff);
+    let outcome = tokio::select! {
+        biased;
+        r = &mut sniff => r,
+        () = &mut drain => {
+            let grace = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+            match tokio::time::timeout_at(grace.min(deadline), &mut sniff).await {
+                Ok(r) => r,
+                Err(_) => return None,
+            }
+        }
+    };
+    match outcome {
+        Ok(Ok(p)) => Some(p),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection ended before its first request");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no request within header_read_timeout");
+            None
+        }
+    }
+}
+
+/// Serves one hyper connection until it ends; a drain lets a request in flight finish
+/// (and a connection that has not begun its first request start it) before `shutdown`.
+async fn drive<C>(
+    conn: C,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    mut drain: Pin<&mut super::connections::DrainWait<'_>>,
+    ctx: &request::ConnContext,
+) where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
     tokio::select! {
         // The connection first: it is what wakes this task nearly every time.
         biased;
@@ -102,7 +192,7 @@ where
         }
         () = &mut drain => {}
     }
-    if !conn_ctx.started.load(Ordering::Acquire) {
+    if !ctx.started.load(Ordering::Acquire) {
         let grace = tokio::time::sleep(FIRST_REQUEST_GRACE);
         tokio::pin!(grace);
         let mut poll = tokio::time::interval(Duration::from_millis(10));
@@ -113,11 +203,11 @@ where
                     return;
                 }
                 _ = &mut grace => break,
-                _ = poll.tick() => if conn_ctx.started.load(Ordering::Acquire) { break },
+                _ = poll.tick() => if ctx.started.load(Ordering::Acquire) { break },
             }
         }
     }
-    conn.as_mut().graceful_shutdown();
+    shutdown(conn.as_mut());
     log_connection_end(conn.await);
 }
 
@@ -194,7 +284,7 @@ impl<I: HoldTail> AsyncWrite for ClientIo<I> {
     }
 }
 
-fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+fn log_connection_end(result: Result<(), hyper::Error>) {
     if let Err(e) = result {
         // Clients hanging up, timing out or speaking garbage are routine, not server errors.
         tracing::debug!(error = %e, "connection ended with an error");

@@ -18,8 +18,8 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use connections::Connections;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -30,8 +30,8 @@ pub struct Snapshot {
     pub config: Config,
     /// By listener name. A handful at most: a scan is cheaper than hashing the name.
     routers: Vec<(String, Router)>,
-    /// hyper's connection builder, carrying this generation's limits and timeouts.
-    pub http: auto::Builder<TokioExecutor>,
+    /// hyper's connection builders, carrying this generation's limits and timeouts.
+    pub http: HttpBuilders,
     pub loaded_at: SystemTime,
     /// This generation's proxy health checks; dropping the snapshot stops them.
     _proxy_tasks: crate::proxy::Background,
@@ -77,11 +77,16 @@ impl Snapshot {
 /// Client connections read request bodies in pieces of up to this many bytes.
 const READ_BUF_MAX: usize = 64 * 1024;
 
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+/// One builder per protocol; `conn` picks one per connection (ALPN, or the HTTP/2 preface).
+pub struct HttpBuilders {
+    pub h1: http1::Builder,
+    pub h2: http2::Builder<TokioExecutor>,
+}
+
+fn http_builder(config: &Config) -> HttpBuilders {
     let s = &config.server;
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // Bounds the wait for a complete request head, including an idle keep-alive
         // connection's next request: the slowloris guard.
         .header_read_timeout(s.header_read_timeout)
@@ -90,12 +95,12 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // heads between max_header_size and this get their 431 in `request::handle`.
         .max_buf_size(s.max_header_size.max(READ_BUF_MAX))
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(s.header_read_timeout))
         .keep_alive_timeout(s.header_read_timeout);
-    b
+    HttpBuilders { h1, h2 }
 }
 
 /// State shared by every task of the server.
