@@ -116,18 +116,24 @@ async fn serve_io<I>(
         async move { request::handle(req, &ctx).await }
     });
     let io = TokioIo::new(io);
+    // Each connection is built inside `drive`: built here and moved in, it would take room
+    // in this task's future twice (a moved-from local keeps its slot across the await).
+    // HTTP/2's is boxed: rarer, and much larger than HTTP/1's.
+    let http = &snapshot.http;
     match protocol {
         Protocol::Http1 => {
-            let conn = snapshot
-                .http
-                .h1
-                .serve_connection(io, service)
-                .with_upgrades();
+            let conn = || http.h1.serve_connection(io, service).with_upgrades();
             drive(conn, |c| c.graceful_shutdown(), drain, &conn_ctx).await;
         }
         Protocol::Http2 => {
-            let conn = snapshot.http.h2.serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), drain, &conn_ctx).await;
+            let conn = || Box::pin(http.h2.serve_connection(io, service));
+            drive(
+                conn,
+                |c| c.get_mut().as_mut().graceful_shutdown(),
+                drain,
+                &conn_ctx,
+            )
+            .await;
         }
     }
 }
@@ -175,13 +181,14 @@ async fn first_bytes<I: AsyncRead + Unpin>(
 /// Serves one hyper connection until it ends; a drain lets a request in flight finish
 /// (and a connection that has not begun its first request start it) before `shutdown`.
 async fn drive<C>(
-    conn: C,
+    conn: impl FnOnce() -> C,
     shutdown: impl FnOnce(Pin<&mut C>),
     mut drain: Pin<&mut super::connections::DrainWait<'_>>,
     ctx: &request::ConnContext,
 ) where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
 {
+    let conn = conn();
     tokio::pin!(conn);
     tokio::select! {
         // The connection first: it is what wakes this task nearly every time.
