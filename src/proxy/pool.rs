@@ -118,7 +118,10 @@ impl ConnPool {
         loop {
             let (mut tx, reused) = match self.checkout_h1(now) {
                 Some(tx) => (tx, true),
-                None => (self.connect_h1().await?, false),
+                // Boxed: connecting (name lookup, connect, timeout) is the rare path and
+                // its future is large; hyper keeps room for the handler's future in every
+                // client connection, idle or not.
+                None => (Box::pin(self.connect_h1()).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -201,7 +204,7 @@ impl ConnPool {
             let shared = self.lock().h2.clone().filter(|tx| !tx.is_closed());
             let (mut tx, reused) = match shared {
                 Some(tx) => (tx, true),
-                None => (self.connect_h2().await?, false),
+                None => (Box::pin(self.connect_h2()).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),

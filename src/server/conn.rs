@@ -49,13 +49,17 @@ pub async fn serve(
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
             if let Some(s) = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener).await {
                 let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
-                serve_io(shared, s, remote, listener, Some(alpn)).await;
+                // Boxed: a TLS session is kilobytes, and inline it would size every
+                // plaintext connection's task too.
+                Box::pin(serve_io(shared, s, remote, listener, Some(alpn))).await;
             }
         }
         (Stream::Unix(s), Some((acceptor, timeout))) => {
             if let Some(s) = crate::tls::handshake(&acceptor, s, timeout, &listener).await {
                 let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
-                serve_io(shared, s, remote, listener, Some(alpn)).await;
+                // Boxed: a TLS session is kilobytes, and inline it would size every
+                // plaintext connection's task too.
+                Box::pin(serve_io(shared, s, remote, listener, Some(alpn))).await;
             }
         }
     }
