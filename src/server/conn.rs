@@ -47,18 +47,19 @@ pub async fn serve(
         (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, None).await,
         (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, None).await,
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
-            if let Some(s) = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener).await {
+            // The handshake (a rustls session: kilobytes) is boxed, as is the TLS
+            // connection's serving below, so that a plaintext connection's task, sized
+            // for the largest future it may hold, stays small.
+            let handshake = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener);
+            if let Some(s) = Box::pin(handshake).await {
                 let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
-                // Boxed: a TLS session is kilobytes, and inline it would size every
-                // plaintext connection's task too.
                 Box::pin(serve_io(shared, s, remote, listener, Some(alpn))).await;
             }
         }
         (Stream::Unix(s), Some((acceptor, timeout))) => {
-            if let Some(s) = crate::tls::handshake(&acceptor, s, timeout, &listener).await {
+            let handshake = crate::tls::handshake(&acceptor, s, timeout, &listener);
+            if let Some(s) = Box::pin(handshake).await {
                 let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
-                // Boxed: a TLS session is kilobytes, and inline it would size every
-                // plaintext connection's task too.
                 Box::pin(serve_io(shared, s, remote, listener, Some(alpn))).await;
             }
         }
