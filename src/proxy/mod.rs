@@ -106,18 +106,51 @@ enum SendError {
     Client(pool::SendError),
 }
 
-pub async fn handle(
+/// Forwards one request. The head is checked and rewritten synchronously first: done
+/// inside the async part, the request, its parts and its header map would each keep a slot
+/// in the future (a moved-from local keeps its room across awaits), and hyper reserves the
+/// handler's future in every client connection, idle or not.
+pub fn handle<'a>(
+    route: &'a ProxyRoute,
+    prefix: &str,
+    req: Request<Incoming>,
+    cx: &'a RequestContext<'a>,
+) -> impl std::future::Future<Output = Response<Body>> + 'a {
+    let prepared = prepare(route, prefix, req, cx);
+    async move {
+        match prepared {
+            Prepared::Forward(f) => forward(route, f, cx).await,
+            Prepared::Answer(resp) => resp,
+        }
+    }
+}
+
+/// The synchronous part's outcome: a request to forward, or its answer already.
+enum Prepared {
+    Forward(Forwarding),
+    Answer(Response<Body>),
+}
+
+/// A request ready to forward: its outgoing head and what `forward` needs of the rest.
+struct Forwarding {
+    out: Outgoing,
+    body: Incoming,
+    declared: Option<u64>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+fn prepare(
     route: &ProxyRoute,
     prefix: &str,
     mut req: Request<Incoming>,
     cx: &RequestContext<'_>,
-) -> Response<Body> {
+) -> Prepared {
     let cfg = &route.config;
     if let Err(status) = headers::check_framing(req.headers()) {
-        return closing(handlers::error(status));
+        return Prepared::Answer(closing(handlers::error(status)));
     }
     if req.method() == Method::CONNECT {
-        return handlers::error(StatusCode::METHOD_NOT_ALLOWED);
+        return Prepared::Answer(handlers::error(StatusCode::METHOD_NOT_ALLOWED));
     }
     let declared = req
         .headers()
@@ -128,7 +161,7 @@ pub async fn handle(
         if declared.is_some_and(|n| n > max) {
             // Before reading anything: a client that sent Expect: 100-continue never gets
             // the 100 and need not send the body.
-            return closing(handlers::error(StatusCode::PAYLOAD_TOO_LARGE));
+            return Prepared::Answer(closing(handlers::error(StatusCode::PAYLOAD_TOO_LARGE)));
         }
     }
     let upgrade_proto = headers::wants_upgrade(req.headers())
@@ -147,7 +180,7 @@ pub async fn handle(
             let pq = pq.map_or("/", |pq| pq.as_str());
             match strip_prefix(prefix, pq).parse::<PathAndQuery>() {
                 Ok(p) => p,
-                Err(_) => return handlers::error(StatusCode::BAD_REQUEST),
+                Err(_) => return Prepared::Answer(handlers::error(StatusCode::BAD_REQUEST)),
             }
         }
     };
@@ -185,7 +218,26 @@ pub async fn handle(
         host,
         http2: cfg.http2,
     };
+    Prepared::Forward(Forwarding {
+        out,
+        body,
+        declared,
+        client_upgrade,
+    })
+}
 
+async fn forward(
+    route: &ProxyRoute,
+    prepared: Forwarding,
+    cx: &RequestContext<'_>,
+) -> Response<Body> {
+    let cfg = &route.config;
+    let Forwarding {
+        out,
+        body,
+        declared,
+        client_upgrade,
+    } = prepared;
     // A request without a body is sent as it came: the time request::handle read then
     // serves the timers and the pool (no clock read of its own).
     let bodiless = body.is_end_stream();

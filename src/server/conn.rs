@@ -46,25 +46,41 @@ pub async fn serve(
     match (stream, tls) {
         (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, None).await,
         (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, None).await,
+        // A TLS session is kilobytes. Boxed, the whole TLS path leaves a plaintext
+        // connection's task (sized for the largest future it may hold) small.
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
-            // The handshake (a rustls session: kilobytes) is boxed, as is the TLS
-            // connection's serving below, so that a plaintext connection's task, sized
-            // for the largest future it may hold, stays small.
-            let handshake = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener);
-            if let Some(s) = Box::pin(handshake).await {
-                let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
-                Box::pin(serve_io(shared, s, remote, listener, Some(alpn))).await;
-            }
+            Box::pin(async move {
+                let handshake = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener);
+                if let Some(s) = handshake.await {
+                    serve_tls(shared, s, remote, listener).await;
+                }
+            })
+            .await
         }
         (Stream::Unix(s), Some((acceptor, timeout))) => {
-            let handshake = crate::tls::handshake(&acceptor, s, timeout, &listener);
-            if let Some(s) = Box::pin(handshake).await {
-                let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
-                Box::pin(serve_io(shared, s, remote, listener, Some(alpn))).await;
-            }
+            Box::pin(async move {
+                let handshake = crate::tls::handshake(&acceptor, s, timeout, &listener);
+                if let Some(s) = handshake.await {
+                    serve_tls(shared, s, remote, listener).await;
+                }
+            })
+            .await
         }
     }
     drop(guard);
+}
+
+async fn serve_tls<I>(
+    shared: Arc<Shared>,
+    s: tokio_rustls::server::TlsStream<I>,
+    remote: Remote,
+    listener: Arc<str>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    tokio_rustls::server::TlsStream<I>: HoldTail,
+{
+    let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
+    serve_io(shared, s, remote, listener, Some(alpn)).await;
 }
 
 /// The protocol a TLS client chose by ALPN; `None`: it chose none, so its first bytes tell.
