@@ -23,30 +23,8 @@ mkdir -p "$WORK/www"
 head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
 GH_PORT=18091
 NGX_PORT=18092
-cat >"$WORK/gatehouse.toml" <<TOML
-[server]
-max_connections = 100000
-[[listener]]
-name = "http"
-bind = ["127.0.0.1:$GH_PORT"]
-[[site]]
-hosts = ["*"]
-[[site.route]]
-path = "/"
-static = { root = "$WORK/www" }
-TOML
-write_nginx_conf <<NGINX
-    server { listen 127.0.0.1:$NGX_PORT; root $WORK/www; }
-NGINX
-sed -i "s/worker_connections 4096/worker_connections $((N + 256))/" "$WORK/nginx.conf"
-
-taskset -c "$SERVER_CPU" "$GH" serve --config "$WORK/gatehouse.toml" --log-target stderr 2>"$WORK/gatehouse.log" &
-GH_PID=$!
-taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" &
-NGX_PID=$!
-wait_port $GH_PORT
-wait_port $NGX_PORT
-sleep 0.5
+NGINX_CONF_EDIT="s/worker_connections 4096/worker_connections $((N + 256))/" \
+    start_static_pair "$WORK/www" $GH_PORT $NGX_PORT
 
 # Opens N connections, one request each, all answered, then holds them; prints the RSS
 # growth per connection in bytes.

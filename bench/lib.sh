@@ -93,3 +93,33 @@ NGINX
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# A plain static site on both servers, serving $1: $WORK/gatehouse.toml (on port $2) and
+# $WORK/nginx.conf (on port $3); then both started on $SERVER_CPU, their pids in GH_PID and
+# NGX_PID once both answer.
+start_static_pair() { # root gatehouse_port nginx_port
+    cat >"$WORK/gatehouse.toml" <<TOML
+[server]
+max_connections = 100000
+[[listener]]
+name = "http"
+bind = ["127.0.0.1:$2"]
+[[site]]
+hosts = ["*"]
+[[site.route]]
+path = "/"
+static = { root = "$1" }
+TOML
+    write_nginx_conf <<NGINX
+    server { listen 127.0.0.1:$3; root $1; }
+NGINX
+    # extra nginx.conf edits, e.g. more worker_connections
+    [ -z "${NGINX_CONF_EDIT:-}" ] || sed -i "$NGINX_CONF_EDIT" "$WORK/nginx.conf"
+    taskset -c "$SERVER_CPU" "$GH" serve --config "$WORK/gatehouse.toml" --log-target stderr 2>"$WORK/gatehouse.log" &
+    GH_PID=$!
+    taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" &
+    NGX_PID=$!
+    wait_port "$2"
+    wait_port "$3"
+    sleep 0.5
+}

@@ -25,32 +25,10 @@ head -c $((1024 * 1024)) /dev/urandom >"$ROOT/1m.bin"
 
 GH_PORT=18081
 NGX_PORT=18082
-cat >"$WORK/gatehouse.toml" <<TOML
-[server]
-max_connections = 100000
-[[listener]]
-name = "http"
-bind = ["127.0.0.1:$GH_PORT"]
-[[site]]
-hosts = ["*"]
-[[site.route]]
-path = "/"
-static = { root = "$ROOT" }
-TOML
-write_nginx_conf <<NGINX
-    server { listen 127.0.0.1:$NGX_PORT; root $ROOT; }
-NGINX
-
 # Both servers run for the whole benchmark, pinned to the same CPU; only the one under
 # load uses it. Runs alternate per scenario and repetition (gatehouse, nginx, gatehouse,
 # ...), so a burst of background load hits both alike.
-taskset -c "$SERVER_CPU" "$GH" serve --config "$WORK/gatehouse.toml" --log-target stderr 2>"$WORK/gatehouse.log" &
-GH_PID=$!
-taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" &
-NGX_PID=$!
-wait_port $GH_PORT
-wait_port $NGX_PORT
-sleep 0.5
+start_static_pair "$ROOT" $GH_PORT $NGX_PORT
 declare -A R
 R[gatehouse,idle]=$(rss_kib $GH_PID)
 R[nginx,idle]=$(rss_kib $NGX_PID)
