@@ -8,7 +8,7 @@
 # lines and TLB entries instead of spreading over the whole binary.
 #
 # Usage: packaging/link-order.sh [path/to/release/gatehouse]
-# Needs valgrind, curl, openssl. Re-run it after a toolchain or Cargo.lock update: symbol
+# Needs valgrind, curl, openssl, python3. Re-run it after a toolchain or Cargo.lock update: symbol
 # names carry hashes of both, and names the binary no longer has are ignored, which only
 # costs locality (bench/static.sh's idle RSS row shows it). Takes about a minute.
 set -euo pipefail
@@ -102,11 +102,11 @@ full_workload() {
     done
 }
 
-profile() { # config, taskset args...
-    local name=$1; shift
+profile() { # config, log target, taskset args...
+    local name=$1 target=$2; shift 2
     "$@" valgrind --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no \
-        --callgrind-out-file="$WORK/$name.$#.cg" "$GH" serve --config "$WORK/$name.toml" \
-        --log-target stderr 2>"$WORK/$name.log" &
+        --callgrind-out-file="$WORK/$name.$target.$#.cg" "$GH" serve --config "$WORK/$name.toml" \
+        --log-target "$target" 2>"$WORK/$name.log" &
     local pid=$! deadline=$((SECONDS + 60))
     until curl -s -o /dev/null http://127.0.0.1:28601/1k.bin; do
         kill -0 $pid 2>/dev/null && [ $SECONDS -lt $deadline ] || { cat "$WORK/$name.log" >&2; exit 1; }
@@ -116,10 +116,37 @@ profile() { # config, taskset args...
     kill -HUP $pid && sleep 1 && { ${name}_workload >/dev/null 2>&1 || true; }
     kill -TERM $pid && wait $pid || true
 }
+# Under systemd the log goes to the journal. Without one here, a stand-in socket takes the
+# datagrams for the run (and only then is anything created under /run).
+JOURNAL=/run/systemd/journal/socket
+if [ ! -S $JOURNAL ]; then
+    [ -d "$(dirname $JOURNAL)" ] || MADE_DIR=$(dirname $JOURNAL)
+    mkdir -p "$(dirname $JOURNAL)"
+    python3 - $JOURNAL <<'PY' &
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(0.5)
+deadline = time.time() + 600
+try:
+    while time.time() < deadline and os.path.exists(sys.argv[1]):
+        try:
+            s.recv(1 << 20)
+        except socket.timeout:
+            pass
+finally:
+    if os.path.exists(sys.argv[1]):
+        os.unlink(sys.argv[1])
+PY
+    trap 'rm -f $JOURNAL; [ -z "${MADE_DIR:-}" ] || rmdir "$MADE_DIR"; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+    for _ in $(seq 50); do [ -S $JOURNAL ] && break; sleep 0.1; done
+fi
 # A single-threaded runtime (one CPU) and the work-stealing one run different scheduler code.
 for config in core full; do
-    profile $config taskset -c 0
-    profile $config env
+    for target in stderr journald; do
+        profile $config $target taskset -c 0
+        profile $config $target env
+    done
 done
 
 # Self cost per function of our binary, summed over the runs of each configuration;
