@@ -29,17 +29,23 @@ gzip -k "$WORK/www/index.html"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
-# Two configurations. "core" is the plain static server every deployment runs; its
+# Two configurations. "core" is what the package runs: a static site and a unix-socket
+# admin listener, with systemd's notify socket and watchdog (stand-ins below); its
 # functions go first, so a small site's idle process touches one compact block. "full"
 # adds TLS, a proxy route (one process is its own upstream: /app/ goes to the back
-# listener), HTTP/2 and the admin listener; the functions only it runs follow.
+# listener), HTTP/2 and a TCP admin listener; the functions only it runs follow.
 cat >"$WORK/core.toml" <<TOML
 [server]
 max_connections = 10000
 shutdown_timeout = "30s"
+status_interval = "1s"
 [[listener]]
 name = "front"
 bind = ["127.0.0.1:28601"]
+[[listener]]
+name = "admin"
+bind = ["unix:$WORK/admin.sock"]
+role = "admin"
 [[site]]
 hosts = ["*"]
 [[site.route]]
@@ -87,6 +93,7 @@ core_workload() {
         curl -s -H 'If-None-Match: "x"' $u/1k.bin
         curl -s -H 'Connection: close' $u/1k.bin
         curl -s --http1.0 $u/1k.bin
+        curl -s --unix-socket "$WORK/admin.sock" http://admin/healthz http://admin/status
     done
 }
 
@@ -116,31 +123,35 @@ profile() { # config, log target, taskset args...
     kill -HUP $pid && sleep 1 && { ${name}_workload >/dev/null 2>&1 || true; }
     kill -TERM $pid && wait $pid || true
 }
-# Under systemd the log goes to the journal. Without one here, a stand-in socket takes the
-# datagrams for the run (and only then is anything created under /run).
-JOURNAL=/run/systemd/journal/socket
-if [ ! -S $JOURNAL ]; then
-    [ -d "$(dirname $JOURNAL)" ] || MADE_DIR=$(dirname $JOURNAL)
-    mkdir -p "$(dirname $JOURNAL)"
-    python3 - $JOURNAL <<'PY' &
+# A datagram socket at $1 that takes and drops what is sent to it, for as long as the
+# file exists (at most 10 minutes): systemd's journal and notify sockets, stood in for.
+stand_in() {
+    python3 - "$1" <<'PY' &
 import os, socket, sys, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
 s.settimeout(0.5)
 deadline = time.time() + 600
-try:
-    while time.time() < deadline and os.path.exists(sys.argv[1]):
-        try:
-            s.recv(1 << 20)
-        except socket.timeout:
-            pass
-finally:
-    if os.path.exists(sys.argv[1]):
-        os.unlink(sys.argv[1])
+while time.time() < deadline and os.path.exists(sys.argv[1]):
+    try:
+        s.recv(1 << 20)
+    except socket.timeout:
+        pass
 PY
+    for _ in $(seq 50); do [ -S "$1" ] && break; sleep 0.1; done
+}
+# Under systemd the log goes to the journal. Without one here, a stand-in takes the
+# datagrams for the run (and only then is anything created under /run).
+JOURNAL=/run/systemd/journal/socket
+if [ ! -S $JOURNAL ]; then
+    [ -d "$(dirname $JOURNAL)" ] || MADE_DIR=$(dirname $JOURNAL)
+    mkdir -p "$(dirname $JOURNAL)"
     trap 'rm -f $JOURNAL; [ -z "${MADE_DIR:-}" ] || rmdir "$MADE_DIR"; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-    for _ in $(seq 50); do [ -S $JOURNAL ] && break; sleep 0.1; done
+    stand_in $JOURNAL
 fi
+# READY/STATUS go to the notify socket; the watchdog pings every 0.5 s.
+stand_in "$WORK/notify.sock"
+export NOTIFY_SOCKET=$WORK/notify.sock WATCHDOG_USEC=1000000
 # A single-threaded runtime (one CPU) and the work-stealing one run different scheduler code.
 for config in core full; do
     for target in stderr journald; do
