@@ -8,19 +8,30 @@
 # lines and TLB entries instead of spreading over the whole binary.
 #
 # Usage: packaging/link-order.sh [path/to/release/gatehouse]
-# Needs valgrind, curl, openssl, python3. Re-run it after a toolchain or Cargo.lock update: symbol
-# names carry hashes of both, and names the binary no longer has are ignored, which only
-# costs locality (bench/static.sh's idle RSS row shows it). Takes about a minute.
+# Needs valgrind, curl, openssl, python3. Re-run it after a toolchain or Cargo.lock update:
+# symbol names carry hashes of both, and names the binary no longer has are ignored, which
+# only costs locality (bench/static.sh's idle RSS row shows it). Takes about 20 seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GH=${1:-target/release/gatehouse}
 [ -x "$GH" ] || cargo build --release --locked
-for tool in valgrind curl openssl; do
+for tool in valgrind curl openssl python3; do
     command -v $tool >/dev/null || { echo "link-order: $tool missing" >&2; exit 1; }
 done
 
 WORK=$(mktemp -d /tmp/gatehouse-link-order.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+JOURNAL=/run/systemd/journal/socket
+MADE_JOURNAL= # what this run created under /run, removed again on exit
+cleanup() {
+    kill $(jobs -p) 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$WORK"
+    if [ -n "$MADE_JOURNAL" ]; then
+        rm -f $JOURNAL
+        [ "$MADE_JOURNAL" != dir ] || rmdir "$(dirname $JOURNAL)"
+    fi
+}
+trap cleanup EXIT
 mkdir -p "$WORK/www/dir"
 head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
 head -c $((1024 * 1024)) /dev/urandom >"$WORK/www/1m.bin"
@@ -142,11 +153,9 @@ PY
 }
 # Under systemd the log goes to the journal. Without one here, a stand-in takes the
 # datagrams for the run (and only then is anything created under /run).
-JOURNAL=/run/systemd/journal/socket
 if [ ! -S $JOURNAL ]; then
-    [ -d "$(dirname $JOURNAL)" ] || MADE_DIR=$(dirname $JOURNAL)
+    if [ -d "$(dirname $JOURNAL)" ]; then MADE_JOURNAL=socket; else MADE_JOURNAL=dir; fi
     mkdir -p "$(dirname $JOURNAL)"
-    trap 'rm -f $JOURNAL; [ -z "${MADE_DIR:-}" ] || rmdir "$MADE_DIR"; kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
     stand_in $JOURNAL
 fi
 # READY/STATUS go to the notify socket; the watchdog pings every 0.5 s.
@@ -162,7 +171,8 @@ done
 
 # Self cost per function of our binary, summed over the runs of each configuration;
 # core's functions hottest first, then full's other functions hottest first.
-python3 - "$WORK" "$(basename "$GH")" >packaging/link-order.txt <<'PY'
+# Written aside and moved into place: a failed run leaves the committed list as it was.
+python3 - "$WORK" "$(basename "$GH")" >"$WORK/link-order.txt" <<'PY'
 import collections, glob, re, sys
 work, binary = sys.argv[1], sys.argv[2]
 
@@ -197,4 +207,6 @@ for name, _ in costs("full").most_common():
     if name not in core:
         print(name)
 PY
+[ -s "$WORK/link-order.txt" ] || { echo "link-order: no functions recorded" >&2; exit 1; }
+mv "$WORK/link-order.txt" packaging/link-order.txt
 echo "link-order: $(wc -l <packaging/link-order.txt) functions in packaging/link-order.txt" >&2
