@@ -106,9 +106,12 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncWriteExt, DuplexStream};
 
+    /// A sniff that waits for bytes that will not come fails the test instead of hanging it.
     async fn sniff(first: &mut FirstRead, io: &mut DuplexStream) -> Protocol {
-        std::future::poll_fn(|cx| first.poll_sniff(io, cx))
+        let sniff = std::future::poll_fn(|cx| first.poll_sniff(io, cx));
+        tokio::time::timeout(std::time::Duration::from_secs(5), sniff)
             .await
+            .expect("decided without more bytes")
             .unwrap()
     }
 
