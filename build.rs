@@ -16,9 +16,9 @@ fn main() {
         // and binutils ≥ 2.38 (Debian 12).
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
-    if links_with_lld(&target) && std::env::var_os("GATEHOUSE_NO_LINK_ORDER").is_none() {
+    if orders_functions(&target) && std::env::var_os("GATEHOUSE_NO_LINK_ORDER").is_none() {
         // The functions a serving gatehouse runs, laid out together (packaging/link-order.sh
-        // says why and how the list is made): idle RSS 6.8-7.3 -> 4.4-4.8 MiB. Names the binary
+        // says why and how the list is made): idle RSS 6.6-7.1 -> 4.2-4.7 MiB. Names the binary
         // no longer has are skipped quietly; a stale list costs locality, never correctness.
         let list = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(LINK_ORDER);
         if list.exists() {
@@ -34,7 +34,7 @@ fn main() {
 /// --symbol-ordering-file is an lld option. rustc links x86_64-unknown-linux-gnu with its
 /// own lld since 1.90 unless a linker is configured; GNU ld would reject the flag. Release
 /// builds only: the order is made for, and measured on, the optimised binary.
-fn links_with_lld(target: &str) -> bool {
+fn orders_functions(target: &str) -> bool {
     if target != "x86_64-unknown-linux-gnu"
         || std::env::var("PROFILE").as_deref() != Ok("release")
         || std::env::var_os("RUSTC_LINKER").is_some()

@@ -228,7 +228,7 @@ fn prepare(
 
 async fn forward(
     route: &ProxyRoute,
-    prepared: Forwarding,
+    request: Forwarding,
     cx: &RequestContext<'_>,
 ) -> Response<Body> {
     let cfg = &route.config;
@@ -237,7 +237,7 @@ async fn forward(
         body,
         declared,
         client_upgrade,
-    } = prepared;
+    } = request;
     // A request without a body is sent as it came: the time request::handle read then
     // serves the timers and the pool (no clock read of its own).
     let bodiless = body.is_end_stream();

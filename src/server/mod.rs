@@ -48,7 +48,7 @@ impl Snapshot {
                 (l.name.clone(), router)
             })
             .collect();
-        let http = http_builder(&config);
+        let http = http_builders(&config);
         let _proxy_tasks = crate::proxy::start(&config);
         Snapshot {
             _proxy_tasks,
@@ -83,7 +83,7 @@ pub struct HttpBuilders {
     pub h2: http2::Builder<TokioExecutor>,
 }
 
-fn http_builder(config: &Config) -> HttpBuilders {
+fn http_builders(config: &Config) -> HttpBuilders {
     let s = &config.server;
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
