@@ -153,15 +153,22 @@ stop_server() {
     SERVER_PID=
 }
 
-# CPU time (clock ticks) used so far by a process and its children (nginx master + worker).
+# CPU time (clock ticks) used so far by a process and its children (nginx master + worker),
+# as "user system": the split shows how much of a request's cost is the kernel's socket work,
+# which no proxy can avoid, and how much is the proxy's own code.
 cpu_ticks() { # pid
-    local total=0 p
+    local user=0 sys=0 p u s
     for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+        read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+        user=$((user + u))
+        sys=$((sys + s))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 HZ=$(getconf CLK_TCK)
+per_req() { # ticks requests -> µs per request
+    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { printf "%.2f", (n > 0) ? t * 1e6 / hz / n : 0 }'
+}
 
 # name | path | extra wrk args
 SCENARIOS=(
@@ -178,14 +185,16 @@ for s in "${SCENARIOS[@]}"; do
         for server in gatehouse nginx; do
             if [ $server = gatehouse ]; then start_gatehouse; port=$GH_PORT; else start_nginx; port=$NGX_PORT; fi
             R[$server,idle]+="$(rss_kib "$SERVER_PID") "
-            t0=$(cpu_ticks "$SERVER_PID")
+            read -r u0 s0 < <(cpu_ticks "$SERVER_PID")
             # shellcheck disable=SC2086
             read -r rps p50 p99 err non2xx n < <(run_wrk "http://127.0.0.1:$port$path" "$CONNS" $extra)
-            t1=$(cpu_ticks "$SERVER_PID")
+            read -r u1 s1 < <(cpu_ticks "$SERVER_PID")
             R[$name,$server,peak]+="$(peak_rss_kib "$SERVER_PID") "
             stop_server
             # Proxy CPU per request: unlike req/s, not skewed by other load on the machine.
-            us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", (n > 0) ? t * 1e6 / hz / n : 0 }')
+            us=$(per_req $((u1 - u0 + s1 - s0)) "$n")
+            R[$name,$server,user]+="$(per_req $((u1 - u0)) "$n") "
+            R[$name,$server,sys]+="$(per_req $((s1 - s0)) "$n") "
             if [ "$err" != 0 ] || [ "${non2xx:-0}" != 0 ]; then
                 echo "$server / $name: $err socket errors, ${non2xx:-0} non-2xx" >&2
                 tail -n 3 "$WORK/nginx/error.log" "$WORK/up/error.log" >&2 2>/dev/null || true
@@ -195,24 +204,25 @@ for s in "${SCENARIOS[@]}"; do
             R[$name,$server,p50]+="$p50 "
             R[$name,$server,p99]+="$p99 "
             R[$name,$server,us]+="$us "
-            echo "rep $rep $server $name: $rps req/s, p99 $p99 ms, $us µs CPU/request" >&2
+            echo "rep $rep $server $name: $rps req/s, p99 $p99 ms, $us µs CPU/request ($(per_req $((u1 - u0)) "$n") user)" >&2
         done
     done
 done
 
 med() { tr ' ' '\n' <<<"${R[$1]}" | grep . | median; }
 echo
-echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p50 / p99 ms | nginx p50 / p99 ms | gatehouse CPU µs/req | nginx CPU µs/req | peak RSS KiB, gatehouse / nginx |"
+echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p50 / p99 ms | nginx p50 / p99 ms | gatehouse CPU µs/req (user + sys) | nginx CPU µs/req (user + sys) | peak RSS KiB, gatehouse / nginx |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for s in "${SCENARIOS[@]}"; do
     IFS='|' read -r name _ _ <<<"$s"
     g=$(med "$name,gatehouse,rps")
     n=$(med "$name,nginx,rps")
     ratio=$(awk -v g="$g" -v n="$n" 'BEGIN { printf "%.2f", (n > 0) ? g / n : 0 }')
-    printf "| %s | %.0f | %.0f | %s× | %.2f / %.2f | %.2f / %.2f | %.1f | %.1f | %.0f / %.0f |\n" "$name" "$g" "$n" "$ratio" \
+    printf "| %s | %.0f | %.0f | %s× | %.2f / %.2f | %.2f / %.2f | %.1f (%.1f + %.1f) | %.1f (%.1f + %.1f) | %.0f / %.0f |\n" "$name" "$g" "$n" "$ratio" \
         "$(med "$name,gatehouse,p50")" "$(med "$name,gatehouse,p99")" \
         "$(med "$name,nginx,p50")" "$(med "$name,nginx,p99")" \
-        "$(med "$name,gatehouse,us")" "$(med "$name,nginx,us")" \
+        "$(med "$name,gatehouse,us")" "$(med "$name,gatehouse,user")" "$(med "$name,gatehouse,sys")" \
+        "$(med "$name,nginx,us")" "$(med "$name,nginx,user")" "$(med "$name,nginx,sys")" \
         "$(med "$name,gatehouse,peak")" "$(med "$name,nginx,peak")"
 done
 printf "| idle RSS (KiB, nginx = master + worker) | %.0f | %.0f | | | | | | |\n" "$(med gatehouse,idle)" "$(med nginx,idle)"
