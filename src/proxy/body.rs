@@ -103,7 +103,63 @@ impl Stall {
     }
 }
 
-pub struct UpBody {
+/// The body of a request on its way to an upstream. Boxed, and absent for the many requests
+/// without one: the request is moved several times on its way out and queued in hyper's
+/// channel to the connection, and every byte of it is copied each time.
+pub struct UpBody(Option<Box<UpState>>);
+
+impl UpBody {
+    pub fn empty() -> UpBody {
+        UpBody(None)
+    }
+
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        idle: Duration,
+        activity: Activity,
+        reclaim: Reclaim,
+    ) -> UpBody {
+        UpBody(Some(Box::new(UpState::new(
+            inner, limit, idle, activity, reclaim,
+        ))))
+    }
+
+    /// A body already read; every attempt gets its own (cheap) clone.
+    pub fn full(frames: &[Bytes], activity: Activity) -> UpBody {
+        if frames.iter().all(|f| f.is_empty()) {
+            return UpBody::empty();
+        }
+        UpBody(Some(Box::new(UpState::full(frames, activity))))
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.0 {
+            Some(state) => Pin::new(&mut **state).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|s| s.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |s| s.size_hint())
+    }
+}
+
+struct UpState {
     inner: Option<Incoming>,
     /// A body read whole beforehand (small, with a Content-Length), as the frames it came
     /// in: all ready at once, so hyper writes them in one writev, without copying them.
@@ -116,9 +172,9 @@ pub struct UpBody {
     stall: Stall,
 }
 
-impl UpBody {
-    pub fn empty() -> UpBody {
-        UpBody {
+impl UpState {
+    fn empty() -> UpState {
+        UpState {
             inner: None,
             full: Default::default(),
             limit: None,
@@ -130,14 +186,14 @@ impl UpBody {
         }
     }
 
-    pub fn new(
+    fn new(
         inner: Incoming,
         limit: Option<u64>,
         idle: Duration,
         activity: Activity,
         reclaim: Reclaim,
-    ) -> UpBody {
-        UpBody {
+    ) -> UpState {
+        UpState {
             inner: Some(inner),
             full: Default::default(),
             limit,
@@ -149,9 +205,8 @@ impl UpBody {
         }
     }
 
-    /// A body already read; every attempt gets its own (cheap) clone.
-    pub fn full(frames: &[Bytes], activity: Activity) -> UpBody {
-        let mut b = UpBody::empty();
+    fn full(frames: &[Bytes], activity: Activity) -> UpState {
+        let mut b = UpState::empty();
         b.full = frames.iter().filter(|f| !f.is_empty()).cloned().collect();
         b.activity = Some(activity);
         b
@@ -164,7 +219,7 @@ impl UpBody {
     }
 }
 
-impl Body for UpBody {
+impl Body for UpState {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -222,7 +277,7 @@ impl Body for UpBody {
     }
 }
 
-impl Drop for UpBody {
+impl Drop for UpState {
     fn drop(&mut self) {
         if self.polled {
             return;
