@@ -143,7 +143,7 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.0 {
-            Some(state) => Pin::new(&mut **state).poll_frame(cx),
+            Some(state) => state.poll_frame(cx),
             None => Poll::Ready(None),
         }
     }
@@ -173,19 +173,6 @@ struct UpState {
 }
 
 impl UpState {
-    fn empty() -> UpState {
-        UpState {
-            inner: None,
-            full: Default::default(),
-            limit: None,
-            seen: 0,
-            polled: false,
-            reclaim: None,
-            activity: None,
-            stall: Stall::new(Duration::from_secs(60)),
-        }
-    }
-
     fn new(
         inner: Incoming,
         limit: Option<u64>,
@@ -206,10 +193,17 @@ impl UpState {
     }
 
     fn full(frames: &[Bytes], activity: Activity) -> UpState {
-        let mut b = UpState::empty();
-        b.full = frames.iter().filter(|f| !f.is_empty()).cloned().collect();
-        b.activity = Some(activity);
-        b
+        UpState {
+            inner: None,
+            full: frames.iter().filter(|f| !f.is_empty()).cloned().collect(),
+            limit: None,
+            seen: 0,
+            polled: false,
+            reclaim: None,
+            activity: Some(activity),
+            // Never armed: every frame is ready.
+            stall: Stall::new(Duration::from_secs(60)),
+        }
     }
 
     fn touch(&self) {
@@ -217,45 +211,38 @@ impl UpState {
             a.touch();
         }
     }
-}
 
-impl Body for UpState {
-    type Data = Bytes;
-    type Error = BoxError;
+    // `UpBody`'s `Body` methods, on the boxed state.
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(data) = this.full.pop_front() {
-            this.touch();
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.full.pop_front() {
+            self.touch();
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        let Some(inner) = this.inner.as_mut() else {
+        let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        this.polled = true;
+        self.polled = true;
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if this.limit.is_some_and(|l| this.seen > l) {
+                    self.seen += data.len() as u64;
+                    if self.limit.is_some_and(|l| self.seen > l) {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
-                this.touch();
-                this.stall.progress();
+                self.touch();
+                self.stall.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
-                this.touch();
+                self.touch();
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.stall.poll_expired(cx) {
-                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(this.stall.idle)))));
+                if self.stall.poll_expired(cx) {
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(self.stall.idle)))));
                 }
                 Poll::Pending
             }
