@@ -192,9 +192,9 @@ for s in "${SCENARIOS[@]}"; do
             R[$name,$server,peak]+="$(peak_rss_kib "$SERVER_PID") "
             stop_server
             # Proxy CPU per request: unlike req/s, not skewed by other load on the machine.
+            user=$(per_req $((u1 - u0)) "$n")
+            sys=$(per_req $((s1 - s0)) "$n")
             us=$(per_req $((u1 - u0 + s1 - s0)) "$n")
-            R[$name,$server,user]+="$(per_req $((u1 - u0)) "$n") "
-            R[$name,$server,sys]+="$(per_req $((s1 - s0)) "$n") "
             if [ "$err" != 0 ] || [ "${non2xx:-0}" != 0 ]; then
                 echo "$server / $name: $err socket errors, ${non2xx:-0} non-2xx" >&2
                 tail -n 3 "$WORK/nginx/error.log" "$WORK/up/error.log" >&2 2>/dev/null || true
@@ -204,7 +204,9 @@ for s in "${SCENARIOS[@]}"; do
             R[$name,$server,p50]+="$p50 "
             R[$name,$server,p99]+="$p99 "
             R[$name,$server,us]+="$us "
-            echo "rep $rep $server $name: $rps req/s, p99 $p99 ms, $us µs CPU/request ($(per_req $((u1 - u0)) "$n") user)" >&2
+            R[$name,$server,user]+="$user "
+            R[$name,$server,sys]+="$sys "
+            echo "rep $rep $server $name: $rps req/s, p99 $p99 ms, $us µs CPU/request ($user user + $sys sys)" >&2
         done
     done
 done
