@@ -9,14 +9,15 @@
 E2E_CACHE=${GATEHOUSE_E2E_CACHE:-/var/cache/gatehouse-e2e}
 E2E_WORK=${GATEHOUSE_E2E_WORK:-/var/tmp/gatehouse-e2e}
 E2E_SUITE=${GATEHOUSE_E2E_SUITE:-bookworm}
-E2E_MACHINE=gatehouse-e2e
+# several runs may share a host (parallel worktrees) if each has its own WORK and MACHINE
+E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-e2e}
 # what the guest needs: systemd as init, dbus for systemctl, curl for the client loops,
 # man-db because systemd-analyze verify checks that Documentation=man:gatehouse(8) exists
 E2E_GUEST_PKGS=systemd,systemd-sysv,dbus,curl,man-db
 E2E_IMAGE_VERSION=1        # bump to force a rebuild of cached images after a layout change
 E2E_IMAGE=$E2E_CACHE/$E2E_SUITE
 E2E_ROOT=$E2E_WORK/root
-E2E_CGROUP=gatehouse-e2e
+E2E_CGROUP=$E2E_MACHINE
 GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { printf 'e2e: %s\n' "$*" >&2; }
