@@ -479,3 +479,28 @@ pub fn pipelined_gets(port: u16, prefix: &str, n: usize, body: &[u8]) {
         seen.extend_from_slice(&buf[..got]);
     }
 }
+
+/// Whether the system programs a test needs are installed. When one is missing the test
+/// prints `SKIPPED: install PACKAGE` and should return early, so `cargo test` passes on a
+/// fresh clone; under `CI=true` (where `.ci/run` installs them) a missing one fails instead.
+pub fn have_programs(programs: &[&str], package: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| !std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "SKIPPED: install {package} ({} not found)",
+        missing.join(", ")
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: {msg}"
+    );
+    eprintln!("{msg}");
+    false
+}
