@@ -47,6 +47,8 @@ pub struct RequestContext<'a> {
     pub started: std::time::Instant,
     /// Set by a proxy route to the upstream it forwarded to: the access log's UPSTREAM.
     pub upstream: &'a std::sync::OnceLock<std::sync::Arc<str>>,
+    /// The connection's place in the open count: a WebSocket tunnel takes it over.
+    pub connection: &'a crate::server::connections::ConnSlot,
 }
 
 pub async fn dispatch(

@@ -342,14 +342,7 @@ async fn forward(
         match send(u, req, cfg.response_header_timeout, &activity, ready_at).await {
             Ok(resp) => {
                 u.mark_ok();
-                return respond(
-                    resp,
-                    u,
-                    cfg.idle_timeout,
-                    in_flight,
-                    client_upgrade,
-                    cx.upstream,
-                );
+                return respond(resp, u, cfg.idle_timeout, in_flight, client_upgrade, cx);
             }
             Err(SendError::Timeout) => {
                 u.counters.errors.inc();
@@ -498,8 +491,9 @@ fn respond(
     idle: Duration,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    used: &OnceLock<Arc<str>>,
+    cx: &RequestContext<'_>,
 ) -> Response<Body> {
+    let used = cx.upstream;
     let upstream_upgrade =
         (resp.status() == StatusCode::SWITCHING_PROTOCOLS).then(|| hyper::upgrade::on(&mut resp));
     let (parts, body) = resp.into_parts();
@@ -512,7 +506,10 @@ fn respond(
                 headers.insert(header::UPGRADE, proto);
             }
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            upgrade::spawn_tunnel(client, up, idle, u.label.to_string(), in_flight);
+            // The tunnel is the client's connection from now on: it keeps its place in the
+            // open count and under max_connections.
+            let connection = cx.connection.take();
+            upgrade::spawn_tunnel(client, up, idle, u.label.to_string(), in_flight, connection);
             handlers::full(bytes::Bytes::new())
         }
         // 101 to a request that asked for no upgrade: nothing sane to forward.

@@ -1,9 +1,11 @@
 //! Upgraded connections (WebSocket): once the upstream answers 101, both sides are switched
 //! to raw byte streams and copied both ways until either closes or `idle_timeout` passes
-//! with no byte in either direction.
+//! with no byte in either direction. The tunnel holds the client connection's `ConnGuard`,
+//! so it counts as an open connection like any other.
 
 use super::balance::InFlight;
 use super::body::Activity;
+use crate::server::connections::ConnGuard;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
@@ -15,9 +17,13 @@ pub fn spawn_tunnel(
     idle: Duration,
     label: String,
     in_flight: InFlight,
+    connection: Option<ConnGuard>,
 ) {
     tokio::spawn(async move {
         let _in_flight = in_flight;
+        // Counted as an open connection until the tunnel closes: idle exit waits for it, a
+        // drain gives it shutdown_timeout, max_connections bounds it.
+        let _connection = connection;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -1,7 +1,7 @@
 //! One client connection: HTTP/1.1 (keep-alive) or HTTP/2 (ALPN or prior knowledge, told by
 //! its first bytes), served until the client leaves or a drain asks it to finish.
 
-use super::connections::ConnGuard;
+use super::connections::{ConnGuard, ConnSlot};
 use super::fin_merge::HoldTail;
 use super::listener::Stream;
 use super::read_ahead::{FirstRead, Protocol};
@@ -43,16 +43,18 @@ pub async fn serve(
                 )
             })
     };
+    // Dropped with the connection, unless a tunnel took it over.
+    let slot = ConnSlot::new(guard);
     match (stream, tls) {
-        (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, None).await,
-        (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, None).await,
+        (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, None, slot).await,
+        (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, None, slot).await,
         // A TLS session is kilobytes. Boxed, the whole TLS path leaves a plaintext
         // connection's task (sized for the largest future it may hold) small.
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
             Box::pin(async move {
                 let handshake = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener);
                 if let Some(s) = handshake.await {
-                    serve_tls(shared, s, remote, listener).await;
+                    serve_tls(shared, s, remote, listener, slot).await;
                 }
             })
             .await
@@ -61,13 +63,12 @@ pub async fn serve(
             Box::pin(async move {
                 let handshake = crate::tls::handshake(&acceptor, s, timeout, &listener);
                 if let Some(s) = handshake.await {
-                    serve_tls(shared, s, remote, listener).await;
+                    serve_tls(shared, s, remote, listener, slot).await;
                 }
             })
             .await
         }
     }
-    drop(guard);
 }
 
 async fn serve_tls<I>(
@@ -75,12 +76,13 @@ async fn serve_tls<I>(
     s: tokio_rustls::server::TlsStream<I>,
     remote: Remote,
     listener: Arc<str>,
+    slot: ConnSlot,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     tokio_rustls::server::TlsStream<I>: HoldTail,
 {
     let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
-    serve_io(shared, s, remote, listener, Some(alpn)).await;
+    serve_io(shared, s, remote, listener, Some(alpn), slot).await;
 }
 
 /// The protocol a TLS client chose by ALPN; `None`: it chose none, so its first bytes tell.
@@ -99,6 +101,7 @@ async fn serve_io<I>(
     remote: Remote,
     listener: Arc<str>,
     tls: Option<Option<Protocol>>,
+    slot: ConnSlot,
 ) where
     I: AsyncRead + HoldTail + Send + 'static,
 {
@@ -115,6 +118,7 @@ async fn serve_io<I>(
         last_response: AtomicBool::new(false),
         admin,
         tls: tls.is_some(),
+        slot,
     });
     let mut io = ClientIo {
         inner: io,

@@ -172,7 +172,23 @@ impl Future for DrainWait<'_> {
     }
 }
 
-/// Held by a connection task for as long as the connection is open.
+/// A connection's place in the open count and under `max_connections`, kept in its context
+/// so that an upgraded connection can take it over: a WebSocket tunnel outlives hyper's
+/// connection, and must count for idle exit, drain, `max_connections` and STATUS alike.
+pub struct ConnSlot(Mutex<Option<ConnGuard>>);
+
+impl ConnSlot {
+    pub fn new(guard: ConnGuard) -> ConnSlot {
+        ConnSlot(Mutex::new(Some(guard)))
+    }
+
+    /// Hands the place over (to a tunnel); the connection then holds none.
+    pub fn take(&self) -> Option<ConnGuard> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Held by a connection task (or its tunnel) for as long as the connection is open.
 pub struct ConnGuard {
     conns: Arc<Connections>,
     counted: bool,

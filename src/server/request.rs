@@ -27,6 +27,8 @@ pub struct ConnContext {
     pub admin: bool,
     /// The connection is TLS.
     pub tls: bool,
+    /// The connection's place in the count; a WebSocket tunnel takes it over.
+    pub slot: super::connections::ConnSlot,
 }
 
 pub async fn handle(
@@ -90,6 +92,7 @@ pub async fn handle(
                     tls: ctx.tls,
                     started: start,
                     upstream: &upstream,
+                    connection: &ctx.slot,
                 };
                 let response = handlers::dispatch(&route.config, req, &cx).await;
                 (
