@@ -22,6 +22,8 @@ use std::time::Duration;
 pub struct Environment {
     pub sockets: Result<Vec<PassedSocket>, ActivationError>,
     pub watchdog: Option<Duration>,
+    /// Why NOTIFY_SOCKET cannot be used, to be logged once logging is up.
+    pub notify_problem: Option<String>,
 }
 
 /// Reads LISTEN_*, NOTIFY_SOCKET and WATCHDOG_* and removes them from the environment so
@@ -31,7 +33,11 @@ pub struct Environment {
 /// Must be called while the process has a single thread (before the tokio runtime starts).
 pub unsafe fn take_environment() -> Environment {
     let sockets = unsafe { activation::take_passed_sockets() };
-    unsafe { notify::init_from_env() };
+    let notify_problem = unsafe { notify::init_from_env() };
     let watchdog = unsafe { watchdog::take_interval() };
-    Environment { sockets, watchdog }
+    Environment {
+        sockets,
+        watchdog,
+        notify_problem,
+    }
 }
