@@ -117,3 +117,69 @@ fn access_lines_come_before_later_log_lines_and_keep_the_line_format() {
     let reload = stderr.find("reload").unwrap();
     assert!(access < reload, "{stderr}");
 }
+
+fn logged_paths(server: &Server) -> Vec<String> {
+    server
+        .stderr()
+        .lines()
+        .filter_map(|l| l.split_once(" INFO GET ").map(|(_, rest)| rest.to_owned()))
+        .map(|rest| rest.split(" http_host").next().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// 30 requests answered 200 and 2 answered 404, then the entries the policy kept.
+fn policy_run(policy: &str) -> Vec<String> {
+    let (server, port) = start_http(
+        &format!(
+            "[server]\n{policy}\n[[listener]]\nname = \"http\"\nbind = [\"127.0.0.1:0\"]\n\
+             [[site]]\nhosts = [\"*\"]\n[[site.route]]\npath = \"/ok/\"\nrespond = {{ body = \"ok\" }}\n"
+        ),
+        &[],
+    );
+    for i in 0..30 {
+        assert_eq!(get_tcp(port, "t", &format!("/ok/{i}")).unwrap().status, 200);
+    }
+    for i in 0..2 {
+        assert_eq!(
+            get_tcp(port, "t", &format!("/missing{i}")).unwrap().status,
+            404
+        );
+    }
+    server.wait_log("GET /missing1 404");
+    logged_paths(&server)
+}
+
+#[test]
+fn access_log_sample_keeps_one_in_n_and_every_error() {
+    assert_eq!(
+        policy_run("access_log_sample = 10"),
+        [
+            "/ok/0 200",
+            "/ok/10 200",
+            "/ok/20 200",
+            "/missing0 404",
+            "/missing1 404"
+        ]
+    );
+}
+
+#[test]
+fn access_log_errors_keeps_only_errors() {
+    assert_eq!(
+        policy_run("access_log = \"errors\""),
+        ["/missing0 404", "/missing1 404"]
+    );
+}
+
+#[test]
+fn access_log_off_keeps_nothing() {
+    let (server, port) = start_http(
+        &respond_config("http", "\"127.0.0.1:0\"", "access_log = \"off\"", "ok"),
+        &[],
+    );
+    for _ in 0..5 {
+        get_tcp(port, "t", "/").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(logged_paths(&server).is_empty(), "{}", server.stderr());
+}

@@ -78,6 +78,20 @@ pub struct ServerSettings {
     pub max_header_size: usize,
     /// Runtime threads; 0 = one per CPU this process may use. Read at start only.
     pub workers: usize,
+    /// Which requests get an access-log entry.
+    pub access_log: AccessLog,
+    /// One entry for every this many requests answered below 400 (1 = all of them).
+    pub access_log_sample: u32,
+}
+
+/// `server.access_log`: which requests get an entry in the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    #[default]
+    All,
+    /// Status 400 and above only.
+    Errors,
+    Off,
 }
 
 impl Default for ServerSettings {
@@ -90,6 +104,8 @@ impl Default for ServerSettings {
             status_interval: Duration::from_secs(5),
             max_header_size: 16 * 1024,
             workers: 0,
+            access_log: AccessLog::All,
+            access_log_sample: 1,
         }
     }
 }

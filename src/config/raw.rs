@@ -28,6 +28,9 @@ pub struct RawServer {
     pub status_interval: Option<Spanned<HumanDuration>>,
     pub max_header_size: Option<Spanned<i64>>,
     pub workers: Option<Spanned<i64>>,
+    /// "all" (default), "errors" or "off".
+    pub access_log: Option<Spanned<String>>,
+    pub access_log_sample: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -350,6 +350,28 @@ fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {
             ),
         }
     }
+    if let Some(mode) = &raw.access_log {
+        match mode.get_ref().as_str() {
+            "all" => s.access_log = AccessLog::All,
+            "errors" => s.access_log = AccessLog::Errors,
+            "off" => s.access_log = AccessLog::Off,
+            other => sink.push(
+                Some(mode.span()),
+                format!("`access_log` must be \"all\", \"errors\" or \"off\", not {other:?}"),
+                None,
+            ),
+        }
+    }
+    if let Some(n) = &raw.access_log_sample {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (1..=1_000_000).contains(&v) => s.access_log_sample = v,
+            _ => sink.push(
+                Some(n.span()),
+                "`access_log_sample` must be between 1 (every request) and 1000000",
+                None,
+            ),
+        }
+    }
     if let Some(n) = &raw.max_header_size {
         match usize::try_from(*n.get_ref()) {
             Ok(v) if (8192..=1 << 20).contains(&v) => s.max_header_size = v,

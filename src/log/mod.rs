@@ -113,6 +113,28 @@ impl Remote {
     }
 }
 
+/// Requests answered below 400 since start, for `access_log_sample`.
+static SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a request answered `status` gets an access entry under `server.access_log` and
+/// `server.access_log_sample`. Errors (400 and above) are never sampled away.
+pub fn access_wanted(
+    mode: crate::config::AccessLog,
+    sample: u32,
+    status: http::StatusCode,
+) -> bool {
+    use crate::config::AccessLog;
+    let error = status.as_u16() >= 400;
+    match mode {
+        AccessLog::Off => false,
+        AccessLog::Errors => error,
+        AccessLog::All if error || sample <= 1 => true,
+        AccessLog::All => {
+            SAMPLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % u64::from(sample) == 0
+        }
+    }
+}
+
 /// The tracing target of access-log events.
 pub const ACCESS_TARGET: &str = "gatehouse::access";
 

@@ -126,15 +126,22 @@ pub async fn handle(
     }
     let elapsed = start.elapsed();
     ctx.shared.metrics.duration.observe(elapsed.as_secs_f64());
-    log::access(
-        &method,
-        uri.path(),
-        host.as_deref().unwrap_or("-"),
+    let server = &snapshot.config.server;
+    if log::access_wanted(
+        server.access_log,
+        server.access_log_sample,
         response.status(),
-        upstream.get().map(|u| &**u),
-        elapsed,
-        &ctx.remote_text,
-    );
+    ) {
+        log::access(
+            &method,
+            uri.path(),
+            host.as_deref().unwrap_or("-"),
+            response.status(),
+            upstream.get().map(|u| &**u),
+            elapsed,
+            &ctx.remote_text,
+        );
+    }
     Ok(response)
 }
 
