@@ -1,8 +1,14 @@
 //! Makes `systemctl reload` synchronous on systemd < 253 (Type=notify): the server records
-//! each reload's outcome in `$RUNTIME_DIRECTORY/reload.status`, and `gatehouse reload --pid`
-//! (the unit's ExecReload=) signals the server and waits for a newer record.
+//! each reload in `$RUNTIME_DIRECTORY/reload.status`, and `gatehouse reload --pid` (the
+//! unit's ExecReload=) signals the server and waits for the outcome of *its* reload.
 //!
-//! File format: first line `<generation> <started|ok|failed> <pid>`, then the error, if any.
+//! File format: first line `<generation> <started|reloading|ok|failed> <pid> <since>`, then
+//! the error, if any. The generation counts reloads; `since` is when this generation began
+//! (CLOCK_MONOTONIC, microseconds; the whole host shares that clock). A reload answers a
+//! request when it began after the request's SIGHUP was sent: one already under way when the
+//! signal came read the configuration before it, and a SIGHUP arriving meanwhile (ours, and
+//! any others, merged by the kernel) starts the next one. So a concurrent reload's outcome
+//! is never taken for this request's.
 
 use crate::config::ConfigOrigin;
 use std::path::{Path, PathBuf};
@@ -16,6 +22,8 @@ const FILE_NAME: &str = "reload.status";
 pub struct StatusFile {
     path: Option<PathBuf>,
     generation: AtomicU64,
+    /// When the current generation began (monotonic microseconds).
+    since: AtomicU64,
 }
 
 impl StatusFile {
@@ -28,6 +36,7 @@ impl StatusFile {
         StatusFile {
             path,
             generation: AtomicU64::new(0),
+            since: AtomicU64::new(monotonic_usec()),
         }
     }
 
@@ -35,8 +44,14 @@ impl StatusFile {
         self.write("started", None);
     }
 
-    pub fn reloaded(&self, error: Option<&str>) {
+    /// A reload begins (before the configuration is read): a new generation.
+    pub fn reloading(&self) {
+        self.since.store(monotonic_usec(), Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Relaxed);
+        self.write("reloading", None);
+    }
+
+    pub fn reloaded(&self, error: Option<&str>) {
         match error {
             None => self.write("ok", None),
             Some(e) => self.write("failed", Some(e)),
@@ -46,9 +61,10 @@ impl StatusFile {
     fn write(&self, outcome: &str, detail: Option<&str>) {
         let Some(path) = &self.path else { return };
         let text = format!(
-            "{} {outcome} {}\n{}",
+            "{} {outcome} {} {}\n{}",
             self.generation.load(Ordering::Relaxed),
             std::process::id(),
+            self.since.load(Ordering::Relaxed),
             detail.unwrap_or("")
         );
         // Written whole and renamed, so a reader never sees half a record.
@@ -60,10 +76,55 @@ impl StatusFile {
     }
 }
 
-fn read_record(path: &Path) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let (head, detail) = text.split_once('\n').unwrap_or((&text, ""));
-    Some((head.to_owned(), detail.trim_end().to_owned()))
+/// CLOCK_MONOTONIC in microseconds: one clock for the server and `gatehouse reload`.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs * 1_000_000 + nanos / 1_000
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Record {
+    head: String,
+    generation: u64,
+    outcome: String,
+    pid: i32,
+    /// Absent in records of servers older than the generation check.
+    since: Option<u64>,
+    detail: String,
+}
+
+fn parse_record(text: &str) -> Option<Record> {
+    let (head, detail) = text.split_once('\n').unwrap_or((text, ""));
+    let mut fields = head.split(' ');
+    Some(Record {
+        generation: fields.next()?.parse().ok()?,
+        outcome: fields.next()?.to_owned(),
+        pid: fields.next()?.parse().ok()?,
+        since: fields.next().and_then(|t| t.parse().ok()),
+        head: head.to_owned(),
+        detail: detail.trim_end().to_owned(),
+    })
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    parse_record(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Whether `record` is the outcome of the reload our SIGHUP (sent at `sent_at`) asked for.
+fn answers_request(record: &Record, pid: i32, sent_at: u64, before: Option<&Record>) -> bool {
+    record.pid == pid
+        && match record.since {
+            Some(since) => since >= sent_at,
+            // An older server: any record newer than the one read before the signal.
+            None => before.is_none_or(|b| b.head != record.head),
+        }
 }
 
 /// `gatehouse reload --pid PID`: validate, SIGHUP, wait for the outcome.
@@ -75,6 +136,7 @@ pub fn request_reload(pid: i32, origin: &ConfigOrigin, timeout: Duration) -> Exi
     }
     let path = StatusFile::from_env().path;
     let before = path.as_deref().and_then(read_record);
+    let sent_at = monotonic_usec();
     // SAFETY: kill(2) has no memory-safety preconditions.
     if pid <= 0 || unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         eprintln!(
@@ -90,20 +152,23 @@ pub fn request_reload(pid: i32, origin: &ConfigOrigin, timeout: Duration) -> Exi
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        let Some((head, detail)) = read_record(&path) else {
+        let Some(record) = read_record(&path) else {
             continue;
         };
-        let fresh = before.as_ref().is_none_or(|(old, _)| *old != head);
-        let mut fields = head.split(' ');
-        let (_, outcome) = (fields.next(), fields.next());
-        match (fresh, outcome) {
-            (true, Some("ok")) => {
-                println!("configuration reloaded");
+        if !answers_request(&record, pid, sent_at, before.as_ref()) {
+            continue;
+        }
+        match record.outcome.as_str() {
+            "ok" => {
+                println!("configuration reloaded (reload {})", record.generation);
                 return ExitCode::SUCCESS;
             }
-            (true, Some("failed")) => {
-                eprintln!("{detail}");
-                eprintln!("reload refused; the server keeps serving its previous configuration");
+            "failed" => {
+                eprintln!("{}", record.detail);
+                eprintln!(
+                    "reload {} refused; the server keeps serving its previous configuration",
+                    record.generation
+                );
                 return ExitCode::from(super::EXIT_CONFIG);
             }
             _ => {}
@@ -111,4 +176,38 @@ pub fn request_reload(pid: i32, origin: &ConfigOrigin, timeout: Duration) -> Exi
     }
     eprintln!("no reload outcome from pid {pid} within {timeout:?}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_reload_begun_after_the_signal_answers() {
+        let rec = |text: &str| parse_record(text).unwrap();
+        let ours = rec("4 ok 77 2000\n");
+        assert!(answers_request(&ours, 77, 2000, None));
+        assert!(answers_request(&ours, 77, 1500, None));
+        // Under way when the signal was sent: it read the configuration before it.
+        assert!(!answers_request(
+            &rec("3 failed 77 1000\nbad"),
+            77,
+            1500,
+            None
+        ));
+        // Another process (a restarted server) is not the one signalled.
+        assert!(!answers_request(&ours, 78, 1500, None));
+        let failed = rec("5 failed 77 3000\nline 1\nline 2\n");
+        assert_eq!(failed.detail, "line 1\nline 2");
+        assert_eq!((failed.generation, failed.outcome.as_str()), (5, "failed"));
+    }
+
+    #[test]
+    fn records_of_older_servers_fall_back_to_any_change() {
+        let before = parse_record("1 ok 9\n").unwrap();
+        let same = parse_record("1 ok 9\n").unwrap();
+        let newer = parse_record("2 ok 9\n").unwrap();
+        assert!(!answers_request(&same, 9, 5, Some(&before)));
+        assert!(answers_request(&newer, 9, 5, Some(&before)));
+    }
 }
