@@ -41,6 +41,35 @@ pub fn builtin_config() -> Config {
     }
 }
 
+const STANDBY_BODY: &str =
+    "503 Service Unavailable: this server's configuration is invalid; its administrator can see why in the server's log.\n";
+
+/// Standby while the configuration cannot be loaded: one plain listener per socket name
+/// systemd passed, every request answered 503 (see `lifecycle::standby`).
+pub fn standby_config(fd_names: &[&str], origin: String, errors: String) -> Config {
+    let mut config = builtin_config();
+    config.source = ConfigSource::Invalid { origin, errors };
+    let mut names: Vec<&str> = fd_names.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    config.listeners = names
+        .into_iter()
+        .map(|name| ListenerConfig {
+            name: name.to_owned(),
+            bind: Vec::new(),
+            role: ListenerRole::Public,
+            tls: None,
+            redirect_https: false,
+        })
+        .collect();
+    config.sites[0].routes[0].action = RouteAction::Respond(RespondConfig {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: Bytes::from_static(STANDBY_BODY.as_bytes()),
+        content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
+    });
+    config
+}
+
 /// `serve --listen ADDR --root DIR --proxy PREFIX=UPSTREAM`, already syntax-checked by clap.
 #[derive(Debug, Clone, Default)]
 pub struct QuickArgs {

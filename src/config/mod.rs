@@ -10,7 +10,7 @@ mod raw;
 mod units;
 mod validate;
 
-pub use builtin::{builtin_config, parse_proxy_arg, quick_config, QuickArgs};
+pub use builtin::{builtin_config, parse_proxy_arg, quick_config, standby_config, QuickArgs};
 pub use error::{line_col, ConfigError, ConfigErrors};
 pub use model::*;
 pub use units::{parse_duration, HumanDuration};

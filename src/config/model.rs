@@ -16,6 +16,12 @@ pub enum ConfigSource {
     Builtin,
     /// No file: built from `serve --listen/--root/--proxy`.
     Quick,
+    /// The configuration from `origin` could not be loaded: standby, every socket systemd
+    /// passed answers 503 until a reload loads it (see `lifecycle::standby`).
+    Invalid {
+        origin: String,
+        errors: String,
+    },
 }
 
 impl fmt::Display for ConfigSource {
@@ -24,6 +30,7 @@ impl fmt::Display for ConfigSource {
             ConfigSource::File(p) => write!(f, "{}", p.display()),
             ConfigSource::Builtin => f.write_str("built-in default"),
             ConfigSource::Quick => f.write_str("command line"),
+            ConfigSource::Invalid { origin, .. } => write!(f, "{origin} (invalid)"),
         }
     }
 }

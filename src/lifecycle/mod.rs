@@ -1,10 +1,12 @@
 //! The process's life under systemd: start (READY), reload on SIGHUP (RELOADING → READY),
 //! stop on SIGTERM/SIGINT or idleness (STOPPING, drain), and the watchdog.
 
+mod fd_limit;
 pub mod liveness;
 mod memory;
 mod reload;
 pub mod reload_status;
+mod standby;
 pub mod status;
 
 use crate::config::{Config, ConfigOrigin};
@@ -35,21 +37,35 @@ enum Failure {
 }
 
 pub fn run(opts: ServeOptions) -> ExitCode {
+    // First: SIGHUP's default action would kill a server that is still starting.
+    set_hangup_blocked(true);
     // SAFETY: no thread exists yet: clap ran on this thread and the runtime starts below.
     let env = unsafe { systemd::take_environment() };
     log::init(opts.log_level.as_deref(), opts.log_target);
+    if let Some(problem) = &env.notify_problem {
+        tracing::error!("{problem}");
+    }
+    fd_limit::raise();
 
-    let config = match opts.origin.load() {
-        Ok(c) => c,
-        Err(errors) => {
-            tracing::error!("configuration invalid:\n{errors}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let sockets = match env.sockets {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let watch = standby::FileWatch::new(&opts.origin);
+    let loaded = opts
+        .origin
+        .load()
+        .map_err(|errors| errors.to_string())
+        .and_then(|c| check_pairing(&c, &sockets).map(|()| c));
+    let config = match loaded {
+        Ok(c) => c,
+        // Socket activation: exiting would only make systemd start us again (see standby).
+        Err(errors) if !sockets.is_empty() => standby::enter(&sockets, &opts.origin, &errors),
+        Err(errors) => {
+            tracing::error!("configuration invalid:\n{errors}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -60,7 +76,28 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(serve(opts.origin, config, sockets, env.watchdog));
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::install()
+    };
+    let signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // On this thread, which `block_on` polls `serve` on: a SIGHUP that came during start-up
+    // is delivered now, and becomes a reload.
+    set_hangup_blocked(false);
+    let start = Start {
+        origin: opts.origin,
+        config,
+        passed: sockets,
+        watchdog: env.watchdog,
+        watch,
+    };
+    let outcome = runtime.block_on(serve(start, signals));
     log::flush_access();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +109,23 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             tracing::error!("{msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Blocks or unblocks SIGHUP for this thread. Threads created while it is blocked (the
+/// runtime's) keep it blocked, so the signal always reaches the main thread's handler.
+fn set_hangup_blocked(blocked: bool) {
+    let how = if blocked {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: sigemptyset initialises the set we own; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
@@ -113,19 +167,27 @@ impl Signals {
     }
 }
 
-async fn serve(
+/// What `run` hands the serving runtime.
+struct Start {
     origin: ConfigOrigin,
     config: Config,
     passed: Vec<PassedSocket>,
     watchdog: Option<Duration>,
-) -> Result<(), Failure> {
-    // Before anything else: SIGHUP's default action would kill us.
-    let mut signals = Signals::install()
-        .map_err(|e| Failure::Runtime(format!("cannot install signal handlers: {e}")))?;
+    watch: standby::FileWatch,
+}
 
+async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
+    let Start {
+        origin,
+        config,
+        passed,
+        watchdog,
+        mut watch,
+    } = start;
     let opened = open_listeners(&config, passed)?;
     let liveness = Liveness::new(Liveness::period_for(watchdog));
     crate::tls::log_warnings(&config);
+    fd_limit::check(&config);
     let shared = Shared::new(config, liveness);
     let mut listeners = ListenerSet::default();
     for open in opened {
@@ -155,17 +217,28 @@ async fn serve(
     });
 
     let reason = loop {
-        let idle_after = shared.snapshot.load().config.server.idle_exit_after;
+        let current = shared.snapshot.load();
+        let idle_after = current.config.server.idle_exit_after;
+        let standby = standby::is_standby(&current.config);
+        drop(current);
         tokio::select! {
-            _ = signals.hup.recv() => {
-                let error = reload::reload(&origin, &shared, &mut listeners).await;
-                reload_file.reloaded(error.as_deref());
+            _ = signals.hup.recv() => {}
+            () = watch.changed(), if standby => {
+                tracing::info!("the configuration file changed: loading it");
             }
             _ = signals.term.recv() => break "SIGTERM".to_owned(),
             _ = signals.int.recv() => break "SIGINT".to_owned(),
             idle = idle_elapsed(&shared, idle_after) => {
                 break format!("no connection for {}", humantime::format_duration(idle));
             }
+        }
+        // A reload: asked for by SIGHUP, or a fix of the file while in standby.
+        watch.reading();
+        reload_file.reloading();
+        let error = reload::reload(&origin, &shared, &mut listeners).await;
+        reload_file.reloaded(error.as_deref());
+        if error.is_none() {
+            fd_limit::check(&shared.snapshot.load().config);
         }
     };
 
@@ -180,21 +253,44 @@ async fn serve(
     Ok(())
 }
 
+/// Whether every socket systemd passed has its `[[listener]]`, and every listener a socket
+/// or a `bind` address: what `open_listeners` needs.
+fn check_pairing(config: &Config, passed: &[PassedSocket]) -> Result<(), String> {
+    let mut served = HashSet::new();
+    for socket in passed {
+        let Some(name) = listener::listener_for_passed(config, &socket.name) else {
+            return Err(format!(
+                "{socket} passed by systemd is not claimed by any [[listener]]; add [[listener]] name = {:?} or change FileDescriptorName= in the .socket unit",
+                socket.name
+            ));
+        };
+        served.insert(name);
+    }
+    match config
+        .listeners
+        .iter()
+        .find(|l| l.bind.is_empty() && !served.contains(l.name.as_str()))
+    {
+        Some(l) => Err(format!(
+            "listener {:?} received no socket from systemd and has no `bind` address",
+            l.name
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Pairs every passed socket with its `[[listener]]` and binds listeners that got none.
 fn open_listeners(
     config: &Config,
     passed: Vec<PassedSocket>,
 ) -> Result<Vec<OpenListener>, Failure> {
+    check_pairing(config, &passed).map_err(Failure::Config)?;
     let mut opened = Vec::new();
     let mut served = HashSet::new();
     for socket in passed {
-        let Some(name) = listener::listener_for_passed(config, &socket.name) else {
-            return Err(Failure::Config(format!(
-                "{socket} passed by systemd is not claimed by any [[listener]]; add [[listener]] name = {:?} or change FileDescriptorName= in the .socket unit",
-                socket.name
-            )));
-        };
-        let name = name.to_owned();
+        let name = listener::listener_for_passed(config, &socket.name)
+            .unwrap_or_default()
+            .to_owned();
         served.insert(name.clone());
         let desc = socket.to_string();
         opened.push(
@@ -207,12 +303,6 @@ fn open_listeners(
         .iter()
         .filter(|l| !served.contains(&l.name))
     {
-        if l.bind.is_empty() {
-            return Err(Failure::Config(format!(
-                "listener {:?} received no socket from systemd and has no `bind` address",
-                l.name
-            )));
-        }
         for addr in &l.bind {
             opened.push(listener::bind(&l.name, addr).map_err(|e| {
                 Failure::Runtime(format!(

@@ -20,6 +20,9 @@ pub struct Report {
     pub uptime_seconds: u64,
     pub draining: bool,
     pub config: String,
+    /// Standby: why the configuration could not be loaded (every request gets 503).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
     pub open_connections: usize,
     pub connections_accepted: u64,
     pub requests_total: u64,
@@ -103,6 +106,10 @@ pub fn collect(shared: &Shared) -> Report {
         uptime_seconds: m.start_time.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         draining: shared.conns.is_draining(),
         config: shared.snapshot.load().config.source.to_string(),
+        config_error: match &shared.snapshot.load().config.source {
+            crate::config::ConfigSource::Invalid { errors, .. } => Some(errors.clone()),
+            _ => None,
+        },
         open_connections: shared.conns.open(),
         connections_accepted: shared.conns.accepted(),
         requests_total: shared.requests.load(Ordering::Relaxed),
@@ -124,7 +131,14 @@ pub fn collect(shared: &Shared) -> Report {
 
 /// The STATUS= line: short, since systemctl shows one line.
 pub fn line(r: &Report) -> String {
-    let mut s = format!(
+    let mut s = match &r.config_error {
+        Some(e) => format!(
+            "CONFIGURATION INVALID, answering 503 until it is fixed: {}; ",
+            first_line(e)
+        ),
+        None => String::new(),
+    };
+    s += &format!(
         "{} connection{} open, {} request{} served",
         r.open_connections,
         plural(r.open_connections as u64),
@@ -138,10 +152,9 @@ pub fn line(r: &Report) -> String {
         None => {}
         Some(LastReload { at, ok: true, .. }) => s.push_str(&format!("; reload ok at {at}")),
         Some(LastReload { at, error, .. }) => {
-            let first_line = error.as_deref().unwrap_or("").lines().next().unwrap_or("");
-            let short: String = first_line.chars().take(160).collect();
             s.push_str(&format!(
-                "; reload FAILED at {at}, serving previous config: {short}"
+                "; reload FAILED at {at}, serving previous config: {}",
+                first_line(error.as_deref().unwrap_or(""))
             ));
         }
     }
@@ -155,6 +168,17 @@ pub fn line(r: &Report) -> String {
         }
     }
     s
+}
+
+/// An error's first line, cut to fit a status line.
+fn first_line(error: &str) -> String {
+    error
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(160)
+        .collect()
 }
 
 /// `gatehouse status`: a few human lines.
