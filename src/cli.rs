@@ -188,7 +188,8 @@ fn check(path: Option<&Path>, fd_names: &[String]) -> ExitCode {
         None => (default, config::load_file(default)),
     };
     let loaded = loaded.and_then(|c| {
-        // The same pairing `serve` does with LISTEN_FDNAMES, so ExecStartPre= catches it.
+        // The same pairing `serve` does with LISTEN_FDNAMES (which would otherwise put it in
+        // standby, answering 503).
         let unclaimed: Vec<config::ConfigError> = fd_names
             .iter()
             .filter(|n| crate::server::listener::listener_for_passed(&c, n).is_none())
