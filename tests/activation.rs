@@ -186,10 +186,22 @@ fn unlistened_stream_socket_exits_78() {
     expect_config_exit(sock.into(), "http", "not listening");
 }
 
+/// A name no listener claims is a configuration error like any other: under socket
+/// activation that is standby (503 until fixed; tests/contract.rs), not exit 78, which would
+/// make systemd start the service again for the queued connection.
 #[test]
-fn unclaimed_fd_name_exits_78() {
-    let (l, _) = tcp_listener();
-    expect_config_exit(l.into(), "metrics", "not claimed by any [[listener]]");
+fn unclaimed_fd_name_is_named_and_answered_503() {
+    let dir = tempdir();
+    let cfg = write(dir.path(), "g.toml", &respond_config("http", "", "", "x"));
+    let (l, port) = tcp_listener();
+    let server = Server::start(dir, Launch::serve(&cfg).fd(l, "metrics"));
+    server.wait_ready();
+    assert_eq!(get_tcp(port, "x", "/").unwrap().status, 503);
+    assert!(
+        server.stderr().contains("not claimed by any [[listener]]"),
+        "{}",
+        server.stderr()
+    );
 }
 
 #[test]
