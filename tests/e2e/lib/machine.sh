@@ -12,8 +12,9 @@ E2E_SUITE=${GATEHOUSE_E2E_SUITE:-bookworm}
 # several runs may share a host (parallel worktrees) if each has its own WORK and MACHINE
 E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-e2e}
 # what the guest needs: systemd as init, dbus for systemctl, curl for the client loops,
-# man-db because systemd-analyze verify checks that Documentation=man:gatehouse(8) exists
-E2E_GUEST_PKGS=systemd,systemd-sysv,dbus,curl,man-db
+# man-db because systemd-analyze verify checks that Documentation=man:gatehouse(8) exists,
+# lintian (the guest release's own), python3 for the many-connection and WebSocket clients
+E2E_GUEST_PKGS=systemd,systemd-sysv,dbus,curl,man-db,lintian,python3
 E2E_IMAGE_VERSION=1        # bump to force a rebuild of cached images after a layout change
 E2E_IMAGE=$E2E_CACHE/$E2E_SUITE
 E2E_ROOT=$E2E_WORK/root
@@ -31,7 +32,6 @@ host_missing_pkgs() {
     command -v gpgv >/dev/null || pk+=(gpgv)
     command -v nsenter >/dev/null || pk+=(util-linux)
     command -v dpkg-deb >/dev/null || pk+=(dpkg)
-    command -v lintian >/dev/null || pk+=(lintian)
     echo "${pk[*]:-}"
 }
 

@@ -74,7 +74,9 @@ restore_default_config() {
 step_install() {
     G mkdir -p /root/debs
     copy_in "$DEB" /root/debs || { fail "copy the .deb into the guest"; return 1; }
-    copy_in "$E2E_DIR/guest/load" /root || { fail "copy the client loop into the guest"; return 1; }
+    for f in load conns wsecho; do
+        copy_in "$E2E_DIR/guest/$f" /root || { fail "copy guest/$f into the guest"; return 1; }
+    done
     if ! G apt-get install -y -q "/root/debs/$(basename "$DEB")" >"$E2E_WORK/apt-install.log" 2>&1; then
         tail -20 "$E2E_WORK/apt-install.log" | sed 's/^/      /'
         fail "apt install ./$(basename "$DEB") failed"; return 1
@@ -85,6 +87,8 @@ step_install() {
     expect_eq "gatehouse.socket active" active "$(state gatehouse.socket)"
     expect_eq "gatehouse.service not started by the install" inactive "$(state gatehouse.service)"
     expect_eq "gatehouse.service is static (socket-activated only)" static "$(G systemctl is-enabled gatehouse.service || true)"
+    expect_eq "units shipped in /usr/lib/systemd/system" "4 0" \
+        "$(G dpkg-query -L gatehouse | grep -c '^/usr/lib/systemd/system/gatehouse') $(G dpkg-query -L gatehouse | grep -c '^/lib/' || true)"
     local listen want='[::]:80 (Stream)'
     listen=$(prop gatehouse.socket Listen)
     # without IPv6 in the kernel, systemd binds a bare port to 0.0.0.0 instead
