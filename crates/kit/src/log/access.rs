@@ -1,0 +1,200 @@
+//! The access log's fast path: one entry per request, encoded without tracing's per-event
+//! machinery into a buffer that goes out when a runtime thread runs out of work (`flush`,
+//! hooked to tokio's thread park), when it holds `FLUSH_BYTES`, or when its oldest entry is
+//! `FLUSH_AGE` old. Under load that is one syscall for many requests instead of one each;
+//! an idle server still writes at once. One buffer for all threads, written under its lock,
+//! so entries keep the order in which they were logged.
+//!
+//! On stderr the line is the one `LineFormat` writes for the same event; in the journal the
+//! entry has the fields tracing-journald gave it, sent in one sendmmsg(2) per batch.
+
+use super::line_format::{needs_quotes, write_timestamp};
+use crate::access::AccessEntry as Entry;
+use crate::journal::{EntryBatch, JournalSocket};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const FLUSH_BYTES: usize = 32 * 1024;
+/// Path plus host bytes above which an entry is left to tracing (see `log::access`): the
+/// journal entry carries the path twice and must fit one datagram.
+pub(super) const DIRECT_MAX: usize = 16 * 1024;
+const FLUSH_AGE: Duration = Duration::from_millis(200);
+
+/// Where access entries go; set once at start-up, unset while tracing handles them.
+enum Sink {
+    Stderr,
+    /// journald, with the SYSLOG_IDENTIFIER of the other entries.
+    Journal(JournalSocket, String),
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+struct Pending {
+    text: String,
+    journal: EntryBatch,
+    /// The journal entry's MESSAGE, built here to spare an allocation per entry.
+    message: String,
+    /// When the oldest buffered entry was logged (since the Unix epoch).
+    oldest: Duration,
+}
+
+static PENDING: Mutex<Pending> = Mutex::new(Pending {
+    text: String::new(),
+    journal: EntryBatch::new(),
+    message: String::new(),
+    oldest: Duration::ZERO,
+});
+
+fn pending() -> std::sync::MutexGuard<'static, Pending> {
+    // A panic while holding the lock leaves at worst a half-written entry: keep logging.
+    PENDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Access entries go to stderr as lines.
+pub(super) fn use_stderr() {
+    let _ = SINK.set(Sink::Stderr);
+}
+
+/// Access entries go to journald on `socket`.
+pub(super) fn use_journal(socket: JournalSocket, identifier: String) {
+    let _ = SINK.set(Sink::Journal(socket, identifier));
+}
+
+pub(super) fn direct() -> bool {
+    SINK.get().is_some()
+}
+
+/// Buffers the entry for the sink chosen at start-up.
+pub(super) fn write(entry: &Entry<'_>) {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let now = SystemTime::now();
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut pending = pending();
+    if pending.text.is_empty() && pending.journal.is_empty() {
+        pending.oldest = since_epoch;
+    }
+    match sink {
+        // Writing into a String cannot fail.
+        Sink::Stderr => drop(format_line(&mut pending.text, now, entry)),
+        Sink::Journal(_, identifier) => {
+            let Pending {
+                journal, message, ..
+            } = &mut *pending;
+            journal_entry(journal, message, identifier, entry);
+        }
+    }
+    // A wall clock stepped back makes the age unknowable: flush rather than hold on.
+    if pending.text.len() + pending.journal.queued_bytes() >= FLUSH_BYTES
+        || since_epoch < pending.oldest
+        || since_epoch - pending.oldest >= FLUSH_AGE
+    {
+        write_out(sink, &mut pending);
+    }
+}
+
+fn format_line(out: &mut String, now: SystemTime, e: &Entry<'_>) -> std::fmt::Result {
+    write_timestamp(out, now)?;
+    out.push_str(" INFO ");
+    push_message(out, e);
+    out.push_str(" http_host=");
+    if needs_quotes(e.host) {
+        write!(out, "{:?}", e.host)?;
+    } else {
+        out.push_str(e.host);
+    }
+    out.push_str(" http_duration_us=");
+    out.push_str(itoa::Buffer::new().format(e.duration_us));
+    out.push_str(" remote_addr=");
+    out.push_str(e.remote);
+    out.push('\n');
+    Ok(())
+}
+
+/// MESSAGE, and the start of the stderr line: "GET /path 200 via UPSTREAM".
+fn push_message(out: &mut String, e: &Entry<'_>) {
+    out.push_str(e.method);
+    out.push(' ');
+    out.push_str(e.path);
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(e.status));
+    if let Some(upstream) = e.upstream {
+        out.push_str(" via ");
+        out.push_str(upstream);
+    }
+}
+
+/// The fields tracing-journald writes for the access event (see `journal::layer`).
+fn journal_entry(batch: &mut EntryBatch, message: &mut String, identifier: &str, e: &Entry<'_>) {
+    message.clear();
+    push_message(message, e);
+    batch.field("PRIORITY", "6");
+    batch.field("SYSLOG_IDENTIFIER", identifier);
+    batch.field("TARGET", e.target);
+    batch.field("MESSAGE", message);
+    batch.field("HTTP_METHOD", e.method);
+    batch.field("HTTP_PATH", e.path);
+    batch.field("HTTP_STATUS", itoa::Buffer::new().format(e.status));
+    if let Some(upstream) = e.upstream {
+        batch.field("UPSTREAM", upstream);
+    }
+    batch.field("HTTP_HOST", e.host);
+    batch.field(
+        "HTTP_DURATION_US",
+        itoa::Buffer::new().format(e.duration_us),
+    );
+    batch.field("REMOTE_ADDR", e.remote);
+    batch.end_entry();
+}
+
+/// Writes the buffered access entries. Called when a runtime thread parks or stops, before
+/// any other log line (to keep the order), and at exit.
+pub(crate) fn flush() {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let mut pending = pending();
+    if !pending.text.is_empty() || !pending.journal.is_empty() {
+        write_out(sink, &mut pending);
+    }
+}
+
+fn write_out(sink: &Sink, pending: &mut Pending) {
+    match sink {
+        Sink::Stderr => {
+            // A closed or full stderr loses the lines, as it would lose any other log line.
+            let _ = std::io::stderr().lock().write_all(pending.text.as_bytes());
+            pending.text.clear();
+            // A burst must not pin a large buffer for the life of the process.
+            if pending.text.capacity() > 2 * FLUSH_BYTES {
+                pending.text.shrink_to(FLUSH_BYTES);
+            }
+        }
+        Sink::Journal(socket, _) => pending.journal.send(socket),
+    }
+}
+
+/// stderr for the other log lines: flushes the access lines first so the output keeps
+/// the order in which things happened.
+pub(super) struct OrderedStderr;
+
+impl std::io::Write for OrderedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        flush();
+        std::io::stderr().write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        flush();
+        std::io::stderr().write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
