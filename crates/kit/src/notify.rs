@@ -47,6 +47,29 @@ pub enum NotifyAddress {
     },
 }
 
+impl std::fmt::Display for NotifyAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotifyAddress::Unix {
+                name,
+                abstract_name,
+            } => {
+                let at = if *abstract_name { "@" } else { "" };
+                write!(f, "{at}{}", String::from_utf8_lossy(name))
+            }
+            NotifyAddress::Vsock { cid, port, kind } => {
+                let prefix = match kind {
+                    None => "vsock",
+                    Some(VsockKind::Datagram) => "vsock-dgram",
+                    Some(VsockKind::SeqPacket) => "vsock-seqpacket",
+                    Some(VsockKind::Stream) => "vsock-stream",
+                };
+                write!(f, "{prefix}:{cid}:{port}")
+            }
+        }
+    }
+}
+
 /// The socket type a `vsock-…:` prefix asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VsockKind {
@@ -127,6 +150,8 @@ impl NotifyAddress {
 /// A sender of state messages to one address.
 pub struct Notifier {
     target: Target,
+    /// The address as NOTIFY_SOCKET wrote it, for messages.
+    address: String,
     /// The first failed send is logged as a warning, the rest at debug level.
     warned: AtomicBool,
 }
@@ -175,6 +200,7 @@ impl Notifier {
         };
         Ok(Notifier {
             target,
+            address: address.to_string(),
             warned: AtomicBool::new(false),
         })
     }
@@ -193,10 +219,11 @@ impl Notifier {
     pub fn send(&self, states: &[NotifyState<'_>]) {
         let message = format_states(states);
         if let Err(e) = self.send_raw(&message) {
+            let to = &self.address;
             if self.warned.swap(true, Ordering::Relaxed) {
-                tracing::debug!(error = %e, "sd_notify failed");
+                tracing::debug!(error = %e, "sd_notify to {to} failed");
             } else {
-                tracing::warn!(error = %e, "sd_notify failed; the service manager may not see READY, STATUS or watchdog pings");
+                tracing::warn!(error = %e, "sd_notify to {to} failed; the service manager may not see READY, STATUS or watchdog pings");
             }
         }
     }
