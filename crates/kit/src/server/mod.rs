@@ -23,10 +23,11 @@
 //! 1. **Start.** The sockets systemd passed are taken (strictly: `LISTEN_PID` must be this
 //!    process; each fd must be a listening stream socket); run by hand, the fallback
 //!    addresses are bound instead. The open-file limit is raised to the hard limit.
-//! 2. **READY=1** once every socket accepts and, with a [`health_path`](Server::health_path),
-//!    once the router answers it with a 2xx (asked in-process, not over the network); a
-//!    request that arrives meanwhile waits in the socket's backlog. `STATUS=` then counts
-//!    open connections and requests served.
+//! 2. **READY=1** once every socket accepts. With a [`health_path`](Server::health_path),
+//!    nothing is accepted before the router answers it with a 2xx (asked in-process, not
+//!    over the network): the request that made systemd start the service waits in the
+//!    socket's backlog meanwhile, and `STATUS=` says what the start waits for. Then
+//!    `STATUS=` counts open connections and requests served.
 //! 3. **Watchdog.** With `WatchdogSec=`, `WATCHDOG=1` every half interval, only while the
 //!    runtime runs tasks promptly, every accept loop is alive and the health path answers.
 //! 4. **SIGHUP** runs the [`on_reload`](Server::on_reload) hook between `RELOADING=1`
@@ -269,16 +270,17 @@ impl Server {
             requests: Default::default(),
             reload_error: Default::default(),
         });
+        // Not accepting until healthy: the request that made systemd start us waits in
+        // the socket's backlog rather than meeting an app that cannot serve it yet.
+        let early_stop = match &self.health_path {
+            Some(path) => wait_until_healthy(&router, path, &mut signals).await,
+            None => None,
+        };
         let mut listeners = Listeners::default();
         for open in opened {
             let heartbeat = liveness.register(format!("accept loop on {}", open.description));
             listeners.start(&shared, open, heartbeat);
         }
-
-        let early_stop = match &self.health_path {
-            Some(path) => wait_until_healthy(&router, path, &mut signals).await,
-            None => None,
-        };
         let mut status_task = None;
         let mut watchdog_task = None;
         let reason = match early_stop {
