@@ -37,6 +37,7 @@ pub fn router() -> Router {
     Router::new()
         .route("/", get(|| async { "hello" }))
         .route("/slow", get(slow))
+        .route("/p/{n}", get(|| async { "ok" }))
         .route("/peer", get(peer))
         .route("/upgrade", get(upgrade))
         .route(

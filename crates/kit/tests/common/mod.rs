@@ -207,6 +207,9 @@ pub struct Launch {
     pub wrapper: Vec<String>,
     /// Shell commands run just before exec (e.g. mounts inside the wrapper's namespace).
     pub before_exec: String,
+    /// Set JOURNAL_STREAM to the child's stderr, as systemd does when it connects stderr
+    /// to journald.
+    pub journal_stream: bool,
 }
 
 impl Launch {
@@ -220,6 +223,7 @@ impl Launch {
             nofile: None,
             wrapper: Vec::new(),
             before_exec: String::new(),
+            journal_stream: false,
         }
     }
 
@@ -259,6 +263,7 @@ impl App {
         };
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = match launch.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -287,7 +292,12 @@ impl App {
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+            .stderr(stderr.try_clone().expect("stderr file"));
+        if launch.journal_stream {
+            use std::os::unix::fs::MetadataExt;
+            let meta = stderr.metadata().expect("stat stderr");
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
         if !launch.fds.is_empty() {
             cmd.env("LISTEN_FDS", launch.fds.len().to_string());
             let names: Vec<&str> = launch.fds.iter().map(|(_, n)| n.as_str()).collect();
