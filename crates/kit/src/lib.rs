@@ -2,7 +2,8 @@
 //!
 //! A service that systemd starts on its first connection (`app.socket`), supervises with a
 //! watchdog, stops gracefully and whose logs are fields in the journal, with none of it
-//! written by hand. It is the same code that runs [gatehouse], the front web server.
+//! written by hand: the systemd code of gatehouse, the systemd-native front web server,
+//! lifted into a library.
 //!
 //! With the `axum` feature, an axum `Router` is served the systemd way in a few lines:
 //!
@@ -38,8 +39,6 @@
 //! | [`connections`] | open-connection count, limit, drain signal |
 //! | [`journal`], [`log`], [`access`] | journald's native protocol, the access log |
 //! | [`rlimit`] | the soft `RLIMIT_NOFILE` raised to the hard limit |
-//!
-//! [gatehouse]: https://github.com/gatehouse/gatehouse
 #![deny(missing_docs)]
 
 pub mod access;
