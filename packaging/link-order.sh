@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GH=${1:-target/release/gatehouse}
-[ -x "$GH" ] || cargo build --release --locked
+[ -x "$GH" ] || cargo build --release --locked -p gatehouse
 for tool in valgrind curl openssl python3; do
     command -v $tool >/dev/null || { echo "link-order: $tool missing" >&2; exit 1; }
 done

@@ -13,10 +13,13 @@ E2E_SUITE=${GATEHOUSE_E2E_SUITE:-bookworm}
 E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-e2e}
 # what the guest needs: systemd as init, dbus for systemctl, curl for the client loops,
 # man-db because systemd-analyze verify checks that Documentation=man:gatehouse(8) exists,
-# lintian (the guest release's own), python3 for the many-connection and WebSocket clients
-E2E_GUEST_PKGS=systemd,systemd-sysv,dbus,curl,man-db,lintian,python3
-E2E_IMAGE_VERSION=1        # bump to force a rebuild of cached images after a layout change
-E2E_IMAGE=$E2E_CACHE/$E2E_SUITE
+# lintian (the guest release's own), python3 for the many-connection and WebSocket clients,
+# gunicorn and uvicorn for the shipped Python app examples (the guest has no network)
+E2E_GUEST_PKGS=systemd,systemd-sysv,dbus,curl,man-db,lintian,python3,gunicorn,uvicorn,procps
+E2E_IMAGE_VERSION=2        # bump to force a rebuild of cached images after a layout change
+# One directory per package set: runs of branches with different sets share the host's
+# cache without rebuilding (or deleting) each other's image.
+E2E_IMAGE=$E2E_CACHE/$E2E_SUITE-$(printf '%s' "$E2E_IMAGE_VERSION $E2E_GUEST_PKGS" | sha256sum | cut -c1-12)
 E2E_ROOT=$E2E_WORK/root
 E2E_CGROUP=$E2E_MACHINE
 GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
