@@ -14,7 +14,8 @@ E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-e2e}
 # what the guest needs: systemd as init, dbus for systemctl, curl for the client loops,
 # man-db because systemd-analyze verify checks that Documentation=man:gatehouse(8) exists,
 # lintian (the guest release's own), python3 for the many-connection and WebSocket clients,
-# gunicorn and uvicorn for the shipped Python app examples (the guest has no network)
+# gunicorn and uvicorn for the shipped Python app examples (the guest has no network), and
+# procps (priority important, on any real Debian host) for their units' /bin/kill
 E2E_GUEST_PKGS=systemd,systemd-sysv,dbus,curl,man-db,lintian,python3,gunicorn,uvicorn,procps
 E2E_IMAGE_VERSION=2        # bump to force a rebuild of cached images after a layout change
 # One directory per package set: runs of branches with different sets share the host's
