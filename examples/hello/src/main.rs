@@ -50,6 +50,7 @@ async fn slow(Query(params): Query<SlowParams>) -> String {
     format!("slept {ms} ms\n")
 }
 
+#[derive(Debug)]
 struct Args {
     listen: String,
     idle_exit_after: Duration,
@@ -74,5 +75,27 @@ impl Args {
             }
         }
         Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::parse(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn flags_parse_and_mistakes_are_named() {
+        let args = parse(&["--listen", "unix:/run/h.sock", "--idle-exit-after", "2s"]).unwrap();
+        assert_eq!(args.listen, "unix:/run/h.sock");
+        assert_eq!(args.idle_exit_after, std::time::Duration::from_secs(2));
+        assert_eq!(parse(&[]).unwrap().listen, "127.0.0.1:3000");
+        assert!(parse(&["--idle-exit-after", "soon"])
+            .unwrap_err()
+            .contains("soon"));
+        assert!(parse(&["--listen"]).unwrap_err().contains("needs a value"));
+        assert!(parse(&["--port", "1"]).unwrap_err().contains("--port"));
     }
 }

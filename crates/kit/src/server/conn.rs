@@ -39,28 +39,8 @@ pub(super) async fn serve(
     guard: ConnGuard,
 ) {
     match stream {
-        Stream::Tcp(s) => {
-            serve_io(
-                shared,
-                Counted {
-                    io: s,
-                    _guard: guard,
-                },
-                remote,
-            )
-            .await
-        }
-        Stream::Unix(s) => {
-            serve_io(
-                shared,
-                Counted {
-                    io: s,
-                    _guard: guard,
-                },
-                remote,
-            )
-            .await
-        }
+        Stream::Tcp(s) => serve_io(shared, Counted::new(s, guard), remote).await,
+        Stream::Unix(s) => serve_io(shared, Counted::new(s, guard), remote).await,
     }
 }
 
@@ -151,6 +131,12 @@ pin_project! {
         #[pin]
         io: I,
         _guard: ConnGuard,
+    }
+}
+
+impl<I> Counted<I> {
+    fn new(io: I, guard: ConnGuard) -> Counted<I> {
+        Counted { io, _guard: guard }
     }
 }
 
