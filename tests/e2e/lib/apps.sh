@@ -10,6 +10,8 @@
 
 # The group that may connect to app sockets, and gatehouse in it (as units/examples/README.md).
 apps_setup_upstream_group() {
+    # Restored by apps_cleanup: later steps expect gatehouse.service as they left it.
+    APPS_GATEHOUSE_WAS=$(state gatehouse.service)
     G mkdir -p /etc/sysusers.d
     put_config /etc/sysusers.d/gatehouse-upstream.conf <"$REPO/units/examples/gatehouse-upstream.sysusers.conf"
     local out
@@ -30,7 +32,11 @@ apps_cleanup() {
     G rm -f /etc/systemd/system/gatehouse.service.d/upstream.conf /etc/sysusers.d/gatehouse-upstream.conf
     restore_default_config
     G systemctl daemon-reload
-    G systemctl restart gatehouse || fail "gatehouse did not restart on the packaged config"
+    if [ "${APPS_GATEHOUSE_WAS:-}" = active ]; then
+        G systemctl restart gatehouse || fail "gatehouse did not restart on the packaged config"
+    else
+        G systemctl stop gatehouse.service 2>/dev/null
+    fi
 }
 
 # The service stopped, so that the next request starts gatehouse, which starts the app.
@@ -70,8 +76,10 @@ step_hello() {
     expect_eq "hello.service not started yet" inactive "$(state hello.service)"
 
     local body pid1
-    body=$(http_get -w ' %{time_total}' http://127.0.0.1/) || { fail "first request through gatehouse failed"; return 1; }
-    case $body in 'hello from pid '*) ok "first request through gatehouse started gatehouse and hello: '${body% *}' in ${body##* }s" ;; *) fail "unexpected body: ${body:0:120}" ;; esac
+    local took
+    body=$(http_get -w '\n%{time_total}' http://127.0.0.1/) || { fail "first request through gatehouse failed"; return 1; }
+    took=${body##*$'\n'} body=${body%%$'\n'*}
+    case $body in 'hello from pid '*) ok "first request through gatehouse started gatehouse and hello: '$body' in ${took}s" ;; *) fail "unexpected body: ${body:0:120}" ;; esac
     expect_eq "hello.service started on demand" active "$(state hello.service)"
     expect_eq "Type" notify "$(prop hello.service Type)"
     local st; st=$(prop hello.service StatusText)
@@ -186,10 +194,11 @@ EOF
     G systemctl enable --now app1.socket app2.socket >/dev/null 2>&1 || fail "systemctl enable --now app1.socket app2.socket"
     expect_eq "app1.service not started yet" inactive "$(state app1.service)"
 
-    local body
-    body=$(http_get -w ' %{time_total}' http://127.0.0.1/hello) || { fail "first request through gatehouse to app1 failed"; G journalctl -u app1 -u gatehouse -n 20 --no-pager | sed 's/^/      /'; return 1; }
-    ok "first request (gatehouse and gunicorn started by it) took ${body##* }s"
-    expect_eq "gunicorn answers through gatehouse (X-Forwarded-For set)" "app1 GET /hello for 127.0.0.1" "${body% *}"
+    local body took
+    body=$(http_get -w '\n%{time_total}' http://127.0.0.1/hello) || { fail "first request through gatehouse to app1 failed"; G journalctl -u app1 -u gatehouse -n 20 --no-pager | sed 's/^/      /'; return 1; }
+    took=${body##*$'\n'} body=${body%%$'\n'*}
+    ok "first request (gatehouse and gunicorn started by it) took ${took}s"
+    expect_eq "gunicorn answers through gatehouse (X-Forwarded-For set)" "app1 GET /hello for 127.0.0.1" "$body"
     expect_eq "app1.service started by that request" active "$(state app1.service)"
     expect_eq "app1 Type=notify (gunicorn sent READY=1)" notify "$(prop app1.service Type)"
     body=$(http_get http://127.0.0.1/api/items) || fail "request to app2 failed"
