@@ -5,6 +5,7 @@
 
 pub mod config;
 
+mod beneath;
 mod body;
 mod cache;
 mod conditional;

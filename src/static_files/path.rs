@@ -1,18 +1,19 @@
 //! From a URL path to an open file that is provably inside the root.
 //!
 //! Two layers: the URL path is decoded segment by segment and anything that could climb or
-//! smuggle a separator is rejected before the file system sees it; then the kernel resolves
-//! the path with openat2(RESOLVE_BENEATH), so even a symlink cannot lead outside the root
-//! unless `follow_symlinks = "always"`. Special files are recognised through an O_PATH
-//! descriptor, which does not open them.
+//! smuggle a separator is rejected before the file system sees it; then the path is
+//! resolved beneath the root's descriptor (`beneath`: openat2 RESOLVE_BENEATH, or the same
+//! walk component by component where openat2 is blocked), so even a symlink cannot lead
+//! outside the root unless `follow_symlinks = "always"`. Special files are recognised
+//! through an O_PATH descriptor, which does not open them.
 
+use super::beneath::{self, RootFd};
 use super::config::FollowSymlinks;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,8 +109,8 @@ pub struct RootDir {
     cached: Arc<Mutex<Option<OpenedAt>>>,
 }
 
-/// When the root was opened, and its O_PATH descriptor.
-type OpenedAt = (Instant, Arc<OwnedFd>);
+/// When the root was opened, and its descriptor.
+type OpenedAt = (Instant, Arc<RootFd>);
 
 const ROOT_REUSE: Duration = Duration::from_secs(1);
 
@@ -121,14 +122,14 @@ impl RootDir {
         }
     }
 
-    fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+    fn fd(&self) -> io::Result<Arc<RootFd>> {
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, fd)) = cached.as_ref() {
             if at.elapsed() < ROOT_REUSE {
                 return Ok(fd.clone());
             }
         }
-        let fd = Arc::new(open_root(&self.path)?);
+        let fd = Arc::new(RootFd::open(&self.path)?);
         *cached = Some((Instant::now(), fd.clone()));
         Ok(fd)
     }
@@ -154,171 +155,20 @@ pub fn open_unless_known(
     policy: FollowSymlinks,
     known: &dyn Fn(&Metadata) -> bool,
 ) -> Result<Opened, OpenError> {
-    let root_fd = root.fd()?;
-    open_in(root_fd.as_fd(), &root.path, rel, policy, known)
-}
-
-/// Like [`open`], relative to an already opened directory of the same root.
-pub fn open_in(
-    dir: BorrowedFd<'_>,
-    root: &Path,
-    rel: &Path,
-    policy: FollowSymlinks,
-    known: &dyn Fn(&Metadata) -> bool,
-) -> Result<Opened, OpenError> {
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    let resolve = match policy {
-        FollowSymlinks::Never => RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-        FollowSymlinks::InsideRoot => RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
-        FollowSymlinks::Always => 0,
-    };
-    match open_checked(dir, rel, resolve, known) {
-        // RESOLVE_BENEATH refuses absolute symlinks even when they point inside the root:
-        // resolve those in user space and open the symlink-free result.
-        Err(e) if policy == FollowSymlinks::InsideRoot && e.raw_os_error() == Some(libc::EXDEV) => {
-            let canonical_root = std::fs::canonicalize(root)?;
-            let target = std::fs::canonicalize(proc_path(dir).join(rel))?;
-            let inside = target
-                .strip_prefix(&canonical_root)
-                .map_err(|_| OpenError::NotFound)?;
-            let croot = open_root(&canonical_root)?;
-            let inside = if inside.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                inside
-            };
-            Ok(open_checked(
-                croot.as_fd(),
-                inside,
-                RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-                known,
-            )?)
-        }
-        other => Ok(other?),
-    }
-}
-
-fn proc_path(fd: BorrowedFd<'_>) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-fn open_root(root: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(root.as_os_str().as_bytes())?;
-    // SAFETY: a valid C string; the returned fd is owned below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
-
-fn open_checked(
-    dir: BorrowedFd<'_>,
-    rel: &Path,
-    resolve: u64,
-    known: &dyn Fn(&Metadata) -> bool,
-) -> io::Result<Opened> {
+    let root = root.fd()?;
     // O_PATH first: stat without opening, so a FIFO or device is never opened.
-    let probe = File::from(openat2(dir, rel, libc::O_PATH | libc::O_CLOEXEC, resolve)?);
-    let meta = probe.metadata()?;
-    if meta.is_dir() {
-        return Ok(Opened::Dir(OwnedFd::from(probe)));
+    let found = beneath::lookup(&root, rel, policy)?;
+    if found.meta.is_dir() {
+        return Ok(Opened::Dir(found.fd));
     }
-    if !meta.is_file() {
-        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    if !found.meta.is_file() {
+        return Err(OpenError::NotFound);
     }
-    if known(&meta) {
-        return Ok(Opened::Known(meta));
+    if known(&found.meta) {
+        return Ok(Opened::Known(found.meta));
     }
-    drop(probe);
-    // O_NONBLOCK: should the file be swapped for a FIFO in between, open must not hang.
-    let file = File::from(openat2(
-        dir,
-        rel,
-        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
-        resolve,
-    )?);
-    let opened = file.metadata()?;
-    if !opened.is_file() || opened.ino() != meta.ino() || opened.dev() != meta.dev() {
-        return Err(io::Error::from_raw_os_error(libc::ENOENT));
-    }
-    Ok(Opened::File(file, opened))
-}
-
-/// openat2(2); falls back to openat(2) + a user-space containment check on kernels < 5.6.
-fn openat2(dir: BorrowedFd<'_>, path: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
-    // Typical paths fit on the stack: no allocation per request for the C string.
-    let bytes = path.as_os_str().as_bytes();
-    let mut stack = [0u8; 256];
-    let heap;
-    let c: &CStr = if bytes.len() < stack.len() {
-        stack[..bytes.len()].copy_from_slice(bytes);
-        CStr::from_bytes_with_nul(&stack[..=bytes.len()])
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?
-    } else {
-        heap = CString::new(bytes)?;
-        &heap
-    };
-    // SAFETY: open_how is plain data; zeroed is its documented initial state.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags as u64;
-    how.resolve = resolve;
-    // SAFETY: valid fd, C string and open_how of the size we pass.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd >= 0 {
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(err);
-    }
-    openat_fallback(dir, path, flags, resolve)
-}
-
-fn openat_fallback(
-    dir: BorrowedFd<'_>,
-    path: &Path,
-    flags: i32,
-    resolve: u64,
-) -> io::Result<OwnedFd> {
-    if resolve & RESOLVE_BENEATH != 0 {
-        let base = std::fs::canonicalize(proc_path(dir))?;
-        let target = std::fs::canonicalize(proc_path(dir).join(path))?;
-        if !target.starts_with(&base) {
-            return Err(io::Error::from_raw_os_error(libc::EXDEV));
-        }
-        if resolve & RESOLVE_NO_SYMLINKS != 0 && target != base.join(path) {
-            return Err(io::Error::from_raw_os_error(libc::ELOOP));
-        }
-    }
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: valid fd and C string.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let (file, meta) = found.open_for_reading(&root, rel)?;
+    Ok(Opened::File(file, meta))
 }
 
 #[cfg(test)]

@@ -1,0 +1,592 @@
+//! Looking a path up beneath a document root's descriptor, so that nothing — `..`, a
+//! symlink, a rename racing the lookup — leads outside the root unless the policy says so.
+//!
+//! Two ways, one behaviour. Where openat2(2) may be called, the kernel walks the path
+//! (`RESOLVE_BENEATH`). Where it may not — kernels before 5.6, and every unit with
+//! `RestrictSUIDSGID=` or `DynamicUser=`, whose seccomp filter answers openat2 with ENOSYS
+//! because its flags sit in a struct a filter cannot read — the same walk happens here, one
+//! component at a time with openat(`O_PATH | O_NOFOLLOW`) relative to a directory already
+//! held, the way nginx's `disable_symlinks` works. A symlink met on the way (or swapped in
+//! while we walk) is read, never followed by the kernel: its target is walked the same way
+//! from the directory that holds it, or from the root for an absolute target that names a
+//! place inside the root. The kernel's refusals that the policy allows (absolute links
+//! into the root, EXDEV) take this walk too, so both ways answer alike.
+
+use super::config::FollowSymlinks;
+use std::borrow::Cow;
+use std::ffi::{CStr, CString};
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// Symlinks followed in one lookup at most: the kernel's MAXSYMLINKS.
+pub const MAX_LINKS: u32 = 40;
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// An opened document root: its O_PATH descriptor, and the names an absolute symlink may
+/// use for it (the configured path, and the path the kernel reports for the descriptor).
+pub struct RootFd {
+    fd: OwnedFd,
+    path: PathBuf,
+    canonical: OnceLock<Option<PathBuf>>,
+}
+
+impl RootFd {
+    pub fn open(path: &Path) -> io::Result<RootFd> {
+        let fd = with_c_path(path.as_os_str().as_bytes(), |c| {
+            // SAFETY: a valid C string.
+            cvt_fd(unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            })
+        })?;
+        Ok(RootFd {
+            fd,
+            path: path.to_path_buf(),
+            canonical: OnceLock::new(),
+        })
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The part of an absolute symlink target below this root, if it names a place in it.
+    fn below<'t>(&self, target: &'t [u8]) -> Option<&'t [u8]> {
+        let canonical = self.canonical.get_or_init(|| {
+            std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+                .or_else(|_| std::fs::canonicalize(&self.path))
+                .ok()
+        });
+        [Some(self.path.as_path()), canonical.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|root| strip_prefix(target, root.as_os_str().as_bytes()))
+    }
+}
+
+/// An object found beneath the root, held O_PATH: neither opened for I/O nor triggered.
+pub struct Found {
+    pub fd: OwnedFd,
+    pub meta: Metadata,
+    reopen: Reopen,
+}
+
+/// How to open a found object for reading without resolving anything the lookup did not.
+enum Reopen {
+    /// The same relative path again, with these openat2 flags.
+    Openat2(u64),
+    /// The same relative path again with plain openat (`follow_symlinks = "always"`).
+    Plain,
+    /// By its name in the directory that holds it (`None`: the root), with O_NOFOLLOW:
+    /// that directory is already known to be beneath the root.
+    InDir(Option<OwnedFd>, Vec<u8>),
+}
+
+impl Found {
+    /// Opens the object for reading (non-blocking, so a FIFO swapped in cannot hang us) and
+    /// checks that it is still the regular file the lookup found.
+    pub fn open_for_reading(self, root: &RootFd, rel: &Path) -> io::Result<(File, Metadata)> {
+        let Found { fd, meta, reopen } = self;
+        drop(fd);
+        let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let rel = rel_bytes(rel);
+        let fd = match &reopen {
+            Reopen::Openat2(resolve) => openat2(root.as_fd(), rel, flags, *resolve)?,
+            Reopen::Plain => openat(root.as_fd(), rel, flags)?,
+            Reopen::InDir(dir, name) => {
+                let dir = dir.as_ref().map_or(root.as_fd(), |d| d.as_fd());
+                openat(dir, name, flags | libc::O_NOFOLLOW)?
+            }
+        };
+        let file = File::from(fd);
+        let opened = file.metadata()?;
+        if !opened.is_file() || opened.ino() != meta.ino() || opened.dev() != meta.dev() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok((file, opened))
+    }
+}
+
+/// Finds `rel` beneath `root` under `policy`, opened O_PATH.
+pub fn lookup(root: &RootFd, rel: &Path, policy: FollowSymlinks) -> io::Result<Found> {
+    let rel = rel_bytes(rel);
+    let resolve = match policy {
+        FollowSymlinks::Always => {
+            let fd = openat(root.as_fd(), rel, libc::O_PATH | libc::O_CLOEXEC)?;
+            return found(fd, Reopen::Plain);
+        }
+        FollowSymlinks::Never => RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        FollowSymlinks::InsideRoot => RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    };
+    if openat2_usable(root.as_fd()) {
+        match openat2(root.as_fd(), rel, libc::O_PATH | libc::O_CLOEXEC, resolve) {
+            Ok(fd) => return found(fd, Reopen::Openat2(resolve)),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOSYS) => note_blocked(&e),
+                // A rename raced a `..` (the kernel gives up rather than risk it): walk.
+                Some(libc::EAGAIN) => {}
+                // An absolute link, or `..` that leaves and re-enters: the walk decides.
+                Some(libc::EXDEV) if policy == FollowSymlinks::InsideRoot => {}
+                _ => return Err(e),
+            },
+        }
+    }
+    walk(root, rel, policy == FollowSymlinks::InsideRoot)
+}
+
+/// The lookup without openat2. `follow`: symlinks are followed while they stay beneath the
+/// root (`inside_root`); otherwise any symlink is refused (ELOOP).
+pub fn walk(root: &RootFd, rel: &[u8], follow: bool) -> io::Result<Found> {
+    // Directories entered below the root, innermost last: `..` pops one, and can pop no
+    // further than the root.
+    let mut held: Vec<OwnedFd> = Vec::new();
+    // Components that symlink targets put ahead of the rest of `rel`, next one last.
+    let mut spliced: Vec<Vec<u8>> = Vec::new();
+    let mut rest = components(rel).peekable();
+    let mut links = 0;
+    loop {
+        let name: Cow<[u8]> = match spliced.pop() {
+            Some(c) => Cow::Owned(c),
+            None => match rest.next() {
+                Some(c) => Cow::Borrowed(c),
+                None => break,
+            },
+        };
+        if *name == *b".." {
+            if held.pop().is_none() {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            continue;
+        }
+        let dir = held.last().map_or(root.as_fd(), |d| d.as_fd());
+        let last = spliced.is_empty() && rest.peek().is_none();
+        let target = if last {
+            let file = File::from(openat(
+                dir,
+                &name,
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )?);
+            let meta = file.metadata()?;
+            if !meta.file_type().is_symlink() {
+                let parent = held.pop();
+                return Ok(Found {
+                    fd: file.into(),
+                    meta,
+                    reopen: Reopen::InDir(parent, name.into_owned()),
+                });
+            }
+            readlink(file.as_fd(), b"")?
+        } else {
+            let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC;
+            match openat(dir, &name, flags) {
+                Ok(fd) => {
+                    held.push(fd);
+                    continue;
+                }
+                // Not a directory: a symlink (read it), or a file in the middle of a path.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => match readlink(dir, &name) {
+                    Err(r) if r.raw_os_error() == Some(libc::EINVAL) => return Err(e),
+                    other => other?,
+                },
+                Err(e) => return Err(e),
+            }
+        };
+        links += 1;
+        if !follow || links > MAX_LINKS {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        let target = match target.first() {
+            Some(b'/') => {
+                let below = root
+                    .below(&target)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EXDEV))?;
+                held.clear();
+                below
+            }
+            Some(_) => &target[..],
+            None => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        spliced.extend(components(target).rev().map(<[u8]>::to_vec));
+    }
+    // Nothing named, or the last step was `..`: the directory we stand in.
+    let fd = match held.pop() {
+        Some(fd) => fd,
+        None => openat(root.as_fd(), b".", libc::O_PATH | libc::O_CLOEXEC)?,
+    };
+    found(fd, Reopen::InDir(None, b".".to_vec()))
+}
+
+fn found(fd: OwnedFd, reopen: Reopen) -> io::Result<Found> {
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    Ok(Found {
+        fd: file.into(),
+        meta,
+        reopen,
+    })
+}
+
+fn rel_bytes(rel: &Path) -> &[u8] {
+    match rel.as_os_str().as_bytes() {
+        b"" => b".",
+        bytes => bytes,
+    }
+}
+
+/// The path's components, without empty ones and `.`.
+fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+}
+
+/// What is left of `target` after the components of `prefix`, if it starts with them.
+fn strip_prefix<'t>(target: &'t [u8], prefix: &[u8]) -> Option<&'t [u8]> {
+    let mut rest = target;
+    for want in components(prefix) {
+        // The next name of `target`, past separators and `.` components.
+        let (name, after) = loop {
+            while let Some(r) = rest.strip_prefix(b"/") {
+                rest = r;
+            }
+            let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            let (name, after) = rest.split_at(end);
+            if name != b"." {
+                break (name, after);
+            }
+            rest = after;
+        };
+        if name != want {
+            return None;
+        }
+        rest = after;
+    }
+    Some(rest)
+}
+
+// ------------------------------------------------------------------ openat2 availability
+
+const UNKNOWN: u8 = 0;
+const USABLE: u8 = 1;
+const BLOCKED: u8 = 2;
+static OPENAT2: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// Whether openat2 may be called here; asked of the kernel once per process.
+fn openat2_usable(dir: BorrowedFd<'_>) -> bool {
+    match OPENAT2.load(Ordering::Relaxed) {
+        USABLE => true,
+        BLOCKED => false,
+        _ => probe(dir),
+    }
+}
+
+fn probe(dir: BorrowedFd<'_>) -> bool {
+    match openat2(dir, b".", libc::O_PATH | libc::O_CLOEXEC, 0) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            note_blocked(&e);
+            false
+        }
+        // Any other answer came from the system call itself.
+        _ => {
+            OPENAT2.store(USABLE, Ordering::Relaxed);
+            tracing::debug!("static files: paths are resolved by openat2(RESOLVE_BENEATH)");
+            true
+        }
+    }
+}
+
+fn note_blocked(e: &io::Error) {
+    if OPENAT2.swap(BLOCKED, Ordering::Relaxed) != BLOCKED {
+        tracing::info!(
+            error = %e,
+            "static files: openat2 is not permitted here (a kernel before 5.6, or a seccomp \
+             filter such as systemd's RestrictSUIDSGID=); paths are resolved one component \
+             at a time with openat(O_PATH|O_NOFOLLOW), with the same guarantees"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ system calls
+
+fn openat(dir: BorrowedFd<'_>, path: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: valid fd and C string.
+    with_c_path(path, |c| {
+        cvt_fd(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) })
+    })
+}
+
+fn openat2(dir: BorrowedFd<'_>, path: &[u8], flags: i32, resolve: u64) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; zeroed is its documented initial state.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = resolve;
+    with_c_path(path, |c| {
+        // SAFETY: valid fd, C string and open_how of the size we pass.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        cvt_fd(fd as i32)
+    })
+}
+
+/// The target of the symlink `name` in `dir` (`name` empty: `dir` is the link itself).
+fn readlink(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let n = with_c_str(name, |c| {
+        // SAFETY: valid fd, C string and buffer of the length passed.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    })?;
+    if n >= buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn cvt_fd(fd: i32) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs `f` on `path` as a C string; an empty one is refused, as open(2) would.
+fn with_c_path<T>(path: &[u8], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
+    if path.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    with_c_str(path, f)
+}
+
+/// Typical names fit on the stack: no allocation per request for the C string.
+fn with_c_str<T>(bytes: &[u8], f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
+    let mut stack = [0u8; 256];
+    if bytes.len() < stack.len() {
+        stack[..bytes.len()].copy_from_slice(bytes);
+        let c = CStr::from_bytes_with_nul(&stack[..=bytes.len()])
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        return f(c);
+    }
+    f(&CString::new(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    /// base/root holds the documents; base/outside/secret.txt must never be reached.
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("root");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.txt"), "SECRET").unwrap();
+        std::fs::write(root.join("index.html"), "index").unwrap();
+        std::fs::write(root.join("sub/page.html"), "page").unwrap();
+        std::fs::write(root.join("sub/deeper/x.txt"), "x").unwrap();
+        let l = |target: &Path, name: &str| symlink(target, root.join(name)).unwrap();
+        l(Path::new("index.html"), "rel_in");
+        l(Path::new("sub/deeper"), "to_deeper");
+        l(Path::new("../page.html"), "sub/deeper/up");
+        l(&root.join("sub/page.html"), "abs_in");
+        l(&root.join("sub"), "abs_dir");
+        l(&root.join("../root/index.html"), "abs_dotdot");
+        l(&outside.join("secret.txt"), "abs_out");
+        l(&outside, "abs_out_dir");
+        l(Path::new("../outside/secret.txt"), "rel_out");
+        l(Path::new("sub/../../outside/secret.txt"), "rel_out_deep");
+        l(Path::new("../root/index.html"), "leave_and_return");
+        l(Path::new("/proc/self/root/etc/passwd"), "magic");
+        l(Path::new("missing"), "dangling");
+        l(Path::new("loop_b"), "loop_a");
+        l(Path::new("loop_a"), "loop_b");
+        // chain_0 → chain_1 → … → chain_40 → index.html: 41 links from chain_0, 40 from chain_1.
+        for i in 0..MAX_LINKS {
+            l(
+                Path::new(&format!("chain_{}", i + 1)),
+                &format!("chain_{i}"),
+            );
+        }
+        l(Path::new("index.html"), &format!("chain_{MAX_LINKS}"));
+        (base, root)
+    }
+
+    /// What a lookup of `rel` gives: the file's content, "dir", or the errno.
+    fn outcome(
+        root: &RootFd,
+        rel: &str,
+        via: &dyn Fn(&RootFd, &Path) -> io::Result<Found>,
+    ) -> String {
+        match via(root, Path::new(rel)) {
+            Ok(f) if f.meta.is_dir() => "dir".into(),
+            Ok(f) => {
+                let (mut file, _) = f.open_for_reading(root, Path::new(rel)).unwrap();
+                let mut s = String::new();
+                file.read_to_string(&mut s).unwrap();
+                s
+            }
+            Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
+        }
+    }
+
+    const ENOENT: &str = "errno 2";
+    const ENOTDIR: &str = "errno 20";
+    const EXDEV: &str = "errno 18";
+    const ELOOP: &str = "errno 40";
+
+    #[test]
+    fn inside_root_follows_only_links_that_stay_beneath() {
+        let (_base, root_path) = tree();
+        let root = RootFd::open(&root_path).unwrap();
+        let cases = [
+            ("", "dir"),
+            ("index.html", "index"),
+            ("sub", "dir"),
+            ("sub/deeper/x.txt", "x"),
+            ("missing", ENOENT),
+            ("index.html/x", ENOTDIR),
+            ("rel_in", "index"),
+            ("to_deeper/x.txt", "x"),
+            // `..` after a link is the parent of where the link led (physical, as the kernel).
+            ("to_deeper/../page.html", "page"),
+            ("sub/deeper/up", "page"),
+            ("abs_in", "page"),
+            ("abs_dir/deeper/x.txt", "x"),
+            ("abs_dotdot", EXDEV),
+            ("abs_out", EXDEV),
+            ("abs_out_dir/secret.txt", EXDEV),
+            ("rel_out", EXDEV),
+            ("rel_out_deep", EXDEV),
+            ("leave_and_return", EXDEV),
+            ("magic", EXDEV),
+            ("dangling", ENOENT),
+            ("loop_a", ELOOP),
+            ("chain_1", "index"),
+            ("chain_0", ELOOP),
+        ];
+        let walked = |r: &RootFd, p: &Path| walk(r, rel_bytes(p), true);
+        let looked_up = |r: &RootFd, p: &Path| lookup(r, p, FollowSymlinks::InsideRoot);
+        for (rel, want) in cases {
+            assert_eq!(outcome(&root, rel, &walked), want, "walk {rel:?}");
+            assert_eq!(outcome(&root, rel, &looked_up), want, "lookup {rel:?}");
+        }
+    }
+
+    #[test]
+    fn never_refuses_every_link() {
+        let (_base, root_path) = tree();
+        let root = RootFd::open(&root_path).unwrap();
+        let walked = |r: &RootFd, p: &Path| walk(r, rel_bytes(p), false);
+        let looked_up = |r: &RootFd, p: &Path| lookup(r, p, FollowSymlinks::Never);
+        for (rel, want) in [
+            ("sub/page.html", "page"),
+            ("rel_in", ELOOP),
+            ("to_deeper/x.txt", ELOOP),
+            ("abs_in", ELOOP),
+            ("abs_out", ELOOP),
+        ] {
+            assert_eq!(outcome(&root, rel, &walked), want, "walk {rel:?}");
+            assert_eq!(outcome(&root, rel, &looked_up), want, "lookup {rel:?}");
+        }
+    }
+
+    #[test]
+    fn absolute_links_may_name_the_root_by_its_configured_or_its_real_path() {
+        let (base, root_path) = tree();
+        // The root configured through a symlink, as a deploy's `current` link would be.
+        let alias = base.path().join("current");
+        symlink(&root_path, &alias).unwrap();
+        symlink(alias.join("index.html"), root_path.join("via_alias")).unwrap();
+        symlink(
+            "/.//".to_owned() + root_path.to_str().unwrap() + "/./index.html",
+            root_path.join("untidy"),
+        )
+        .unwrap();
+        // Another alias than the configured one is not resolved: that would mean walking
+        // outside the root.
+        for (configured, via_alias) in [(&root_path, EXDEV), (&alias, "index")] {
+            let root = RootFd::open(configured).unwrap();
+            let walked = |r: &RootFd, p: &Path| walk(r, rel_bytes(p), true);
+            assert_eq!(
+                outcome(&root, "abs_in", &walked),
+                "page",
+                "root {configured:?}"
+            );
+            assert_eq!(
+                outcome(&root, "via_alias", &walked),
+                via_alias,
+                "root {configured:?}"
+            );
+            assert_eq!(
+                outcome(&root, "untidy", &walked),
+                "index",
+                "root {configured:?}"
+            );
+            assert_eq!(
+                outcome(&root, "abs_out", &walked),
+                EXDEV,
+                "root {configured:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_components() {
+        assert_eq!(strip_prefix(b"/srv/www/a", b"/srv/www"), Some(&b"/a"[..]));
+        assert_eq!(strip_prefix(b"/srv/www", b"/srv/www/"), Some(&b""[..]));
+        assert_eq!(
+            strip_prefix(b"//srv/./www//a", b"/srv/www"),
+            Some(&b"//a"[..])
+        );
+        assert_eq!(strip_prefix(b"/srv/wwwx/a", b"/srv/www"), None);
+        assert_eq!(strip_prefix(b"/srv/../srv/www/a", b"/srv/www"), None);
+        assert_eq!(strip_prefix(b"/srv", b"/srv/www"), None);
+        assert_eq!(strip_prefix(b"/anything", b"/"), Some(&b"/anything"[..]));
+    }
+
+    #[test]
+    fn a_file_swapped_after_the_lookup_is_not_read() {
+        let (_base, root_path) = tree();
+        let root = RootFd::open(&root_path).unwrap();
+        let found = walk(&root, b"sub/page.html", true).unwrap();
+        // Replaced by a symlink to the secret between the lookup and the open.
+        std::fs::remove_file(root_path.join("sub/page.html")).unwrap();
+        symlink(
+            root_path.join("../outside/secret.txt"),
+            root_path.join("sub/page.html"),
+        )
+        .unwrap();
+        let err = found
+            .open_for_reading(&root, Path::new("sub/page.html"))
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+    }
+}
