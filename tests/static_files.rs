@@ -1,6 +1,11 @@
-//! The `static` route against a docroot the test builds, over real sockets.
+//! The `static` route against a docroot the test builds, over real sockets. Every test that
+//! looks a path up runs twice: with openat2, and with the server under a seccomp filter
+//! that fails openat2 with ENOSYS, as the packaged unit's RestrictSUIDSGID= does. Both ways
+//! of resolving a path beneath the root must answer alike.
 
 mod common;
+#[path = "static_files/symlinks.rs"]
+mod symlinks;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,10 +15,50 @@ use std::time::Duration;
 
 const SECRET: &str = "TOPSECRET-7f3a9c";
 
-struct Site {
-    server: Server,
-    port: u16,
-    root: PathBuf,
+/// What the server logs once it finds openat2 blocked.
+const BLOCKED_LINE: &str = "openat2 is not permitted here";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Openat2,
+    Blocked,
+}
+
+/// `#[test]`s NAME::openat2 and NAME::openat2_blocked, each calling `NAME(mode)`.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn openat2() {
+                super::$name(super::Mode::Openat2)
+            }
+            #[test]
+            fn openat2_blocked() {
+                super::$name(super::Mode::Blocked)
+            }
+        }
+    )*};
+}
+pub(crate) use both_modes;
+
+both_modes!(
+    traversal_corpus_never_leaks_a_byte_outside_the_root,
+    files_have_type_length_validators_and_cache_rules,
+    conditional_requests,
+    ranges,
+    precompressed_siblings_follow_accept_encoding,
+    on_the_fly_compression_for_text_above_the_threshold,
+    directories_redirect_index_forbid_and_list,
+    spa_fallback_and_error_pages,
+    dotfiles_symlinks_and_special_files,
+    device_nodes_are_never_opened,
+    changed_files_are_never_served_stale,
+);
+
+pub struct Site {
+    pub server: Server,
+    pub port: u16,
+    pub root: PathBuf,
 }
 
 fn build_docroot(base: &Path) -> PathBuf {
@@ -52,7 +97,7 @@ fn build_docroot(base: &Path) -> PathBuf {
     root
 }
 
-fn start_site() -> Site {
+pub fn start_site(mode: Mode) -> Site {
     let dir = tempdir();
     let root = build_docroot(dir.path());
     let r = root.display();
@@ -96,27 +141,61 @@ static = {{ root = "{r}", compress = ["gzip"], compress_min_size = 100 }}
     );
     let cfg = write(dir.path(), "g.toml", &config);
     let (l, port) = tcp_listener();
-    let server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
+    let mut launch = Launch::serve(&cfg).fd(l, "http");
+    launch.block_openat2 = mode == Mode::Blocked;
+    let server = Server::start(dir, launch);
     server.wait_ready();
+    // The first lookup asks whether openat2 may be called, and logs it when it may not:
+    // proof that this run takes the way it is meant to test.
+    assert_eq!(get(port, "/index.html", "").status, 200);
+    match mode {
+        Mode::Blocked => server.wait_log(BLOCKED_LINE),
+        Mode::Openat2 if openat2_works_here() => {
+            server.wait_log("GET /index.html 200");
+            assert!(
+                !server.stderr().contains(BLOCKED_LINE),
+                "{}",
+                server.stderr()
+            );
+        }
+        Mode::Openat2 => eprintln!("openat2 is blocked for this test process too"),
+    }
     Site { server, port, root }
 }
 
-fn request(port: u16, text: &str) -> Reply {
+fn openat2_works_here() -> bool {
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c".".as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+    }
+    fd >= 0
+}
+
+pub fn request(port: u16, text: &str) -> Reply {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     exchange(&mut s, text.as_bytes()).unwrap()
 }
 
-fn get(port: u16, path: &str, headers: &str) -> Reply {
+pub fn get(port: u16, path: &str, headers: &str) -> Reply {
     request(
         port,
         &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"),
     )
 }
 
-#[test]
-fn traversal_corpus_never_leaks_a_byte_outside_the_root() {
-    let site = start_site();
+fn traversal_corpus_never_leaks_a_byte_outside_the_root(mode: Mode) {
+    let site = start_site(mode);
     let secret_abs = site.root.parent().unwrap().join("outside/secret.txt");
     let abs = secret_abs.display().to_string();
     let abs_encoded = abs.replace('/', "%2f");
@@ -207,9 +286,8 @@ fn traversal_corpus_never_leaks_a_byte_outside_the_root() {
     }
 }
 
-#[test]
-fn files_have_type_length_validators_and_cache_rules() {
-    let site = start_site();
+fn files_have_type_length_validators_and_cache_rules(mode: Mode) {
+    let site = start_site(mode);
     let r = get(site.port, "/a.css", "");
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -253,9 +331,8 @@ fn files_have_type_length_validators_and_cache_rules() {
     assert_eq!(post.text(), "<p>custom not found</p>\n");
 }
 
-#[test]
-fn conditional_requests() {
-    let site = start_site();
+fn conditional_requests(mode: Mode) {
+    let site = start_site(mode);
     let first = get(site.port, "/digits.txt", "");
     let etag = first.header("etag").unwrap();
     let lm = first.header("last-modified").unwrap();
@@ -319,9 +396,8 @@ fn conditional_requests() {
     assert!(r304.body.is_empty());
 }
 
-#[test]
-fn ranges() {
-    let site = start_site();
+fn ranges(mode: Mode) {
+    let site = start_site(mode);
     let p = site.port;
     let r = get(p, "/digits.txt", "Range: bytes=10-19\r\n");
     assert_eq!(r.status, 206);
@@ -357,9 +433,8 @@ fn ranges() {
     assert_eq!((stale.status, stale.body.len()), (200, 1000));
 }
 
-#[test]
-fn precompressed_siblings_follow_accept_encoding() {
-    let site = start_site();
+fn precompressed_siblings_follow_accept_encoding(mode: Mode) {
+    let site = start_site(mode);
     let p = site.port;
     let br = get(p, "/app.js", "Accept-Encoding: gzip, br\r\n");
     assert_eq!(br.header("content-encoding").as_deref(), Some("br"));
@@ -386,9 +461,8 @@ fn precompressed_siblings_follow_accept_encoding() {
     assert_eq!(refused.header("content-encoding"), None);
 }
 
-#[test]
-fn on_the_fly_compression_for_text_above_the_threshold() {
-    let site = start_site();
+fn on_the_fly_compression_for_text_above_the_threshold(mode: Mode) {
+    let site = start_site(mode);
     let r = get(site.port, "/gz/a.css", "Accept-Encoding: gzip\r\n");
     assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
     assert!(r.header("etag").unwrap().starts_with("W/"));
@@ -424,9 +498,8 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
 }
 
-#[test]
-fn directories_redirect_index_forbid_and_list() {
-    let site = start_site();
+fn directories_redirect_index_forbid_and_list(mode: Mode) {
+    let site = start_site(mode);
     let p = site.port;
     let redirect = get(p, "/sub?x=1", "");
     assert_eq!(redirect.status, 301);
@@ -449,9 +522,8 @@ fn directories_redirect_index_forbid_and_list() {
     assert!(html.contains("href=\"sub/\""));
 }
 
-#[test]
-fn spa_fallback_and_error_pages() {
-    let site = start_site();
+fn spa_fallback_and_error_pages(mode: Mode) {
+    let site = start_site(mode);
     let p = site.port;
     let spa = get(p, "/spa/users/42", "");
     assert_eq!((spa.status, spa.text().as_str()), (200, "spa shell\n"));
@@ -465,9 +537,8 @@ fn spa_fallback_and_error_pages() {
     );
 }
 
-#[test]
-fn dotfiles_symlinks_and_special_files() {
-    let site = start_site();
+fn dotfiles_symlinks_and_special_files(mode: Mode) {
+    let site = start_site(mode);
     let p = site.port;
     assert_eq!(get(p, "/.env", "").status, 404);
     assert_eq!(get(p, "/.git/config", "").status, 404);
@@ -486,9 +557,8 @@ fn dotfiles_symlinks_and_special_files() {
     assert_eq!(get(p, "/", "").status, 200);
 }
 
-#[test]
-fn device_nodes_are_never_opened() {
-    let site = start_site();
+fn device_nodes_are_never_opened(mode: Mode) {
+    let site = start_site(mode);
     let node =
         std::ffi::CString::new(site.root.join("zero").as_os_str().as_encoded_bytes()).unwrap();
     // /dev/zero's numbers (1, 5); needs root, like mknod(1).
@@ -510,7 +580,7 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[test]
 fn a_huge_file_to_many_slow_clients_keeps_memory_flat() {
-    let site = start_site();
+    let site = start_site(Mode::Openat2);
     // Sparse: 1 GiB without using disk.
     let big = std::fs::File::create(site.root.join("huge.bin")).unwrap();
     big.set_len(1 << 30).unwrap();
@@ -540,9 +610,8 @@ fn a_huge_file_to_many_slow_clients_keeps_memory_flat() {
     }
 }
 
-#[test]
-fn changed_files_are_never_served_stale() {
-    let site = start_site();
+fn changed_files_are_never_served_stale(mode: Mode) {
+    let site = start_site(mode);
     let path = site.root.join("digits.txt");
     let original = get(site.port, "/digits.txt", "").text();
     // Twice, so the second answer can come from the small-file cache.

@@ -95,6 +95,9 @@ pub struct Launch {
     pub wrapper: Vec<String>,
     /// Shell commands run just before exec (e.g. mounts inside the wrapper's namespace).
     pub before_exec: String,
+    /// Runs the server under a seccomp filter that fails openat2(2) with ENOSYS, as
+    /// systemd's RestrictSUIDSGID= (and so DynamicUser=) does.
+    pub block_openat2: bool,
 }
 
 impl Launch {
@@ -114,6 +117,7 @@ impl Launch {
             stderr: None,
             wrapper: Vec::new(),
             before_exec: String::new(),
+            block_openat2: false,
         }
     }
 
@@ -189,7 +193,10 @@ impl Server {
             cmd.env(k, v);
         }
         let raw: Vec<RawFd> = launch.fds.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
-        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+        let mut seccomp = launch
+            .block_openat2
+            .then(|| enosys_filter(libc::SYS_openat2));
+        // SAFETY: only async-signal-safe calls (fcntl, dup2, prctl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 // Move every source out of the 3.. range first, so no dup2 clobbers another.
@@ -206,6 +213,9 @@ impl Server {
                     if libc::dup2(h, 3 + i as RawFd) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                if let Some(filter) = seccomp.as_mut() {
+                    install_filter(filter)?;
                 }
                 Ok(())
             });
@@ -269,6 +279,40 @@ impl Server {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
     }
+}
+
+/// A classic-BPF seccomp program: `nr` fails with ENOSYS, every other system call runs.
+/// (The syscall number is the same for every ABI a test binary runs under.)
+fn enosys_filter(nr: libc::c_long) -> [libc::sock_filter; 4] {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    [
+        op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JEQ_K, 0, 1, nr as u32),
+        op(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// Installs `filter` on the calling thread (between fork and exec: async-signal-safe).
+fn install_filter(filter: &mut [libc::sock_filter]) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: prctl with the documented arguments; `prog` outlives the calls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Server {
