@@ -93,6 +93,23 @@ NGINX
     } >"$WORK/nginx.conf"
 }
 
+# CPU time (clock ticks) used so far by a process and its children (nginx master + worker),
+# as "user system": the split shows how much of a request's cost is the kernel's socket work,
+# which no server can avoid, and how much is the server's own code.
+cpu_ticks() { # pid
+    local user=0 sys=0 p u s
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+        user=$((user + u))
+        sys=$((sys + s))
+    done
+    echo "$user $sys"
+}
+HZ=$(getconf CLK_TCK)
+per_req() { # ticks requests -> µs per request
+    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { printf "%.2f", (n > 0) ? t * 1e6 / hz / n : 0 }'
+}
+
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 # A plain static site on both servers, serving $1: $WORK/gatehouse.toml (on port $2) and

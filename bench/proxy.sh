@@ -153,23 +153,6 @@ stop_server() {
     SERVER_PID=
 }
 
-# CPU time (clock ticks) used so far by a process and its children (nginx master + worker),
-# as "user system": the split shows how much of a request's cost is the kernel's socket work,
-# which no proxy can avoid, and how much is the proxy's own code.
-cpu_ticks() { # pid
-    local user=0 sys=0 p u s
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
-        read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
-        user=$((user + u))
-        sys=$((sys + s))
-    done
-    echo "$user $sys"
-}
-HZ=$(getconf CLK_TCK)
-per_req() { # ticks requests -> µs per request
-    awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { printf "%.2f", (n > 0) ? t * 1e6 / hz / n : 0 }'
-}
-
 # name | path | extra wrk args
 SCENARIOS=(
     "GET, 20 B response|/small|"
