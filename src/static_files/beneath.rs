@@ -15,11 +15,10 @@
 use super::config::FollowSymlinks;
 use std::borrow::Cow;
 use std::ffi::{CStr, CString};
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -75,10 +74,93 @@ impl RootFd {
     }
 }
 
-/// An object found beneath the root, held O_PATH: neither opened for I/O nor triggered.
+/// What a lookup learns of an object without opening it: its kind, and what identifies a
+/// version of it (for the cache of small files and for validators).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    mode: u32,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl Stat {
+    fn of(st: &libc::stat) -> Stat {
+        Stat {
+            mode: st.st_mode,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec,
+        }
+    }
+
+    /// fstat(2) of an open descriptor.
+    pub fn of_fd(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+        // SAFETY: stat is plain data, filled by the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd and a stat buffer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Stat::of(&st))
+    }
+
+    /// The entry `name` of `dir` itself (a symlink is not followed), without opening it.
+    fn at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Stat> {
+        // SAFETY: stat is plain data, filled by the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        with_c_path(name, |c| {
+            let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
+            // SAFETY: a valid fd, C string and stat buffer.
+            if unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, flags) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })?;
+        Ok(Stat::of(&st))
+    }
+
+    fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_file(&self) -> bool {
+        self.kind() == libc::S_IFREG
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+    fn is_symlink(&self) -> bool {
+        self.kind() == libc::S_IFLNK
+    }
+    fn same_object(&self, other: &Stat) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+    pub fn dev(&self) -> u64 {
+        self.dev
+    }
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn mtime(&self) -> i64 {
+        self.mtime
+    }
+    pub fn mtime_nsec(&self) -> i64 {
+        self.mtime_nsec
+    }
+}
+
+/// An object found beneath the root. Nothing is opened for I/O: a directory or an object
+/// that openat2 found is held O_PATH, anything the walk found is named in a directory held.
 pub struct Found {
-    pub fd: OwnedFd,
-    pub meta: Metadata,
+    pub stat: Stat,
+    fd: Option<OwnedFd>,
     reopen: Reopen,
 }
 
@@ -94,10 +176,27 @@ enum Reopen {
 }
 
 impl Found {
+    /// The directory found, as an O_PATH descriptor.
+    pub fn into_dir(self, root: &RootFd) -> io::Result<OwnedFd> {
+        let fd = match (self.fd, &self.reopen) {
+            (Some(fd), _) => fd,
+            (None, Reopen::InDir(dir, name)) => {
+                let dir = dir.as_ref().map_or(root.as_fd(), |d| d.as_fd());
+                let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+                openat(dir, name, flags)?
+            }
+            (None, _) => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        if !Stat::of_fd(fd.as_fd())?.same_object(&self.stat) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(fd)
+    }
+
     /// Opens the object for reading (non-blocking, so a FIFO swapped in cannot hang us) and
     /// checks that it is still the regular file the lookup found.
-    pub fn open_for_reading(self, root: &RootFd, rel: &Path) -> io::Result<(File, Metadata)> {
-        let Found { fd, meta, reopen } = self;
+    pub fn open_for_reading(self, root: &RootFd, rel: &Path) -> io::Result<(File, Stat)> {
+        let Found { fd, stat, reopen } = self;
         drop(fd);
         let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
         let rel = rel_bytes(rel);
@@ -109,12 +208,11 @@ impl Found {
                 openat(dir, name, flags | libc::O_NOFOLLOW)?
             }
         };
-        let file = File::from(fd);
-        let opened = file.metadata()?;
-        if !opened.is_file() || opened.ino() != meta.ino() || opened.dev() != meta.dev() {
+        let opened = Stat::of_fd(fd.as_fd())?;
+        if !opened.is_file() || !opened.same_object(&stat) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
-        Ok((file, opened))
+        Ok((File::from(fd), opened))
     }
 }
 
@@ -172,21 +270,23 @@ pub fn walk(root: &RootFd, rel: &[u8], follow: bool) -> io::Result<Found> {
         let dir = held.last().map_or(root.as_fd(), |d| d.as_fd());
         let last = spliced.is_empty() && rest.peek().is_none();
         let target = if last {
-            let file = File::from(openat(
-                dir,
-                &name,
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )?);
-            let meta = file.metadata()?;
-            if !meta.file_type().is_symlink() {
+            // A stat, not an open: the object is opened only if it is to be read (or
+            // listed), and a stat is the cheaper call under a seccomp filter that inspects
+            // openat's flags (RestrictSUIDSGID=).
+            let stat = Stat::at(dir, &name)?;
+            if !stat.is_symlink() {
                 let parent = held.pop();
                 return Ok(Found {
-                    fd: file.into(),
-                    meta,
+                    stat,
+                    fd: None,
                     reopen: Reopen::InDir(parent, name.into_owned()),
                 });
             }
-            readlink(file.as_fd(), b"")?
+            // Replaced by a non-link since the stat: as if it had not been there.
+            readlink(dir, &name).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => io::Error::from_raw_os_error(libc::ENOENT),
+                _ => e,
+            })?
         } else {
             let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC;
             match openat(dir, &name, flags) {
@@ -228,11 +328,9 @@ pub fn walk(root: &RootFd, rel: &[u8], follow: bool) -> io::Result<Found> {
 }
 
 fn found(fd: OwnedFd, reopen: Reopen) -> io::Result<Found> {
-    let file = File::from(fd);
-    let meta = file.metadata()?;
     Ok(Found {
-        fd: file.into(),
-        meta,
+        stat: Stat::of_fd(fd.as_fd())?,
+        fd: Some(fd),
         reopen,
     })
 }
@@ -446,7 +544,7 @@ mod tests {
         via: &dyn Fn(&RootFd, &Path) -> io::Result<Found>,
     ) -> String {
         match via(root, Path::new(rel)) {
-            Ok(f) if f.meta.is_dir() => "dir".into(),
+            Ok(f) if f.stat.is_dir() => "dir".into(),
             Ok(f) => {
                 let (mut file, _) = f.open_for_reading(root, Path::new(rel)).unwrap();
                 let mut s = String::new();
@@ -588,5 +686,14 @@ mod tests {
             .open_for_reading(&root, Path::new("sub/page.html"))
             .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+
+        // A directory found, then replaced by a link to one outside.
+        let found = walk(&root, b"sub/deeper", true).unwrap();
+        assert!(found.stat.is_dir());
+        std::fs::rename(root_path.join("sub/deeper"), root_path.join("sub/moved")).unwrap();
+        symlink(root_path.join("../outside"), root_path.join("sub/deeper")).unwrap();
+        let err = found.into_dir(&root).unwrap_err();
+        // O_DIRECTORY | O_NOFOLLOW on a symlink: "not a directory".
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
     }
 }

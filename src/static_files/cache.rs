@@ -2,10 +2,9 @@
 //! probe returns on every request (device, inode, size, mtime to the nanosecond): a changed
 //! file is never served from here, and a hit skips the open, fstat, read and close.
 
+use super::path::Stat;
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +39,7 @@ struct Identity {
 }
 
 impl Identity {
-    fn of(meta: &Metadata) -> Identity {
+    fn of(meta: &Stat) -> Identity {
         Identity {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -53,13 +52,13 @@ impl Identity {
 
 impl FileCache {
     /// The cached content of `rel`, if it is still the file `meta` describes.
-    pub fn get(&self, rel: &Path, meta: &Metadata) -> Option<Bytes> {
+    pub fn get(&self, rel: &Path, meta: &Stat) -> Option<Bytes> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let entry = inner.map.get(rel)?;
         (entry.identity == Identity::of(meta)).then(|| entry.data.clone())
     }
 
-    pub fn insert(&self, rel: &Path, meta: &Metadata, data: Bytes) {
+    pub fn insert(&self, rel: &Path, meta: &Stat, data: Bytes) {
         if data.len() as u64 > MAX_ENTRY || data.len() as u64 != meta.size() {
             return;
         }

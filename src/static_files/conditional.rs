@@ -1,8 +1,7 @@
 //! Validators (ETag, Last-Modified) and conditional requests, in RFC 9110 §13.2.2 order.
 
+use super::path::Stat;
 use http::{header, HeaderMap, HeaderValue, Method};
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The validators of one representation (a file, or its precompressed sibling).
@@ -14,7 +13,7 @@ pub struct Validators {
 }
 
 impl Validators {
-    pub fn of(meta: &Metadata, encoding: Option<&str>) -> Validators {
+    pub fn of(meta: &Stat, encoding: Option<&str>) -> Validators {
         let secs = u64::try_from(meta.mtime()).unwrap_or(0);
         let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
         // "size-mtime.nanos-inode[-encoding]" in hex, built as bytes without the formatting

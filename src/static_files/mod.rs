@@ -25,9 +25,10 @@ use config::Encoding;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use path::Stat;
 use path::{OpenError, Opened, Reject};
 use range::RangeRequest;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -111,10 +112,8 @@ enum Source {
     Cached(Bytes),
 }
 
-// A short-lived return value, never stored: boxing the metadata would cost more than it saves.
-#[allow(clippy::large_enum_variant)]
 enum Found {
-    File(Source, Metadata),
+    File(Source, Stat),
     Dir(std::os::fd::OwnedFd),
 }
 
@@ -122,7 +121,7 @@ enum Found {
 /// copy is still that file.
 fn open_source(cfg: &StaticConfig, rel: &Path) -> Result<Found, OpenError> {
     let hit = std::cell::RefCell::new(None);
-    let known = |meta: &Metadata| {
+    let known = |meta: &Stat| {
         let cached = cfg.cache.get(rel, meta);
         let found = cached.is_some();
         *hit.borrow_mut() = cached;
@@ -153,10 +152,10 @@ pub fn error_page(
         tracing::warn!(page, "error page not found");
         return None;
     };
-    if meta.len() > ERROR_PAGE_MAX {
+    if meta.size() > ERROR_PAGE_MAX {
         return None;
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
+    let mut buf = Vec::with_capacity(meta.size() as usize);
     file.take(ERROR_PAGE_MAX).read_to_end(&mut buf).ok()?;
     Some((buf.into(), mime::content_type(&rel.path)))
 }
@@ -188,7 +187,7 @@ fn html_response(html: String) -> Response<Body> {
 /// One representation of the requested file.
 struct Representation {
     source: Source,
-    meta: Metadata,
+    meta: Stat,
     /// Set when serving a precompressed sibling.
     encoding: Option<Encoding>,
 }
@@ -199,7 +198,7 @@ fn serve_file(
     headers: &HeaderMap,
     rel: &Path,
     source: Source,
-    meta: Metadata,
+    meta: Stat,
 ) -> Response<Body> {
     let content_type = mime::content_type(rel);
     let accept = headers
@@ -211,7 +210,7 @@ fn serve_file(
         encoding: None,
     });
     let on_the_fly = rep.encoding.is_none()
-        && rep.meta.len() >= cfg.compress_min_size
+        && rep.meta.size() >= cfg.compress_min_size
         && content_type.to_str().is_ok_and(mime::is_text);
     let on_the_fly = if on_the_fly {
         negotiate::acceptable(accept, &cfg.compress)
@@ -275,7 +274,7 @@ fn serve_file(
             .unwrap_or_else(|_| handlers::error(StatusCode::INTERNAL_SERVER_ERROR));
     }
 
-    let len = rep.meta.len();
+    let len = rep.meta.size();
     builder = builder.header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let range = if conditional::if_range_allows(headers, &validators) {
         range::parse(
@@ -349,7 +348,7 @@ fn file_body(
     start: u64,
     count: u64,
 ) -> std::io::Result<Body> {
-    let len = rep.meta.len();
+    let len = rep.meta.size();
     let whole = match rep.source {
         Source::Cached(bytes) => bytes,
         Source::File(file) if len <= READ_WHOLE_MAX => {

@@ -7,10 +7,11 @@
 //! outside the root unless `follow_symlinks = "always"`. Special files are recognised
 //! through an O_PATH descriptor, which does not open them.
 
+pub use super::beneath::Stat;
 use super::beneath::{self, RootFd};
 use super::config::FollowSymlinks;
 use std::ffi::OsStr;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -92,12 +93,12 @@ impl From<io::Error> for OpenError {
 }
 
 pub enum Opened {
-    File(File, Metadata),
+    File(File, Stat),
     /// A directory, opened O_PATH: enough to look inside, nothing else.
     Dir(OwnedFd),
     /// A regular file the caller said it already holds (see [`open_unless_known`]): not
     /// opened for reading.
-    Known(Metadata),
+    Known(Stat),
 }
 
 /// The document root, opened O_PATH and reused for a second at a time: saves an open and a
@@ -153,22 +154,22 @@ pub fn open_unless_known(
     root: &RootDir,
     rel: &Path,
     policy: FollowSymlinks,
-    known: &dyn Fn(&Metadata) -> bool,
+    known: &dyn Fn(&Stat) -> bool,
 ) -> Result<Opened, OpenError> {
     let root = root.fd()?;
-    // O_PATH first: stat without opening, so a FIFO or device is never opened.
+    // Looked up and stat-ed first, without opening: a FIFO or device is never opened.
     let found = beneath::lookup(&root, rel, policy)?;
-    if found.meta.is_dir() {
-        return Ok(Opened::Dir(found.fd));
+    if found.stat.is_dir() {
+        return Ok(Opened::Dir(found.into_dir(&root)?));
     }
-    if !found.meta.is_file() {
+    if !found.stat.is_file() {
         return Err(OpenError::NotFound);
     }
-    if known(&found.meta) {
-        return Ok(Opened::Known(found.meta));
+    if known(&found.stat) {
+        return Ok(Opened::Known(found.stat));
     }
-    let (file, meta) = found.open_for_reading(&root, rel)?;
-    Ok(Opened::File(file, meta))
+    let (file, stat) = found.open_for_reading(&root, rel)?;
+    Ok(Opened::File(file, stat))
 }
 
 #[cfg(test)]
