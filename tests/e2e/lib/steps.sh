@@ -309,6 +309,58 @@ EOF
     G rm -rf /var/www
 }
 
+# CPU per request of a static file: the packaged service against the same /usr/bin/gatehouse
+# run outside the unit, in this machine, on the same file with the same bounded load (curl,
+# one connection), access log off in both; alternating runs, medians; within 1.3x. Under the
+# unit's seccomp filter (RestrictSUIDSGID=, implied by DynamicUser=) openat2 is blocked and
+# paths take the component-by-component walk (issue 21: the fallback before it cost 3.5x).
+# Each directory level costs the walk one openat more: bench/packaged-static.sh measures a
+# deep path too.
+step_static_cpu() {
+    local n=10000 url=/index.html rep how pid port r us okn unit_pid bare_pid unit bare
+    copy_in "$E2E_DIR/guest/cpu-per-request" /root || { fail "copy cpu-per-request into the guest"; return 1; }
+    G mkdir -p /etc/systemd/system/gatehouse.service.d
+    # The packaged site without its admin listener, whose socket the bare server would need.
+    printf '[[listener]]\nname = "http"\nbind = ["127.0.0.1:8090"]\n\n[[site]]\nhosts = ["*"]\n\n[[site.route]]\npath = "/"\nstatic = { root = "/usr/share/gatehouse/www" }\n' \
+        | put_config /etc/gatehouse/gatehouse.toml
+    printf '[Service]\nEnvironment=RUST_LOG=info,gatehouse::access=off\n' | put_config /etc/systemd/system/gatehouse.service.d/e2e-cpu.conf
+    G systemctl daemon-reload
+    G systemctl restart gatehouse
+    http_get -o /dev/null http://127.0.0.1/index.html || { fail "the service does not serve the static config"; return 1; }
+    unit_pid=$(prop gatehouse.service MainPID)
+    # The same binary and config from a shell: no unit, no sandbox, the config's own bind.
+    bare_pid=$(G sh -c 'RUST_LOG=info,gatehouse::access=off /usr/bin/gatehouse serve \
+        --config /etc/gatehouse/gatehouse.toml --log-target stderr >/root/bare.log 2>&1 & echo $!')
+    bare_up() { G curl -sf -o /dev/null http://127.0.0.1:8090/index.html; }
+    wait_until 10 bare_up || fail "the bare server did not start: $(G cat /root/bare.log)"
+    local -a runs_unit=() runs_bare=()
+    for rep in 1 2 3; do
+        for how in unit bare; do
+            if [ $how = unit ]; then pid=$unit_pid port=80; else pid=$bare_pid port=8090; fi
+            r=$(G /root/cpu-per-request "$pid" "http://127.0.0.1:$port$url" $n)
+            read -r us okn <<<"$r"
+            [ "$okn" = $n ] || fail "$how: $okn of $n requests answered 200"
+            if [ $how = unit ]; then runs_unit+=("$us"); else runs_bare+=("$us"); fi
+        done
+    done
+    unit=$(printf '%s\n' "${runs_unit[@]}" | sort -g | sed -n 2p)
+    bare=$(printf '%s\n' "${runs_bare[@]}" | sort -g | sed -n 2p)
+    r=$(awk -v u="$unit" -v b="$bare" 'BEGIN {printf "%.2f", u / b}')
+    local detail="$url: packaged $unit µs CPU/request, bare $bare µs (runs ${runs_unit[*]} / ${runs_bare[*]})"
+    if awk -v r="$r" 'BEGIN {exit !(r <= 1.3)}'; then ok "$detail: ${r}x <= 1.3"; else fail "$detail: ${r}x > 1.3"; fi
+    # grep -c, not -q: an early exit of grep would fail the pipeline under pipefail.
+    if [ "$(G journalctl -u gatehouse.service -o cat --no-pager | grep -c 'openat2 is not permitted')" != 0 ]; then
+        ok "the service resolves paths one component at a time (its journal: openat2 is not permitted)"
+    else
+        ok "the service resolves paths with openat2"
+    fi
+    G bash -c "kill $bare_pid"
+    G rm -f /etc/systemd/system/gatehouse.service.d/e2e-cpu.conf /root/bare.log
+    restore_default_config
+    G systemctl daemon-reload
+    G systemctl restart gatehouse || fail "gatehouse did not restart with the packaged config"
+}
+
 # A stop drains open responses for up to shutdown_timeout, past the unit's TimeoutStopSec
 # (gatehouse sends EXTEND_TIMEOUT_USEC). 100 MB at 10 MB/s: far more than the loopback
 # socket buffers hold, so the server must stay alive for most of the ~10 s.
