@@ -104,7 +104,7 @@ for arg in "$@"; do
     if [ "$(G journalctl -u gatehouse.service -o cat --no-pager | grep -c 'openat2 is not permitted')" != 0 ]; then
         path="openat walk"
     else
-        path="openat2 (or a build before issue 21)"
+        path="not reported (openat2, or a build before issue 21)"
     fi
     G bash -c "kill $bare_pid"
     ROWS+=("$label|/index.html|$path" "$label|/a/b/c/d/index.html|$path")

@@ -1,6 +1,6 @@
-//! Contents of small, hot files, keyed by path and checked against the metadata the O_PATH
-//! probe returns on every request (device, inode, size, mtime to the nanosecond): a changed
-//! file is never served from here, and a hit skips the open, fstat, read and close.
+//! Contents of small, hot files, keyed by path and checked against the stat the lookup
+//! returns on every request (device, inode, size, mtime to the nanosecond): a changed file
+//! is never served from here, and a hit skips the open, fstat, read and close.
 
 use super::path::Stat;
 use bytes::Bytes;

@@ -1,5 +1,5 @@
-//! The `static` route kind: a document root served like nginx, with the path checks done by
-//! the kernel (see `path`). Order of work for one request: method → path decoding → open
+//! The `static` route kind: a document root served like nginx, with every lookup held beneath
+//! the root's descriptor (see `path` and `beneath`). Order of work for one request: method → path decoding → open
 //! beneath the root → directory handling / SPA fallback → representation (precompressed
 //! sibling or on-the-fly compression) → preconditions → range → headers → body.
 

@@ -4,8 +4,8 @@
 //! smuggle a separator is rejected before the file system sees it; then the path is
 //! resolved beneath the root's descriptor (`beneath`: openat2 RESOLVE_BENEATH, or the same
 //! walk component by component where openat2 is blocked), so even a symlink cannot lead
-//! outside the root unless `follow_symlinks = "always"`. Special files are recognised
-//! through an O_PATH descriptor, which does not open them.
+//! outside the root unless `follow_symlinks = "always"`. Special files are recognised by a
+//! stat (of an O_PATH descriptor, or fstatat), which does not open them.
 
 pub use super::beneath::Stat;
 use super::beneath::{self, RootFd};
