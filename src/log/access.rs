@@ -8,9 +8,9 @@
 //! On stderr the line is the one `LineFormat` writes for the same event; in the journal the
 //! entry has the fields tracing-journald gave it, sent in one sendmmsg(2) per batch.
 
-use super::line_format::{needs_quotes, write_timestamp};
+use super::escape::{write_escaped, Style};
+use super::line_format::{needs_quotes, write_timestamp, write_value};
 use crate::systemd::journal::{EntryBatch, JournalSocket};
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -110,13 +110,18 @@ pub(super) fn write(entry: &Entry<'_>) {
 fn format_line(out: &mut String, now: SystemTime, e: &Entry<'_>) -> std::fmt::Result {
     write_timestamp(out, now)?;
     out.push_str(" INFO ");
-    push_message(out, e);
-    out.push_str(" http_host=");
-    if needs_quotes(e.host) {
-        write!(out, "{:?}", e.host)?;
-    } else {
-        out.push_str(e.host);
+    // The journal's MESSAGE keeps the bytes as they came; a terminal line must not.
+    write_escaped(out, e.method, Style::Bare)?;
+    out.push(' ');
+    write_escaped(out, e.path, Style::Bare)?;
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(e.status));
+    if let Some(upstream) = e.upstream {
+        out.push_str(" via ");
+        write_escaped(out, upstream, Style::Bare)?;
     }
+    out.push_str(" http_host=");
+    write_value(out, e.host, needs_quotes(e.host))?;
     out.push_str(" http_duration_us=");
     out.push_str(itoa::Buffer::new().format(e.duration_us));
     out.push_str(" remote_addr=");

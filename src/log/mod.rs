@@ -2,7 +2,10 @@
 //! the per-request access log with its journal fields.
 
 mod access;
+mod escape;
 mod line_format;
+
+pub use escape::is_unsafe_char;
 
 pub use access::flush as flush_access;
 

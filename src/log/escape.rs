@@ -1,0 +1,121 @@
+//! Escaping of logged values on the stderr target: a client controls paths, hosts and
+//! header-derived text, and must not be able to forge a line (`\n`), hide or reorder text
+//! in a terminal (bidi overrides, C1 controls such as CSI), or split a line for readers that
+//! treat U+2028 as a line break. Unsafe characters are written as the `\xHH` escapes of their
+//! UTF-8 bytes, as nginx writes them; a backslash is doubled so an escape cannot be faked.
+//! A message (our own text, which may quote others') keeps its line breaks but indents every
+//! continuation line, so nothing in it can start a line of its own: entries start at column 0.
+
+use std::fmt::{self, Write};
+
+/// A character a log line must not carry as it is: C0 and C1 controls, DEL, the line and
+/// paragraph separators, and the bidirectional formatting characters.
+pub fn is_unsafe_char(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{1f}'
+        | '\u{7f}'..='\u{9f}'
+        | '\u{61c}'
+        | '\u{200e}' | '\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}')
+}
+
+/// Whether `s` can be written as it is. A byte scan: printable ASCII other than `\` is the
+/// common case (every request's path and host).
+pub fn is_plain(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+}
+
+/// How a value is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Bare,
+    /// Inside quotes the caller writes: `"` is escaped too.
+    Quoted,
+    /// A message: line breaks stay, each followed by an indent.
+    Message,
+}
+
+/// Writes `s` with unsafe characters escaped.
+pub fn write_escaped(out: &mut impl Write, s: &str, style: Style) -> fmt::Result {
+    let quoted = style == Style::Quoted;
+    if is_plain(s) && !(quoted && s.contains('"')) {
+        return out.write_str(s);
+    }
+    let mut plain_from = 0;
+    for (i, c) in s.char_indices() {
+        let escape = c == '\\' || (quoted && c == '"') || is_unsafe_char(c);
+        if !escape {
+            continue;
+        }
+        out.write_str(&s[plain_from..i])?;
+        plain_from = i + c.len_utf8();
+        match c {
+            '\\' => out.write_str("\\\\")?,
+            '"' => out.write_str("\\\"")?,
+            '\n' if style == Style::Message => out.write_str("\n    ")?,
+            c => {
+                let mut utf8 = [0u8; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    write!(out, "\\x{b:02X}")?;
+                }
+            }
+        }
+    }
+    out.write_str(&s[plain_from..])
+}
+
+/// `fmt::Write` adaptor that escapes everything written through it (for `Debug`/`Display`
+/// values, which arrive in pieces).
+pub struct Escaping<'a, W: Write> {
+    pub out: &'a mut W,
+    pub style: Style,
+}
+
+impl<W: Write> Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_escaped(self.out, s, self.style)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn esc(s: &str, quoted: bool) -> String {
+        let mut out = String::new();
+        let style = if quoted { Style::Quoted } else { Style::Bare };
+        write_escaped(&mut out, s, style).unwrap();
+        out
+    }
+
+    #[test]
+    fn controls_bidi_and_separators_become_byte_escapes() {
+        assert_eq!(esc("/a b", false), "/a b");
+        assert_eq!(esc("/x\n2026 INFO GET /", false), "/x\\x0A2026 INFO GET /");
+        assert_eq!(esc("\u{9b}31m", false), "\\xC2\\x9B31m");
+        assert_eq!(esc("a\u{2028}b\u{202e}c", false), "a\\xE2\\x80\\xA8b\\xE2\\x80\\xAEc");
+        assert_eq!(esc("café", false), "café");
+        assert_eq!(esc("a\\x0A", false), "a\\\\x0A");
+        assert_eq!(esc("say \"hi\"", true), "say \\\"hi\\\"");
+        assert_eq!(esc("say \"hi\"", false), "say \"hi\"");
+        let mut out = String::new();
+        write_escaped(&mut out, "invalid:\nfile:1:2: x\u{202e}", Style::Message).unwrap();
+        assert_eq!(out, "invalid:\n    file:1:2: x\\xE2\\x80\\xAE");
+    }
+
+    #[test]
+    fn pieces_written_through_the_adaptor_are_escaped() {
+        let mut out = String::new();
+        write!(
+            Escaping {
+                out: &mut out,
+                style: Style::Bare
+            },
+            "{}",
+            "x\ry"
+        )
+        .unwrap();
+        assert_eq!(out, "x\\x0Dy");
+    }
+}
