@@ -514,12 +514,12 @@ fn directories_redirect_index_forbid_and_list(mode: Mode) {
         "escaped name: {html}"
     );
     assert!(
-        html.contains("href=\"%3Cb%3E%26%22x%27.txt\""),
+        html.contains("href=\"./%3Cb%3E%26%22x%27.txt\""),
         "encoded link: {html}"
     );
     assert!(!html.contains("<b>"), "no raw markup from names");
     assert!(!html.contains(".hidden"), "hidden files not listed");
-    assert!(html.contains("href=\"sub/\""));
+    assert!(html.contains("href=\"./sub/\""));
 }
 
 fn spa_fallback_and_error_pages(mode: Mode) {

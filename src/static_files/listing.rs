@@ -5,9 +5,11 @@ use std::fmt::Write;
 use std::io;
 use std::path::Path;
 
-/// Characters escaped in a path segment of an href.
+/// Characters escaped in a path segment of an href. `:` too, so that no name can turn a
+/// relative link into a scheme (`javascript:…`); the links also start with `./`.
 const SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
+    .add(b':')
     .add(b'"')
     .add(b'#')
     .add(b'%')
@@ -22,6 +24,8 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'\'')
     .add(b'&');
 
+/// Escapes text for HTML. Control and bidirectional-formatting characters are shown as
+/// `[U+202E]`: an entity would still reorder the text ("gpj.exe" shown as "exe.jpg").
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -31,6 +35,9 @@ pub fn html_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            c if crate::log::is_unsafe_char(c) => {
+                let _ = write!(out, "[U+{:04X}]", u32::from(c));
+            }
             c => out.push(c),
         }
     }
@@ -38,7 +45,7 @@ pub fn html_escape(s: &str) -> String {
 }
 
 /// `dir` is a path that names the already-checked directory (its /proc/self/fd entry);
-/// `url_path` is the request path, ending in '/'.
+/// `url_path` is the request's canonical (decoded) path, ending in '/'.
 pub fn render(dir: &Path, url_path: &str, show_hidden: bool) -> io::Result<String> {
     let mut entries: Vec<(bool, String, u64)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -60,7 +67,7 @@ pub fn render(dir: &Path, url_path: &str, show_hidden: bool) -> io::Result<Strin
     // Directories first, then by name.
     entries.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
 
-    let title = html_escape(&percent_encoding::percent_decode_str(url_path).decode_utf8_lossy());
+    let title = html_escape(url_path);
     let mut html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n<ul>\n"
     );
@@ -74,12 +81,12 @@ pub fn render(dir: &Path, url_path: &str, show_hidden: bool) -> io::Result<Strin
         if is_dir {
             let _ = writeln!(
                 html,
-                "<li><a href=\"{href}{slash}\">{label}{slash}</a></li>"
+                "<li><a href=\"./{href}{slash}\">{label}{slash}</a></li>"
             );
         } else {
             let _ = writeln!(
                 html,
-                "<li><a href=\"{href}\">{label}</a> ({size} bytes)</li>"
+                "<li><a href=\"./{href}\">{label}</a> ({size} bytes)</li>"
             );
         }
     }
@@ -101,5 +108,10 @@ mod tests {
             utf8_percent_encode("a b\"<>?#%/x", SEGMENT).to_string(),
             "a%20b%22%3C%3E%3F%23%25%2Fx"
         );
+        assert_eq!(
+            utf8_percent_encode("javascript:alert(1)", SEGMENT).to_string(),
+            "javascript%3Aalert(1)"
+        );
+        assert_eq!(html_escape("a\u{202e}gpj.exe\n"), "a[U+202E]gpj.exe[U+000A]");
     }
 }
