@@ -286,19 +286,36 @@ impl FromStr for Upstream {
             }
             return Err(format!("unix upstream path must be absolute: {s:?}"));
         }
+        // Messages quote the address with any credentials masked: they end up in terminals,
+        // the journal and CI logs.
+        let shown = redact_userinfo(s);
         let uri: http::Uri = s
             .parse()
-            .map_err(|e| format!("{s:?} is not an upstream URL: {e}"))?;
+            .map_err(|e| format!("{shown:?} is not an upstream URL: {e}"))?;
         match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(auth)) if auth.as_str().contains('@') => Err(format!(
+                "{shown:?}: credentials in an upstream URL are not supported (gatehouse would never send them, and would print them in metrics and logs)"
+            )),
             (Some("http"), Some(auth)) if uri.path() == "/" || uri.path().is_empty() => {
                 Ok(Upstream::Http {
                     authority: auth.to_string(),
                 })
             }
             _ => Err(format!(
-                "{s:?}: an upstream is \"http://HOST:PORT\" (no path) or \"unix:/absolute/path\""
+                "{shown:?}: an upstream is \"http://HOST:PORT\" (no path) or \"unix:/absolute/path\""
             )),
         }
+    }
+}
+
+/// `scheme://user:secret@host…` → `scheme://***@host…`: whatever precedes the last '@' of
+/// the authority is masked.
+fn redact_userinfo(s: &str) -> std::borrow::Cow<'_, str> {
+    let start = s.find("://").map_or(0, |i| i + 3);
+    let end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    match s[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &s[..start], &s[start + at..]).into(),
+        None => s.into(),
     }
 }
 
@@ -351,5 +368,14 @@ mod tests {
         );
         assert!("ftp://x".parse::<Upstream>().is_err());
         assert!("http://x/path".parse::<Upstream>().is_err());
+        for with_credentials in [
+            "http://user:s3cretpass@127.0.0.1:18001",
+            "http://user@127.0.0.1:18001",
+            "http://user:s3cretpass@127.0.0.1:18001/path",
+        ] {
+            let err = with_credentials.parse::<Upstream>().unwrap_err();
+            assert!(err.contains("credentials") || err.contains("no path"), "{err}");
+            assert!(!err.contains("s3cretpass") && !err.contains("user"), "{err}");
+        }
     }
 }
