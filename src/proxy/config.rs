@@ -25,6 +25,10 @@ pub struct RawProxy {
     pub trusted_proxies: Vec<Spanned<String>>,
     pub http2: Option<bool>,
     pub health: Option<Spanned<RawHealth>>,
+    /// Keep client header names containing `_` (nginx: `underscores_in_headers`).
+    pub underscores_in_headers: Option<bool>,
+    /// `Upgrade` protocols tunnelled to the upstream; default `["websocket"]`.
+    pub upgrades: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +91,9 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<Trusted>,
     pub http2: bool,
     pub health: Option<HealthConfig>,
+    pub underscores_in_headers: bool,
+    /// Lower-case protocol names (`websocket`) a client may upgrade to on this route.
+    pub upgrades: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -107,6 +114,8 @@ impl ProxyConfig {
             trusted_proxies: Vec::new(),
             http2: false,
             health: None,
+            underscores_in_headers: false,
+            upgrades: vec!["websocket".to_owned()],
         }
     }
 }
@@ -314,6 +323,26 @@ pub fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<ProxyCo
                 e,
                 Some("list addresses such as \"127.0.0.1\", \"10.0.0.0/8\", \"::1\" or \"unix\""),
             ),
+        }
+    }
+    c.underscores_in_headers = r.underscores_in_headers.unwrap_or(false);
+    if let Some(list) = &r.upgrades {
+        c.upgrades.clear();
+        for t in list {
+            let token = t.get_ref();
+            let valid = !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+            if valid {
+                c.upgrades.push(token.to_ascii_lowercase());
+            } else {
+                sink.push(
+                    Some(t.span()),
+                    format!("{token:?} is not an Upgrade protocol name"),
+                    Some("e.g. upgrades = [\"websocket\"]"),
+                );
+            }
         }
     }
     if let Some(h) = &r.health {

@@ -83,12 +83,38 @@ fn connection_names_only_standard(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Is this an HTTP/1.1 upgrade request (WebSocket)? `Connection: upgrade` + `Upgrade: x`.
-pub fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    if !crate::handlers::connection_lists(headers, "upgrade") {
+/// The protocols of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: x`) that
+/// the route allows, as the `Upgrade` value to forward; `None` if it asks for none of them.
+/// Anything else goes upstream as a plain request: a tunnel escapes routing, header
+/// rewriting and the access log (`h2c` would carry requests for any path).
+pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    if allowed.is_empty() || !crate::handlers::connection_lists(headers, "upgrade") {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    let offered = headers.get(header::UPGRADE)?.to_str().ok()?;
+    let mut kept = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|p| upgrade_allowed(p, allowed));
+    let first = kept.next()?;
+    match kept.next() {
+        // The usual single protocol: the client's value as it was.
+        None if first.len() == offered.len() => headers.get(header::UPGRADE).cloned(),
+        None => HeaderValue::from_str(first).ok(),
+        Some(second) => {
+            let all: Vec<&str> = [first, second].into_iter().chain(kept).collect();
+            HeaderValue::from_str(&all.join(", ")).ok()
+        }
+    }
+}
+
+/// `protocol` ("websocket", "WebSocket", "foo/2") is one of `allowed` (lower-case names, or
+/// name/version).
+pub fn upgrade_allowed(protocol: &str, allowed: &[String]) -> bool {
+    let name = protocol.split('/').next().unwrap_or(protocol);
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(protocol) || a.eq_ignore_ascii_case(name))
 }
 
 /// Framing checks hyper's parser does not already make. hyper rejects (400) invalid header
@@ -122,23 +148,79 @@ pub struct ClientInfo<'a> {
     pub proto: &'static str,
 }
 
-/// Sets X-Forwarded-For/-Proto/-Host and `Forwarded`. Values the client sent are kept (and
-/// appended to) only when the client is one of `trusted`; otherwise they are replaced, so a
-/// client cannot forge its address.
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, trusted: &[Trusted]) {
-    let is_trusted = match client.remote {
-        Remote::Tcp(addr) => trusted.iter().any(|t| t.contains(addr.ip())),
-        Remote::Unix => trusted.contains(&Trusted::Unix),
+/// Headers an app may read as asserted by the proxy in front of it (client address, scheme,
+/// host, port, path prefix, original URL), lower case with `-`: every `x-forwarded-*`, and
+/// these. From a client that is not a trusted proxy they are removed.
+const PROXY_ASSERTED: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
+];
+
+/// `name` (lower case, as http stores it) is proxy-asserted, in any spelling: CGI, WSGI and
+/// Rack turn `X_Forwarded_For` and `X-Forwarded-For` into the same `HTTP_X_FORWARDED_FOR`.
+fn is_proxy_asserted(name: &str) -> bool {
+    let b = name.as_bytes();
+    // Most names rule themselves out by their first byte.
+    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c')) {
+        return false;
+    }
+    let same = |want: &str| {
+        b.len() == want.len()
+            && b.iter()
+                .zip(want.bytes())
+                .all(|(&c, w)| c == w || (c == b'_' && w == b'-'))
     };
-    if !is_trusted {
-        for name in [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &FORWARDED,
-        ] {
-            headers.remove(name);
-        }
+    let prefix = b"x-forwarded-";
+    (b.len() > prefix.len()
+        && b.iter()
+            .zip(prefix)
+            .all(|(&c, &w)| c == w || (c == b'_' && w == b'-')))
+        || PROXY_ASSERTED.iter().any(|w| same(w))
+}
+
+/// What `set_forwarded` may keep of the client's headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardPolicy<'a> {
+    /// Peers whose proxy-asserted headers are kept (and appended to).
+    pub trusted: &'a [Trusted],
+    /// Keep header names with `_` (nginx's `underscores_in_headers`); proxy-asserted names
+    /// spelled with `_` are dropped even so.
+    pub underscores: bool,
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host and `Forwarded`. Proxy-asserted headers (see
+/// [`PROXY_ASSERTED`]) the client sent are kept (and appended to) only when the client is
+/// trusted; otherwise they are removed, so a client cannot forge its address, scheme or
+/// host. Names with `_` are removed unless `underscores` is set (nginx's default too).
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, policy: ForwardPolicy<'_>) {
+    let is_trusted = match client.remote {
+        Remote::Tcp(addr) => policy.trusted.iter().any(|t| t.contains(addr.ip())),
+        Remote::Unix => policy.trusted.contains(&Trusted::Unix),
+    };
+    // One pass over the names; removing is rare.
+    let drop: smallvec::SmallVec<[HeaderName; 4]> = headers
+        .keys()
+        .filter(|name| {
+            let underscore = name.as_str().contains('_');
+            (underscore && !policy.underscores)
+                || ((underscore || !is_trusted) && is_proxy_asserted(name.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in drop {
+        headers.remove(name);
     }
 
     let ip = match client.remote {
@@ -278,7 +360,11 @@ mod tests {
             host: Some(&host),
             proto: "http",
         };
-        set_forwarded(&mut h, &client, &[]);
+        let untrusted = ForwardPolicy {
+            trusted: &[],
+            underscores: false,
+        };
+        set_forwarded(&mut h, &client, untrusted);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "example.com:8080");
         assert_eq!(
@@ -286,9 +372,83 @@ mod tests {
             "for=127.0.0.1;host=\"example.com:8080\";proto=http"
         );
 
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
-        set_forwarded(&mut h, &client, &["127.0.0.0/8".parse().unwrap()]);
+        let trusted = ["127.0.0.0/8".parse().unwrap()];
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x_forwarded_for", "7.7.7.7")]);
+        let policy = ForwardPolicy {
+            trusted: &trusted,
+            underscores: true,
+        };
+        set_forwarded(&mut h, &client, policy);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+        assert!(!h.contains_key("x_forwarded_for"));
+    }
+
+    #[test]
+    fn every_spelling_of_a_proxy_asserted_header_goes() {
+        let client = ClientInfo {
+            remote: Remote::Tcp("192.0.2.1:5000".parse().unwrap()),
+            remote_text: "192.0.2.1",
+            host: None,
+            proto: "http",
+        };
+        let sent = [
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_forwarded_proto", "https"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("front_end_https", "on"),
+            ("x-app_token", "kept only if asked"),
+            ("x-kept", "yes"),
+            ("xforwarded", "yes"),
+        ];
+        for underscores in [false, true] {
+            let mut h = map(&sent);
+            let policy = ForwardPolicy {
+                trusted: &[],
+                underscores,
+            };
+            set_forwarded(&mut h, &client, policy);
+            let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            names.sort();
+            let mut want = vec![
+                "forwarded",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-kept",
+                "xforwarded",
+            ];
+            if underscores {
+                want.insert(3, "x-app_token");
+            }
+            assert_eq!(names, want);
+            assert_eq!(h["x-forwarded-proto"], "http");
+            assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        }
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_offered_upstream() {
+        let ws = vec!["websocket".to_owned()];
+        let up = |v: &str| map(&[("connection", "Upgrade"), ("upgrade", v)]);
+        assert_eq!(allowed_upgrade(&up("websocket"), &ws).unwrap(), "websocket");
+        assert_eq!(allowed_upgrade(&up("WebSocket"), &ws).unwrap(), "WebSocket");
+        assert_eq!(allowed_upgrade(&up("h2c"), &ws), None);
+        assert_eq!(allowed_upgrade(&up("h2c, websocket"), &ws).unwrap(), "websocket");
+        assert_eq!(allowed_upgrade(&up("websocket"), &[]), None);
+        let both = vec!["websocket".to_owned(), "h2c".to_owned()];
+        assert_eq!(
+            allowed_upgrade(&up("h2c, foo, websocket"), &both).unwrap(),
+            "h2c, websocket"
+        );
+        assert_eq!(
+            allowed_upgrade(&map(&[("upgrade", "websocket")]), &ws),
+            None,
+            "no Connection: upgrade"
+        );
     }
 
     #[test]

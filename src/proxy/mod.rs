@@ -164,7 +164,7 @@ fn prepare(
             return Prepared::Answer(closing(handlers::error(StatusCode::PAYLOAD_TOO_LARGE)));
         }
     }
-    let upgrade_proto = headers::wants_upgrade(req.headers())
+    let upgrade_proto = headers::allowed_upgrade(req.headers(), &cfg.upgrades)
         .filter(|_| req.version() == Version::HTTP_11 && !cfg.http2);
     let client_upgrade = upgrade_proto.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
@@ -201,7 +201,10 @@ fn prepare(
             host: host_value.as_ref(),
             proto: if cx.tls { "https" } else { "http" },
         },
-        &cfg.trusted_proxies,
+        headers::ForwardPolicy {
+            trusted: &cfg.trusted_proxies,
+            underscores: cfg.underscores_in_headers,
+        },
     );
     if let Some(proto) = &upgrade_proto {
         head.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -342,7 +345,7 @@ async fn forward(
         match send(u, req, cfg.response_header_timeout, &activity, ready_at).await {
             Ok(resp) => {
                 u.mark_ok();
-                return respond(resp, u, cfg.idle_timeout, in_flight, client_upgrade, cx);
+                return respond(resp, u, cfg, in_flight, client_upgrade, cx);
             }
             Err(SendError::Timeout) => {
                 u.counters.errors.inc();
@@ -488,19 +491,28 @@ async fn send(
 fn respond(
     mut resp: Response<Incoming>,
     u: &UpstreamState,
-    idle: Duration,
+    cfg: &ProxyConfig,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     cx: &RequestContext<'_>,
 ) -> Response<Body> {
     let used = cx.upstream;
+    let idle = cfg.idle_timeout;
     let upstream_upgrade =
         (resp.status() == StatusCode::SWITCHING_PROTOCOLS).then(|| hyper::upgrade::on(&mut resp));
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
     let upgrade_to = headers.get(header::UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut headers);
+    // An upstream may only switch to a protocol this route allows.
+    let allowed = upgrade_to
+        .as_ref()
+        .and_then(|p| p.to_str().ok())
+        .is_some_and(|p| headers::upgrade_allowed(p.trim(), &cfg.upgrades));
     let body = match (upstream_upgrade, client_upgrade) {
+        (Some(_), Some(_)) if !allowed => {
+            return tag(used, handlers::error(StatusCode::BAD_GATEWAY), &u.label);
+        }
         (Some(up), Some(client)) => {
             if let Some(proto) = upgrade_to {
                 headers.insert(header::UPGRADE, proto);
