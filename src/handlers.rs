@@ -41,6 +41,8 @@ pub struct RequestContext<'a> {
     pub listener: &'a str,
     /// Normalised host (lower case, no port); empty for HTTP/1.0 without Host.
     pub host: &'a str,
+    /// The canonical path (decoded, normalised: see `request_path`) the route matched.
+    pub path: &'a str,
     /// The connection is TLS (for X-Forwarded-Proto and the like).
     pub tls: bool,
     /// When the request's head was handed over: a time already read, for handlers' timers.
@@ -54,12 +56,12 @@ pub struct RequestContext<'a> {
 pub async fn dispatch(
     route: &RouteConfig,
     req: Request<Incoming>,
-    _cx: &RequestContext<'_>,
+    cx: &RequestContext<'_>,
 ) -> Response<Body> {
     match &route.action {
         RouteAction::Respond(r) => respond(r, req),
-        RouteAction::Static(s) => crate::static_files::serve(s, &route.path, req).await,
-        RouteAction::Proxy(p) => crate::proxy::handle(p, &route.path, req, _cx).await,
+        RouteAction::Static(s) => crate::static_files::serve(s, &route.path, cx.path, req).await,
+        RouteAction::Proxy(p) => crate::proxy::handle(p, &route.path, req, cx).await,
     }
 }
 

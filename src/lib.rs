@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod request_path;
 pub mod router;
 pub mod server;
 pub mod static_files;

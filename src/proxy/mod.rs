@@ -174,15 +174,14 @@ fn prepare(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
+    // The upstream gets the canonical path the route matched (see `request_path`), and the
+    // query as it came. Nearly always that is the request target as it came.
     let path = match parts.uri.path_and_query() {
-        Some(pq) if !cfg.strip_prefix => pq.clone(),
-        pq => {
-            let pq = pq.map_or("/", |pq| pq.as_str());
-            match strip_prefix(prefix, pq).parse::<PathAndQuery>() {
-                Ok(p) => p,
-                Err(_) => return Prepared::Answer(handlers::error(StatusCode::BAD_REQUEST)),
-            }
-        }
+        Some(pq) if !cfg.strip_prefix && cx.path == parts.uri.path() => pq.clone(),
+        _ => match upstream_target(prefix, cfg.strip_prefix, cx.path, parts.uri.query()) {
+            Ok(p) => p,
+            Err(_) => return Prepared::Answer(handlers::error(StatusCode::BAD_REQUEST)),
+        },
     };
     let mut head = parts.headers;
     // Room for the forwarding headers and Host at once: hyper sizes the map for the
@@ -578,6 +577,29 @@ fn e_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     s
+}
+
+/// The request target for the upstream: the canonical path (prefix stripped if asked)
+/// percent-encoded again, and the query.
+fn upstream_target(
+    prefix: &str,
+    strip: bool,
+    canonical: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, http::uri::InvalidUri> {
+    let stripped;
+    let path = if strip {
+        stripped = strip_prefix(prefix, canonical);
+        &stripped
+    } else {
+        canonical
+    };
+    let mut target = crate::request_path::encode(path).into_owned();
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    target.parse()
 }
 
 /// Removes the route prefix from a path (query kept). A prefix ending in '/' keeps that

@@ -53,6 +53,8 @@ pub async fn handle(
     let uri = req.uri().clone();
     let router = snapshot.router(&ctx.listener);
     let listener_redirect = !ctx.tls && router.is_some_and(|r| r.redirect_https);
+    // The one path routing and every handler use (see `request_path`).
+    let path = crate::request_path::canonicalize(uri.path());
     // The CA's HTTP-01 check comes before every route and redirect.
     let acme_answer = crate::acme::challenge::http01_response(uri.path());
     let upstream = std::sync::OnceLock::new();
@@ -74,7 +76,11 @@ pub async fn handle(
             }
             (response, Some(&router.no_site))
         }
-        (Ok(host), Some(router), None) => match router.route(host, uri.path()) {
+        (Ok(_), Some(router), None) if path.is_err() => (
+            handlers::error(StatusCode::BAD_REQUEST),
+            Some(&router.no_site),
+        ),
+        (Ok(host), Some(router), None) => match router.route(host, canonical(&path)) {
             Lookup::Route(_, site) | Lookup::NoRoute(site) if site.tls.redirects(ctx.tls) => (
                 crate::tls::redirect::redirect_https(host, &uri),
                 Some(&site.no_route),
@@ -89,6 +95,7 @@ pub async fn handle(
                     remote_text: &ctx.remote_text,
                     listener: &ctx.listener,
                     host,
+                    path: canonical(&path),
                     tls: ctx.tls,
                     started: start,
                     upstream: &upstream,
@@ -143,6 +150,11 @@ pub async fn handle(
         );
     }
     Ok(response)
+}
+
+/// The canonical path once it is known to be valid.
+fn canonical<'a>(path: &'a Result<std::borrow::Cow<'_, str>, crate::request_path::Invalid>) -> &'a str {
+    path.as_deref().unwrap_or("/")
 }
 
 /// Whether hyper closes the connection once it has answered `req` (RFC 9112 §9.3).

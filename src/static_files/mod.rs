@@ -36,14 +36,21 @@ use std::path::{Path, PathBuf};
 /// Files up to this size are read in one go; larger ones stream in bounded chunks.
 const READ_WHOLE_MAX: u64 = 128 * 1024;
 
-pub async fn serve(cfg: &StaticConfig, route_path: &str, req: Request<Incoming>) -> Response<Body> {
+/// `path` is the request's canonical path (see `request_path`): decoded once already.
+pub async fn serve(
+    cfg: &StaticConfig,
+    route_path: &str,
+    path: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (parts, _) = req.into_parts();
-    handle(cfg, route_path, &parts.method, &parts.uri, &parts.headers)
+    handle(cfg, route_path, path, &parts.method, &parts.uri, &parts.headers)
 }
 
 fn handle(
     cfg: &StaticConfig,
     route_path: &str,
+    url_path: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -54,12 +61,11 @@ fn handle(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    let url_path = uri.path();
     let below = url_path
         .strip_prefix(route_path)
         .unwrap_or("")
         .trim_start_matches('/');
-    let rel = match path::decode(below, cfg.serve_hidden) {
+    let rel = match path::check(below, cfg.serve_hidden) {
         Ok(rel) => rel,
         Err(Reject::BadRequest) => return handlers::error(StatusCode::BAD_REQUEST),
         Err(Reject::NotFound) => return handlers::error(StatusCode::NOT_FOUND),
@@ -68,7 +74,7 @@ fn handle(
         Ok(Found::File(source, meta)) => serve_file(cfg, method, headers, &rel.path, source, meta),
         Ok(Found::Dir(dir)) => {
             if !url_path.ends_with('/') {
-                return redirect_to_slash(uri);
+                return redirect_to_slash(url_path, uri.query());
             }
             for index in &cfg.index {
                 let candidate = rel.path.join(index);
@@ -147,7 +153,7 @@ pub fn error_page(
     page: &str,
 ) -> Option<(Bytes, HeaderValue)> {
     let below = page.strip_prefix(route_path)?.trim_start_matches('/');
-    let rel = path::decode(below, cfg.serve_hidden).ok()?;
+    let rel = path::check(below, cfg.serve_hidden).ok()?;
     let Ok(Opened::File(file, meta)) = path::open(&cfg.root, &rel.path, cfg.follow_symlinks) else {
         tracing::warn!(page, "error page not found");
         return None;
@@ -160,11 +166,11 @@ pub fn error_page(
     Some((buf.into(), mime::content_type(&rel.path)))
 }
 
-/// `/dir` → `/dir/`, keeping the query. Leading slashes are collapsed so `//evil.example`
-/// cannot become a protocol-relative redirect.
-fn redirect_to_slash(uri: &Uri) -> Response<Body> {
-    let path = format!("/{}", uri.path().trim_start_matches('/'));
-    let location = match uri.query() {
+/// `/dir` → `/dir/`, keeping the query. The canonical path has no repeated slash, so
+/// `//evil.example` cannot become a protocol-relative redirect.
+fn redirect_to_slash(canonical: &str, query: Option<&str>) -> Response<Body> {
+    let path = crate::request_path::encode(canonical);
+    let location = match query {
         Some(q) => format!("{path}/?{q}"),
         None => format!("{path}/"),
     };
