@@ -132,8 +132,13 @@ mod tests {
 
     #[test]
     fn canonical_paths_are_borrowed() {
-        for raw in ["/", "/admin/x", "/a.b/c.d", "/x;y", "/a\\b", "/a-b_c~d", "*", ""] {
-            assert!(matches!(canonicalize(raw), Ok(Cow::Borrowed(p)) if p == raw), "{raw}");
+        for raw in [
+            "/", "/admin/x", "/a.b/c.d", "/x;y", "/a\\b", "/a-b_c~d", "*", "",
+        ] {
+            assert!(
+                matches!(canonicalize(raw), Ok(Cow::Borrowed(p)) if p == raw),
+                "{raw}"
+            );
         }
     }
 
@@ -191,7 +196,10 @@ mod tests {
     #[test]
     fn encoding_for_upstreams_round_trips() {
         assert!(matches!(encode("/admin/x;y=1:@!"), Cow::Borrowed(_)));
-        assert_eq!(encode("/a b/café?#%\"\\"), "/a%20b/caf%C3%A9%3F%23%25%22%5C");
+        assert_eq!(
+            encode("/a b/café?#%\"\\"),
+            "/a%20b/caf%C3%A9%3F%23%25%22%5C"
+        );
         for raw in ["/a%20b", "/caf%C3%A9", "/a%3Fb", "/%2525", "/x%5Cy"] {
             let canonical = canon(raw).unwrap();
             assert_eq!(encode(&canonical), raw);

@@ -141,7 +141,11 @@ proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
         "/public/x/../../admin",
     ] {
         let r = get(port, "a", target);
-        assert!(r.status == 403 || r.status == 400, "{target} → {}", r.status);
+        assert!(
+            r.status == 403 || r.status == 400,
+            "{target} → {}",
+            r.status
+        );
     }
     assert!(up.seen().is_empty(), "reached the app: {:?}", up.seen());
     assert_eq!(get(port, "a", "/public/ok").status, 200);
@@ -346,7 +350,11 @@ X-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n",
     }
     // A path that is not denied reaches the app as the route saw it.
     let r = get(port, "a", "/%70ublic//a/./b/../c%20d");
-    assert!(r.text().contains("PATH_INFO='/public/a/c d'\n"), "{}", r.text());
+    assert!(
+        r.text().contains("PATH_INFO='/public/a/c d'\n"),
+        "{}",
+        r.text()
+    );
 }
 
 /// Only `websocket` upgrades are tunnelled by default: an `h2c` offer is forwarded as a plain
@@ -444,7 +452,10 @@ proxy = {{ upstreams = ["http://127.0.0.1:{app_port}"] }}
         .output()
         .expect("run nghttp");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!stdout.contains("SECRET"), "the denied file came back:\n{stdout}");
+    assert!(
+        !stdout.contains("SECRET"),
+        "the denied file came back:\n{stdout}"
+    );
     assert!(!stdout.contains("101 Switching"), "{stdout}");
     server.wait_log("GET /h2c/index.html 200");
 }
@@ -487,7 +498,10 @@ static = {{ root = "{}", list_directories = true }}
         let link = &h[..h.find('"').unwrap()];
         assert!(!link.contains(':'), "a link with a scheme: {link}");
     }
-    assert!(html.contains("href=\"./javascript%3Aalert(document.domain)\""), "{html}");
+    assert!(
+        html.contains("href=\"./javascript%3Aalert(document.domain)\""),
+        "{html}"
+    );
 }
 
 /// Control, C1 and bidi characters a client puts in a path are escaped on the stderr
@@ -537,7 +551,10 @@ fn upstream_credentials_are_refused_and_not_printed() {
         "no file:line:col in:\n{err}"
     );
     assert!(err.contains("credentials"), "{err}");
-    assert!(!err.contains("s3cretpass"), "the password was printed:\n{err}");
+    assert!(
+        !err.contains("s3cretpass"),
+        "the password was printed:\n{err}"
+    );
     let (code, _, err) = run_cli(&["serve", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(78));
     assert!(!err.contains("s3cretpass"), "{err}");
@@ -574,7 +591,11 @@ impl Spawned {
         let spawned = Spawned(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.as_os_str().is_empty() && !socket.exists() {
-            assert!(Instant::now() < deadline, "{} never appeared", socket.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                socket.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         spawned

@@ -94,7 +94,10 @@ mod tests {
         assert_eq!(esc("/a b", false), "/a b");
         assert_eq!(esc("/x\n2026 INFO GET /", false), "/x\\x0A2026 INFO GET /");
         assert_eq!(esc("\u{9b}31m", false), "\\xC2\\x9B31m");
-        assert_eq!(esc("a\u{2028}b\u{202e}c", false), "a\\xE2\\x80\\xA8b\\xE2\\x80\\xAEc");
+        assert_eq!(
+            esc("a\u{2028}b\u{202e}c", false),
+            "a\\xE2\\x80\\xA8b\\xE2\\x80\\xAEc"
+        );
         assert_eq!(esc("café", false), "café");
         assert_eq!(esc("a\\x0A", false), "a\\\\x0A");
         assert_eq!(esc("say \"hi\"", true), "say \\\"hi\\\"");
@@ -107,15 +110,16 @@ mod tests {
     #[test]
     fn pieces_written_through_the_adaptor_are_escaped() {
         let mut out = String::new();
+        let error = std::io::Error::other("x\ry");
         write!(
             Escaping {
                 out: &mut out,
                 style: Style::Bare
             },
-            "{}",
-            "x\ry"
+            "{error} / {:?}",
+            "\u{2029}"
         )
         .unwrap();
-        assert_eq!(out, "x\\x0Dy");
+        assert_eq!(out, "x\\x0Dy / \"\\\\u{2029}\"");
     }
 }

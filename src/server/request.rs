@@ -153,7 +153,9 @@ pub async fn handle(
 }
 
 /// The canonical path once it is known to be valid.
-fn canonical<'a>(path: &'a Result<std::borrow::Cow<'_, str>, crate::request_path::Invalid>) -> &'a str {
+fn canonical<'a>(
+    path: &'a Result<std::borrow::Cow<'_, str>, crate::request_path::Invalid>,
+) -> &'a str {
     path.as_deref().unwrap_or("/")
 }
 

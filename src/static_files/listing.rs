@@ -112,6 +112,9 @@ mod tests {
             utf8_percent_encode("javascript:alert(1)", SEGMENT).to_string(),
             "javascript%3Aalert(1)"
         );
-        assert_eq!(html_escape("a\u{202e}gpj.exe\n"), "a[U+202E]gpj.exe[U+000A]");
+        assert_eq!(
+            html_escape("a\u{202e}gpj.exe\n"),
+            "a[U+202E]gpj.exe[U+000A]"
+        );
     }
 }

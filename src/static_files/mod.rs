@@ -44,7 +44,14 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, _) = req.into_parts();
-    handle(cfg, route_path, path, &parts.method, &parts.uri, &parts.headers)
+    handle(
+        cfg,
+        route_path,
+        path,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+    )
 }
 
 fn handle(
