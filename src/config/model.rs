@@ -85,6 +85,12 @@ pub struct ServerSettings {
     pub max_header_size: usize,
     /// Runtime threads; 0 = one per CPU this process may use. Read at start only.
     pub workers: usize,
+    /// Longest a client may take nothing of a response (nginx's `send_timeout`).
+    pub send_timeout: Duration,
+    /// Streams an HTTP/2 client may have open at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Connections at once on `role = "admin"` listeners, apart from `max_connections`.
+    pub admin_max_connections: usize,
     /// Which requests get an access-log entry.
     pub access_log: AccessLog,
     /// One entry for every this many requests answered below 400 (1 = all of them).
@@ -111,6 +117,9 @@ impl Default for ServerSettings {
             status_interval: Duration::from_secs(5),
             max_header_size: 16 * 1024,
             workers: 0,
+            send_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 128,
+            admin_max_connections: 16,
             access_log: AccessLog::All,
             access_log_sample: 1,
         }
@@ -312,7 +321,9 @@ impl FromStr for Upstream {
 /// the authority is masked.
 fn redact_userinfo(s: &str) -> std::borrow::Cow<'_, str> {
     let start = s.find("://").map_or(0, |i| i + 3);
-    let end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    let end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
     match s[start..end].rfind('@') {
         Some(at) => format!("{}***{}", &s[..start], &s[start + at..]).into(),
         None => s.into(),
@@ -374,8 +385,14 @@ mod tests {
             "http://user:s3cretpass@127.0.0.1:18001/path",
         ] {
             let err = with_credentials.parse::<Upstream>().unwrap_err();
-            assert!(err.contains("credentials") || err.contains("no path"), "{err}");
-            assert!(!err.contains("s3cretpass") && !err.contains("user"), "{err}");
+            assert!(
+                err.contains("credentials") || err.contains("no path"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("s3cretpass") && !err.contains("user"),
+                "{err}"
+            );
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct RawServer {
     /// "all" (default), "errors" or "off".
     pub access_log: Option<Spanned<String>>,
     pub access_log_sample: Option<Spanned<i64>>,
+    pub send_timeout: Option<Spanned<HumanDuration>>,
+    pub http2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub admin_max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

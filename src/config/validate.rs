@@ -329,6 +329,29 @@ fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {
     if let Some(d) = positive(&raw.status_interval, "status_interval", sink) {
         s.status_interval = d;
     }
+    if let Some(d) = positive(&raw.send_timeout, "send_timeout", sink) {
+        s.send_timeout = d;
+    }
+    if let Some(n) = &raw.http2_max_concurrent_streams {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (1..=1000).contains(&v) => s.http2_max_concurrent_streams = v,
+            _ => sink.push(
+                Some(n.span()),
+                "`http2_max_concurrent_streams` must be between 1 and 1000",
+                None,
+            ),
+        }
+    }
+    if let Some(n) = &raw.admin_max_connections {
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if (1..=10_000).contains(&v) => s.admin_max_connections = v,
+            _ => sink.push(
+                Some(n.span()),
+                "`admin_max_connections` must be between 1 and 10000",
+                None,
+            ),
+        }
+    }
     if let Some(n) = &raw.max_connections {
         match usize::try_from(*n.get_ref()) {
             // tokio's semaphore holds at most usize::MAX >> 3 permits.

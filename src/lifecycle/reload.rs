@@ -61,10 +61,13 @@ async fn try_reload(
     }
 
     let max_connections = config.server.max_connections;
+    let admin_max_connections = config.server.admin_max_connections;
     crate::tls::log_warnings(&config);
     shared.snapshot.store(Arc::new(shared.snapshot_for(config)));
     crate::acme::config_changed();
-    shared.conns.set_limit(max_connections);
+    shared
+        .conns
+        .set_limit(max_connections, admin_max_connections);
     for l in opened {
         listeners.start(shared, l);
     }

@@ -91,7 +91,7 @@ impl UpstreamState {
 }
 
 /// Milliseconds since the first call: a cheap monotonic clock for atomics.
-pub(super) fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     ms_of(Instant::now())
 }
 

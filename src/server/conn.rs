@@ -119,6 +119,7 @@ async fn serve_io<I>(
         admin,
         tls: tls.is_some(),
         slot,
+        watch: Default::default(),
     });
     let mut io = ClientIo {
         inner: io,
@@ -136,27 +137,36 @@ async fn serve_io<I>(
         }
     };
     let conn_ctx = ctx.clone();
-    let service = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { request::handle(req, &ctx).await }
-    });
     let io = TokioIo::new(io);
     // Each connection is built inside `drive`: built here and moved in, it would take room
     // in this task's future twice (a moved-from local keeps its slot across the await).
     // HTTP/2's is boxed: rarer, and much larger than HTTP/1's.
     let http = &snapshot.http;
+    let server = &snapshot.config.server;
     match protocol {
         Protocol::Http1 => {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { request::handle(req, &ctx).await }
+            });
             let conn = || http.h1.serve_connection(io, service).with_upgrades();
-            drive(conn, |c| c.graceful_shutdown(), drain, &conn_ctx).await;
+            // hyper's header_read_timeout bounds an idle HTTP/1 connection already.
+            let timers = (server.send_timeout, None);
+            drive(conn, |c| c.graceful_shutdown(), drain, &conn_ctx, timers).await;
         }
         Protocol::Http2 => {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { super::watch::serve_stream(req, &ctx).await }
+            });
             let conn = || Box::pin(http.h2.serve_connection(io, service));
+            let timers = (server.send_timeout, Some(server.header_read_timeout));
             drive(
                 conn,
                 |c| c.get_mut().as_mut().graceful_shutdown(),
                 drain,
                 &conn_ctx,
+                timers,
             )
             .await;
         }
@@ -205,24 +215,43 @@ async fn first_bytes<I: AsyncRead + Unpin>(
 
 /// Serves one hyper connection until it ends; a drain lets a request in flight finish
 /// (and a connection that has not begun its first request start it) before `shutdown`.
+/// `timers`: the send timeout, and the idle timeout hyper does not apply itself (HTTP/2).
 async fn drive<C>(
     conn: impl FnOnce() -> C,
     shutdown: impl FnOnce(Pin<&mut C>),
     mut drain: Pin<&mut super::connections::DrainWait<'_>>,
     ctx: &request::ConnContext,
+    timers: (Duration, Option<Duration>),
 ) where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
 {
     let conn = conn();
     tokio::pin!(conn);
-    tokio::select! {
-        // The connection first: it is what wakes this task nearly every time.
-        biased;
-        result = conn.as_mut() => {
-            log_connection_end(result);
-            return;
+    let mut shutdown = Some(shutdown);
+    let watch = ctx.watch.watch(timers.0, timers.1);
+    tokio::pin!(watch);
+    loop {
+        tokio::select! {
+            // The connection first: it is what wakes this task nearly every time.
+            biased;
+            result = conn.as_mut() => {
+                log_connection_end(result);
+                return;
+            }
+            () = &mut drain, if shutdown.is_some() => break,
+            verdict = &mut watch => {
+                if verdict == super::watch::Verdict::Close {
+                    tracing::debug!("client took nothing of a response for send_timeout: closing");
+                    return;
+                }
+                tracing::debug!("HTTP/2 connection idle: GOAWAY");
+                if let Some(shutdown) = shutdown.take() {
+                    shutdown(conn.as_mut());
+                }
+                // Still watched for the send timeout while its streams finish.
+                watch.set(ctx.watch.watch(timers.0, None));
+            }
         }
-        () = &mut drain => {}
     }
     if !ctx.started.load(Ordering::Acquire) {
         let grace = tokio::time::sleep(FIRST_REQUEST_GRACE);
@@ -239,8 +268,15 @@ async fn drive<C>(
             }
         }
     }
-    shutdown(conn.as_mut());
-    log_connection_end(conn.await);
+    if let Some(shutdown) = shutdown.take() {
+        shutdown(conn.as_mut());
+    }
+    // Draining: the send timeout still applies; idleness no longer matters.
+    watch.set(ctx.watch.watch(timers.0, None));
+    tokio::select! {
+        result = conn.as_mut() => log_connection_end(result),
+        _ = &mut watch => tracing::debug!("client took nothing of a response for send_timeout: closing"),
+    }
 }
 
 /// A client connection as hyper sees it: bytes counted for the metrics, a plaintext
@@ -299,6 +335,7 @@ impl<I: HoldTail> AsyncWrite for ClientIo<I> {
         } else {
             inner.poll_write_vectored(cx, bufs)
         };
+        self.ctx.watch.write_result(result.is_pending());
         self.count_out(&result);
         result
     }
@@ -308,7 +345,13 @@ impl<I: HoldTail> AsyncWrite for ClientIo<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // TLS holds records back until the socket takes them: a flush can wait too. (A
+        // completed flush is no sign of progress: a TCP flush always completes.)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if result.is_pending() {
+            self.ctx.watch.write_result(true);
+        }
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -1,5 +1,6 @@
-//! Open-connection accounting: the `max_connections` limit, the count that STATUS, idle exit
-//! and drain read, and the signal that asks every connection to finish.
+//! Open-connection accounting: the `max_connections` limit (and the admin listeners' own
+//! `admin_max_connections`), the count that STATUS, idle exit and drain read, and the signal
+//! that asks every connection to finish.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,46 +18,45 @@ pub struct Connections {
     last_change_ms: AtomicU64,
     epoch: Instant,
     all_closed: Notify,
-    limit: Arc<Semaphore>,
-    limit_value: Mutex<usize>,
+    /// `max_connections`: public connections, and HTTP/2 streams beyond a connection's first.
+    limit: Budget,
+    /// `admin_max_connections`: admin listeners have their own, so that clients of the
+    /// public listeners cannot leave monitoring without an answer.
+    admin_limit: Budget,
     draining: AtomicBool,
     drain_started: Notify,
 }
 
-impl Connections {
-    pub fn new(max: usize) -> Connections {
-        Connections {
-            open: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
-            last_change_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            all_closed: Notify::new(),
-            limit: Arc::new(Semaphore::new(max)),
-            limit_value: Mutex::new(max),
-            draining: AtomicBool::new(false),
-            drain_started: Notify::new(),
+/// A limit that a reload may change.
+struct Budget {
+    permits: Arc<Semaphore>,
+    value: Mutex<usize>,
+}
+
+impl Budget {
+    fn new(max: usize) -> Budget {
+        Budget {
+            permits: Arc::new(Semaphore::new(max)),
+            value: Mutex::new(max),
         }
     }
 
-    /// Waits for room under `max_connections`. Until then the accept loop does not call
-    /// accept(), so extra clients wait in the kernel backlog rather than being refused.
-    pub async fn reserve(&self) -> OwnedSemaphorePermit {
-        match self.limit.clone().acquire_owned().await {
+    async fn reserve(&self) -> OwnedSemaphorePermit {
+        match self.permits.clone().acquire_owned().await {
             Ok(permit) => permit,
             // The semaphore is never closed.
             Err(_) => std::future::pending().await,
         }
     }
 
-    /// Applies a new `max_connections` after a reload.
-    pub fn set_limit(&self, new: usize) {
-        let mut current = self.limit_value.lock().unwrap_or_else(|e| e.into_inner());
+    fn set(&self, new: usize) {
+        let mut current = self.value.lock().unwrap_or_else(|e| e.into_inner());
         if new > *current {
-            self.limit.add_permits(new - *current);
+            self.permits.add_permits(new - *current);
         } else if new < *current {
             // Permits held by open connections cannot be revoked; take them as they return.
             let shrink = u32::try_from(*current - new).unwrap_or(u32::MAX);
-            let sem = self.limit.clone();
+            let sem = self.permits.clone();
             tokio::spawn(async move {
                 if let Ok(p) = sem.acquire_many_owned(shrink).await {
                     p.forget();
@@ -64,6 +64,49 @@ impl Connections {
             });
         }
         *current = new;
+    }
+}
+
+impl Connections {
+    pub fn new(max: usize, admin_max: usize) -> Connections {
+        Connections {
+            open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            last_change_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            all_closed: Notify::new(),
+            limit: Budget::new(max),
+            admin_limit: Budget::new(admin_max),
+            draining: AtomicBool::new(false),
+            drain_started: Notify::new(),
+        }
+    }
+
+    /// Waits for room under `max_connections` (`admin_max_connections` for an admin
+    /// listener). Until then the accept loop does not call accept(), so extra clients wait
+    /// in the kernel backlog rather than being refused.
+    pub async fn reserve(&self, admin: bool) -> OwnedSemaphorePermit {
+        match admin {
+            false => self.limit.reserve().await,
+            true => self.admin_limit.reserve().await,
+        }
+    }
+
+    /// Room for one more HTTP/2 stream on a connection that has one open already, if there
+    /// is any: each can hold a file or an upstream connection, as a connection does.
+    pub fn try_reserve_stream(&self, admin: bool) -> Option<OwnedSemaphorePermit> {
+        let budget = if admin {
+            &self.admin_limit
+        } else {
+            &self.limit
+        };
+        budget.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Applies a new `max_connections` and `admin_max_connections` after a reload.
+    pub fn set_limit(&self, new: usize, admin: usize) {
+        self.limit.set(new);
+        self.admin_limit.set(admin);
     }
 
     pub fn opened(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnGuard {

@@ -208,12 +208,15 @@ async fn accept_loop(
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut permit = None;
     loop {
+        // Admin listeners draw on their own budget, so monitoring still gets in while the
+        // public listeners are full.
+        let admin = shared.snapshot.load().config.is_admin_listener(&name);
         if permit.is_none() {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
                 _ = beat.tick() => { heartbeat.beat(); continue; }
-                p = shared.conns.reserve() => permit = Some(p),
+                p = shared.conns.reserve(admin) => permit = Some(p),
             }
         }
         let accepted = tokio::select! {
@@ -226,7 +229,7 @@ async fn accept_loop(
             Ok((stream, remote)) => {
                 if let Some(p) = permit.take() {
                     shared.metrics.connections_accepted.inc();
-                    let guard = if shared.snapshot.load().config.is_admin_listener(&name) {
+                    let guard = if admin {
                         shared.conns.opened_admin(p)
                     } else {
                         shared.conns.opened(p)

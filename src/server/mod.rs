@@ -10,6 +10,7 @@ mod fin_merge;
 pub mod listener;
 mod read_ahead;
 pub mod request;
+mod watch;
 
 use crate::config::Config;
 use crate::lifecycle::liveness::Liveness;
@@ -98,6 +99,7 @@ fn http_builders(config: &Config) -> HttpBuilders {
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(s.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
         .keep_alive_interval(Some(s.header_read_timeout))
         .keep_alive_timeout(s.header_read_timeout);
     HttpBuilders { h1, h2 }
@@ -117,10 +119,11 @@ impl Shared {
     pub fn new(config: Config, liveness: Liveness) -> Arc<Shared> {
         let metrics = Metrics::new();
         let snapshot = Snapshot::new(config, &metrics);
-        let max = snapshot.config.server.max_connections;
+        let server = &snapshot.config.server;
+        let conns = Connections::new(server.max_connections, server.admin_max_connections);
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            conns: Arc::new(Connections::new(max)),
+            conns: Arc::new(conns),
             requests: AtomicU64::new(0),
             liveness,
             metrics,

@@ -29,6 +29,8 @@ pub struct ConnContext {
     pub tls: bool,
     /// The connection's place in the count; a WebSocket tunnel takes it over.
     pub slot: super::connections::ConnSlot,
+    /// What the connection's send and idle timers look at (see `watch`).
+    pub watch: Arc<super::watch::ConnWatch>,
 }
 
 pub async fn handle(
