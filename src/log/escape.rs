@@ -20,10 +20,35 @@ pub fn is_unsafe_char(c: char) -> bool {
         | '\u{2066}'..='\u{2069}')
 }
 
-/// Whether `s` can be written as it is. A byte scan: printable ASCII other than `\` is the
-/// common case (every request's path and host).
+/// Whether `s` can be written as it is: printable ASCII other than `\`, the case of nearly
+/// every request's path and host. Checked eight bytes at a time (this runs several times per
+/// access-log line).
 pub fn is_plain(s: &str) -> bool {
-    s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+    let mut chunks = s.as_bytes().chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if !plain_word(u64::from_le_bytes(word)) {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
+}
+
+/// No byte of `x` is >= 0x80, < 0x20, 0x7f or `\` (the classic has-zero-byte bit tricks).
+fn plain_word(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    // With no byte >= 0x80, "x - 0x20 per byte" borrows into the high bit exactly where a
+    // byte is below 0x20.
+    x & HIGH == 0
+        && x.wrapping_sub(0x20 * ONES) & !x & HIGH == 0
+        && !has_zero(x ^ (0x7f * ONES))
+        && !has_zero(x ^ (u64::from(b'\\') * ONES))
 }
 
 /// How a value is written.
@@ -105,6 +130,26 @@ mod tests {
         let mut out = String::new();
         write_escaped(&mut out, "invalid:\nfile:1:2: x\u{202e}", Style::Message).unwrap();
         assert_eq!(out, "invalid:\n    file:1:2: x\\xE2\\x80\\xAE");
+    }
+
+    #[test]
+    fn the_word_at_a_time_check_agrees_with_the_byte_rule() {
+        let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'\\';
+        for bad in 0..=255u8 {
+            for at in 0..11 {
+                let mut s = vec![b'a'; 11];
+                s[at] = bad;
+                let expect = s.iter().all(|&b| plain(b));
+                let text = String::from_utf8_lossy(&s);
+                if text.as_bytes() == s.as_slice() {
+                    assert_eq!(is_plain(&text), expect, "byte {bad:#x} at {at}");
+                } else {
+                    assert!(!is_plain(&text), "byte {bad:#x} at {at}");
+                }
+            }
+        }
+        assert!(is_plain("/static/app.js?v=1"));
+        assert!(!is_plain("/static/app\u{202e}.js"));
     }
 
     #[test]

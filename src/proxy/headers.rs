@@ -209,18 +209,18 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, policy: F
         Remote::Tcp(addr) => policy.trusted.iter().any(|t| t.contains(addr.ip())),
         Remote::Unix => policy.trusted.contains(&Trusted::Unix),
     };
-    // One pass over the names; removing is rare.
-    let drop: smallvec::SmallVec<[HeaderName; 4]> = headers
-        .keys()
-        .filter(|name| {
-            let underscore = name.as_str().contains('_');
-            (underscore && !policy.underscores)
-                || ((underscore || !is_trusted) && is_proxy_asserted(name.as_str()))
-        })
-        .cloned()
-        .collect();
-    for name in drop {
-        headers.remove(name);
+    let goes = |name: &&HeaderName| {
+        let underscore = name.as_str().contains('_');
+        (underscore && !policy.underscores)
+            || ((underscore || !is_trusted) && is_proxy_asserted(name.as_str()))
+    };
+    // One pass over the names; there is rarely anything to remove.
+    if headers.keys().any(|name| goes(&name)) {
+        let drop: smallvec::SmallVec<[HeaderName; 4]> =
+            headers.keys().filter(goes).cloned().collect();
+        for name in drop {
+            headers.remove(name);
+        }
     }
 
     let ip = match client.remote {

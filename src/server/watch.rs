@@ -73,14 +73,9 @@ impl ConnWatch {
         }
     }
 
-    /// Waits until the connection must close (`send_timeout`) or, with `idle`, until an
+    /// Resolves when the connection must close (`send_timeout`) or, with `idle`, when an
     /// HTTP/2 connection has had no stream for that long.
-    pub async fn watch(&self, send_timeout: Duration, idle: Option<Duration>) -> Verdict {
-        let send_ms = millis(send_timeout);
-        let idle_ms = idle.map(millis);
-        // A stall that begins just after a look is due one `period` later at most, so a
-        // look every `period` (when nothing is due sooner) sees every deadline on time.
-        let period = idle_ms.map_or(send_ms, |i| i.min(send_ms));
+    pub fn watch(&self, send_timeout: Duration, idle: Option<Duration>) -> Watchdog<'_> {
         // A connection that never opens a stream is idle from the start.
         let _ = self.last_stream_change.compare_exchange(
             0,
@@ -88,29 +83,40 @@ impl ConnWatch {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
-        loop {
-            let now = now_ms();
-            let mut next = now + period;
-            let mut due = |since: u64, limit: u64| {
-                since != 0 && {
-                    next = next.min(since + limit);
-                    now.saturating_sub(since) >= limit
-                }
-            };
-            if due(self.write_blocked_since.load(Ordering::Relaxed), send_ms)
-                || self.any_stream(|s| due(s.held_since.load(Ordering::Relaxed), send_ms))
-            {
-                return Verdict::Close;
-            }
-            if let Some(idle_ms) = idle_ms {
-                if self.open_streams.load(Ordering::Acquire) == 0
-                    && due(self.last_stream_change.load(Ordering::Relaxed), idle_ms)
-                {
-                    return Verdict::GoAway;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
+        Watchdog {
+            conn: self,
+            send_ms: millis(send_timeout),
+            idle_ms: idle.map(millis),
+            armed: false,
+            sleep: tokio::time::sleep(Duration::ZERO),
         }
+    }
+
+    /// The verdict if one is due at `now`, else when to look again.
+    fn check(&self, now: u64, send_ms: u64, idle_ms: Option<u64>) -> Result<Verdict, u64> {
+        // A stall that begins just after a look is due one `period` later at most, so a
+        // look every `period` (when nothing is due sooner) sees every deadline on time.
+        let period = idle_ms.map_or(send_ms, |i| i.min(send_ms));
+        let mut next = now + period;
+        let mut due = |since: u64, limit: u64| {
+            since != 0 && {
+                next = next.min(since + limit);
+                now.saturating_sub(since) >= limit
+            }
+        };
+        if due(self.write_blocked_since.load(Ordering::Relaxed), send_ms)
+            || self.any_stream(|s| due(s.held_since.load(Ordering::Relaxed), send_ms))
+        {
+            return Ok(Verdict::Close);
+        }
+        if let Some(idle_ms) = idle_ms {
+            if self.open_streams.load(Ordering::Acquire) == 0
+                && due(self.last_stream_change.load(Ordering::Relaxed), idle_ms)
+            {
+                return Ok(Verdict::GoAway);
+            }
+        }
+        Err(next)
     }
 
     /// Whether `f` holds for a live stream; forgets the ended ones.
@@ -125,6 +131,46 @@ impl ConnWatch {
             None => false,
         });
         found
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's watchdog: one timer, re-armed for the next deadline. It is polled on
+    /// every wake-up of the connection's task, so a poll before its timer fires reads one
+    /// flag and nothing else.
+    pub struct Watchdog<'a> {
+        conn: &'a ConnWatch,
+        send_ms: u64,
+        idle_ms: Option<u64>,
+        armed: bool,
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl std::future::Future for Watchdog<'_> {
+    type Output = Verdict;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Verdict> {
+        let mut this = self.project();
+        if *this.armed && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        loop {
+            let now = now_ms();
+            let next = match this.conn.check(now, *this.send_ms, *this.idle_ms) {
+                Ok(verdict) => return Poll::Ready(verdict),
+                Err(next) => next,
+            };
+            let wait = Duration::from_millis(next.saturating_sub(now).max(1));
+            this.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + wait);
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                *this.armed = true;
+                return Poll::Pending;
+            }
+        }
     }
 }
 
