@@ -111,14 +111,18 @@ pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) ->
         return response;
     }
     let status = response.status();
-    let Some(page) = site.error_page(status.as_u16()) else {
+    // A URL path as written in the file: made canonical like a request's.
+    let Some(Ok(page)) = site
+        .error_page(status.as_u16())
+        .map(crate::request_path::canonicalize)
+    else {
         return response;
     };
-    let found = match site.route(page).map(|r| &r.config) {
+    let found = match site.route(&page).map(|r| &r.config) {
         Some(RouteConfig {
             action: RouteAction::Static(cfg),
             path,
-        }) => crate::static_files::error_page(cfg, path, page),
+        }) => crate::static_files::error_page(cfg, path, &page),
         _ => None,
     };
     let Some((body, content_type)) = found else {

@@ -162,11 +162,13 @@ fn static_and_respond_routes_match_the_canonical_path() {
     std::fs::create_dir_all(www.join("dir")).unwrap();
     std::fs::write(www.join("dir/index.html"), "dir index").unwrap();
     std::fs::write(www.join("%2e%2e"), "a file named %2e%2e").unwrap();
+    std::fs::write(www.join("not found.html"), "custom 404").unwrap();
     let cfg = format!(
         r#"[[listener]]
 name = "http"
 [[site]]
 hosts = ["static"]
+error_pages = {{ 404 = "/not%20found.html" }}
 [[site.route]]
 path = "/admin/"
 respond = {{ status = 403, body = "denied" }}
@@ -214,6 +216,9 @@ respond = {{ body = "ADMIN" }}
     assert_eq!(r.header("location").as_deref(), Some("/dir/?q=1"));
     let r = get(port, "static", "//evil.example/%2e%2e/dir");
     assert_eq!(r.header("location").as_deref(), Some("/dir/"));
+    // Error pages are URL paths too, decoded the same way.
+    let r = get(port, "static", "/missing");
+    assert_eq!((r.status, r.text().as_str()), (404, "custom 404"));
 }
 
 /// Proxy-asserted headers in every spelling are dropped from untrusted clients; names with
