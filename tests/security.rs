@@ -62,12 +62,8 @@ fn no_spelling_of_a_denied_path_reaches_the_app() {
     let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "app");
-    let cfg = format!(
-        r#"[[listener]]
-name = "http"
-[[site]]
-hosts = ["*"]
-[[site.route]]
+    let cfg = any_host(&format!(
+        r#"[[site.route]]
 path = "/admin/"
 respond = {{ status = 403, body = "denied" }}
 [[site.route]]
@@ -77,7 +73,7 @@ proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
 path = "/api/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], strip_prefix = true }}
 "#
-    );
+    ));
     let (_server, port) = start_http_in(dir, &cfg);
     for target in ADMIN_SPELLINGS {
         let r = get(port, "a", target);
@@ -114,19 +110,15 @@ fn no_path_climbs_out_of_an_allowed_prefix() {
     let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "app");
-    let cfg = format!(
-        r#"[[listener]]
-name = "http"
-[[site]]
-hosts = ["*"]
-[[site.route]]
+    let cfg = any_host(&format!(
+        r#"[[site.route]]
 path = "/"
 respond = {{ status = 403, body = "denied" }}
 [[site.route]]
 path = "/public/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
 "#
-    );
+    ));
     let (_server, port) = start_http_in(dir, &cfg);
     for target in [
         "/public/../admin",
@@ -228,12 +220,8 @@ fn forwarding_headers_cannot_be_spoofed_in_any_spelling() {
     let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "app");
-    let cfg = format!(
-        r#"[[listener]]
-name = "http"
-[[site]]
-hosts = ["*"]
-[[site.route]]
+    let cfg = any_host(&format!(
+        r#"[[site.route]]
 path = "/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
 [[site.route]]
@@ -243,7 +231,7 @@ proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], underscores_in_headers = 
 path = "/trusted/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], trusted_proxies = ["127.0.0.1"] }}
 "#
-    );
+    ));
     let (_server, port) = start_http_in(dir, &cfg);
     let spoof = "X_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Proto: https\r\nX-Forwarded-Ssl: on\r\n\
 X-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\nX-Real-IP: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n\
@@ -317,12 +305,8 @@ fn a_real_wsgi_app_reads_the_proxys_values_and_the_routed_path() {
             .arg("environ_app:application"),
         &sock,
     );
-    let cfg = format!(
-        r#"[[listener]]
-name = "http"
-[[site]]
-hosts = ["*"]
-[[site.route]]
+    let cfg = any_host(&format!(
+        r#"[[site.route]]
 path = "/admin/"
 respond = {{ status = 403, body = "denied" }}
 [[site.route]]
@@ -330,7 +314,7 @@ path = "/"
 proxy = {{ upstreams = ["unix:{}"] }}
 "#,
         sock.display()
-    );
+    ));
     let (_server, port) = start_http_in(dir, &cfg);
     let r = raw(
         port,
@@ -369,19 +353,15 @@ fn only_allowed_upgrades_are_tunnelled() {
     let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "app");
-    let cfg = format!(
-        r#"[[listener]]
-name = "http"
-[[site]]
-hosts = ["*"]
-[[site.route]]
+    let cfg = any_host(&format!(
+        r#"[[site.route]]
 path = "/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
 [[site.route]]
 path = "/none/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], upgrades = [], strip_prefix = true }}
 "#
-    );
+    ));
     let (_server, port) = start_http_in(dir, &cfg);
     let r = raw(
         port,
@@ -435,19 +415,15 @@ fn h2c_cannot_smuggle_requests_past_the_routes() {
         Path::new(""),
     );
     wait_for_port(app_port);
-    let cfg = format!(
-        r#"[[listener]]
-name = "http"
-[[site]]
-hosts = ["*"]
-[[site.route]]
+    let cfg = any_host(&format!(
+        r#"[[site.route]]
 path = "/h2c/private/"
 respond = {{ status = 403, body = "denied" }}
 [[site.route]]
 path = "/h2c/"
 proxy = {{ upstreams = ["http://127.0.0.1:{app_port}"] }}
 "#
-    );
+    ));
     let (server, port) = start_http_in(dir, &cfg);
     let out = Command::new("timeout")
         .args(["10", "nghttp", "-u", "-v"])
@@ -480,17 +456,13 @@ fn directory_listings_escape_hostile_names() {
     ] {
         std::fs::write(www.join(name), "x").unwrap();
     }
-    let cfg = format!(
-        r#"[[listener]]
-name = "http"
-[[site]]
-hosts = ["*"]
-[[site.route]]
+    let cfg = any_host(&format!(
+        r#"[[site.route]]
 path = "/"
 static = {{ root = "{}", list_directories = true }}
 "#,
         www.display()
-    );
+    ));
     let (_server, port) = start_http_in(dir, &cfg);
     let html = get(port, "a", "/").text();
     assert!(!html.contains("<img"), "{html}");
@@ -563,6 +535,11 @@ fn upstream_credentials_are_refused_and_not_printed() {
     let (code, _, err) = run_cli(&["serve", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(78));
     assert!(!err.contains("s3cretpass"), "{err}");
+}
+
+/// One listener and one site for every host, with `routes`.
+fn any_host(routes: &str) -> String {
+    format!("[[listener]]\nname = \"http\"\n[[site]]\nhosts = [\"*\"]\n{routes}")
 }
 
 fn start_http_in(dir: tempfile::TempDir, config: &str) -> (Server, u16) {

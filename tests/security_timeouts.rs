@@ -120,6 +120,18 @@ fn big_file_site(dir: &std::path::Path, server: &str) -> String {
     )
 }
 
+/// A server of `big_file_site` with a 2 s send timeout, its port and its descriptors at rest.
+fn big_file_server() -> (Server, u16, usize) {
+    let dir = tempdir();
+    let cfg = big_file_site(
+        dir.path(),
+        "send_timeout = \"2s\"\nheader_read_timeout = \"30s\"",
+    );
+    let (server, port) = start_in(dir, &cfg);
+    let baseline = baseline_fds(&server, port);
+    (server, port, baseline)
+}
+
 fn start_in(dir: tempfile::TempDir, config: &str) -> (Server, u16) {
     let cfg = write(dir.path(), "g.toml", config);
     let (l, port) = tcp_listener();
@@ -130,13 +142,7 @@ fn start_in(dir: tempfile::TempDir, config: &str) -> (Server, u16) {
 
 #[test]
 fn an_http2_client_with_a_zero_window_loses_its_streams_and_files_after_send_timeout() {
-    let dir = tempdir();
-    let cfg = big_file_site(
-        dir.path(),
-        "send_timeout = \"2s\"\nheader_read_timeout = \"30s\"",
-    );
-    let (server, port) = start_in(dir, &cfg);
-    let baseline = baseline_fds(&server, port);
+    let (server, port, baseline) = big_file_server();
     let rt = runtime();
     rt.block_on(async {
         let (send, conn) = h2_client(port, Some(0)).await;
@@ -176,13 +182,7 @@ fn an_http2_client_with_a_zero_window_loses_its_streams_and_files_after_send_tim
 
 #[test]
 fn an_http1_client_that_stops_reading_loses_the_connection_after_send_timeout() {
-    let dir = tempdir();
-    let cfg = big_file_site(
-        dir.path(),
-        "send_timeout = \"2s\"\nheader_read_timeout = \"30s\"",
-    );
-    let (server, port) = start_in(dir, &cfg);
-    let baseline = baseline_fds(&server, port);
+    let (server, port, baseline) = big_file_server();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
