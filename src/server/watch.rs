@@ -230,10 +230,15 @@ pub async fn serve_stream(
         held_since: AtomicU64::new(0),
         _slot: slot,
     });
-    conn.streams
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Arc::downgrade(&stream));
+    {
+        let mut streams = conn.streams.lock().unwrap_or_else(|e| e.into_inner());
+        // Ended streams go before the list would grow: it stays near twice the open ones
+        // however many requests the connection carries between two looks of the watchdog.
+        if streams.len() == streams.capacity() {
+            streams.retain(|w| w.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(&stream));
+    }
     let response = if refused {
         refuse(req, ctx)
     } else {
