@@ -217,7 +217,8 @@ pub async fn serve_stream(
     ctx: &ConnContext,
 ) -> Result<Response<WatchedBody>, Infallible> {
     let conn = &ctx.watch;
-    conn.last_stream_change.store(now_ms(), Ordering::Relaxed);
+    // (No clock for `last_stream_change` here: idleness is not looked at while a stream is
+    // open, and its end writes the time.)
     // The connection's own slot covers its first stream.
     let first = conn.open_streams.fetch_add(1, Ordering::AcqRel) == 0;
     let slot = match first {
@@ -245,7 +246,8 @@ pub async fn serve_stream(
         let Ok(response) = request::handle(req, ctx).await;
         response
     };
-    stream.held_since.store(now_ms(), Ordering::Relaxed);
+    // hyper asks the body for its first frame as soon as the head is out, before it waits
+    // for any window: the stream counts as held from that frame on.
     Ok(response.map(|inner| WatchedBody { inner, stream }))
 }
 
