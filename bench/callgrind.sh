@@ -31,7 +31,10 @@ events {} http { access_log off; server { listen unix:$W/up.sock; location / { r
 NGINX
 nginx -c "$W/up.conf" -p "$W" &
 UP=$!
-PORT=$(shuf -i 20000-60000 -n 1)
+# A port nothing listens on (other benchmarks and test servers may share the machine).
+for PORT in $(shuf -i 20000-60000 -n 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null || break
+done
 cat >"$W/g.toml" <<TOML
 [[listener]]
 name = "http"
@@ -53,7 +56,8 @@ until (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; do
     [ $SECONDS -lt $deadline ] || { echo "gatehouse did not start" >&2; exit 1; }
     sleep 0.2
 done
-curl -s -o /dev/null "http://127.0.0.1:$PORT$URLPATH"
+kill -0 "$GH" 2>/dev/null || { echo "gatehouse exited: $(cat "$W/gatehouse.log")" >&2; exit 1; }
+curl -sS -o /dev/null --retry 5 --retry-connrefused "http://127.0.0.1:$PORT$URLPATH"
 sleep 0.5
 callgrind_control -i on "$GH" >/dev/null
 if [ "$PROTO" = h2 ]; then
@@ -66,5 +70,5 @@ fi
 callgrind_control -i off "$GH" >/dev/null
 callgrind_control -d "$GH" >/dev/null
 sleep 1
-IR=$(callgrind_annotate "$W/cg.out.1" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+IR=$(callgrind_annotate "$W/cg.out.1" | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
 echo "$PROTO $URLPATH: $REQS requests, $((IR / REQS)) instructions per request"
