@@ -2,9 +2,10 @@
 
 use crate::config::Upstream;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -46,7 +47,8 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Timeout(d) => write!(f, "connect timed out after {d:?}"),
-            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            // The cause is the source: a chain printed whole says it once.
+            ConnectError::Io(_) => f.write_str("connect failed"),
         }
     }
 }
@@ -65,19 +67,22 @@ impl Connector {
     pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
         let connect = async {
             match &*self.target {
-                Target::Tcp(authority) => connect_tcp(authority).await,
-                Target::Unix(path) => UnixStream::connect(path).await.map(UpstreamStream::Unix),
+                Target::Tcp(authority) => connect_tcp(authority).await.map(Socket::Tcp),
+                Target::Unix(path) => UnixStream::connect(path).await.map(Socket::Unix),
             }
         };
         match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(s)) => Ok(s),
+            Ok(Ok(socket)) => Ok(UpstreamStream {
+                socket,
+                watched: None,
+            }),
             Ok(Err(e)) => Err(ConnectError::Io(e)),
             Err(_) => Err(ConnectError::Timeout(self.timeout)),
         }
     }
 }
 
-async fn connect_tcp(authority: &str) -> io::Result<UpstreamStream> {
+async fn connect_tcp(authority: &str) -> io::Result<TcpStream> {
     let mut last = None;
     // "localhost:8001" may resolve to ::1 and 127.0.0.1; try each in order.
     for addr in tokio::net::lookup_host(authority).await? {
@@ -85,7 +90,7 @@ async fn connect_tcp(authority: &str) -> io::Result<UpstreamStream> {
             Ok(s) => {
                 // Requests are written whole; Nagle would only delay small ones.
                 let _ = s.set_nodelay(true);
-                return Ok(UpstreamStream::Tcp(s));
+                return Ok(s);
             }
             Err(e) => last = Some(e),
         }
@@ -93,9 +98,54 @@ async fn connect_tcp(authority: &str) -> io::Result<UpstreamStream> {
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
 }
 
-pub enum UpstreamStream {
+pub struct UpstreamStream {
+    socket: Socket,
+    /// A second descriptor of the socket for [`PeerWatch`]; closed with this stream.
+    watched: Option<Arc<OwnedFd>>,
+}
+
+enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl UpstreamStream {
+    /// A way to ask the kernel, from outside the task that drives this connection, whether
+    /// the peer has closed it (see `pool`). Costs a descriptor while the stream lives.
+    pub fn watch(&mut self) -> io::Result<PeerWatch> {
+        let fd = match &self.socket {
+            Socket::Tcp(s) => s.as_fd().try_clone_to_owned()?,
+            Socket::Unix(s) => s.as_fd().try_clone_to_owned()?,
+        };
+        let fd = Arc::new(fd);
+        let watch = PeerWatch(Arc::downgrade(&fd));
+        self.watched = Some(fd);
+        Ok(watch)
+    }
+}
+
+/// Tells whether an idle connection can still carry a request. A weak handle: once the
+/// connection is dropped its descriptor closes, and the watch says "closed".
+pub struct PeerWatch(Weak<OwnedFd>);
+
+impl PeerWatch {
+    /// One poll(2), no waiting: anything readable on an idle HTTP/1 connection (end of
+    /// stream, a reset, or bytes nobody asked for) or an error means it cannot be reused.
+    /// The kernel knows of a close before the connection's task has run to see it, which on
+    /// a busy runtime can be long after.
+    pub fn peer_closed(&self) -> bool {
+        let Some(fd) = self.0.upgrade() else {
+            return true;
+        };
+        let mut pollfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for one call; `fd` keeps the descriptor open meanwhile.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+        ready != 0
+    }
 }
 
 impl AsyncRead for UpstreamStream {
@@ -104,9 +154,9 @@ impl AsyncRead for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        match &mut self.get_mut().socket {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -117,9 +167,9 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        match &mut self.get_mut().socket {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -128,9 +178,9 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().socket {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -139,16 +189,16 @@ impl AsyncWrite for UpstreamStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        match &mut self.get_mut().socket {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        match &mut self.get_mut().socket {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

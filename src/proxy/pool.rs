@@ -6,11 +6,16 @@
 //! future moves per request (≈ 7k instructions of a 57k proxied GET). Here an idle HTTP/1
 //! connection is a `SendRequest` on a stack; HTTP/2 shares one `SendRequest`.
 //!
-//! Each connection is still driven by its own task (hyper's design): it notices an upstream
-//! that closes an idle connection, so a dead connection is rarely handed out.
+//! Each connection is still driven by its own task (hyper's design), which watches an idle
+//! connection for the upstream's close, as nginx's keepalive module does on the read event.
+//! That task may run late on a busy runtime, so a checkout also asks the kernel (`PeerWatch`:
+//! one poll(2)) before handing a connection out. A connection that carried a 5xx response is
+//! not reused: an app that failed a request often closes the connection a moment later
+//! without saying so (uvicorn after an unhandled exception), and a request written into that
+//! moment is lost.
 
 use super::body::UpBody;
-use super::connector::{ConnectError, Connector};
+use super::connector::{ConnectError, Connector, PeerWatch};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -30,10 +35,16 @@ pub struct ConnPool {
     idle: Mutex<Idle>,
 }
 
+/// An HTTP/1 connection between requests.
+struct H1Conn {
+    tx: http1::SendRequest<UpBody>,
+    watch: PeerWatch,
+}
+
 #[derive(Default)]
 struct Idle {
     /// Most recently used last: reusing the warmest connection lets the others expire.
-    h1: Vec<(http1::SendRequest<UpBody>, Instant)>,
+    h1: Vec<(H1Conn, Instant)>,
     h2: Option<http2::SendRequest<UpBody>>,
     /// A task closes expired idle connections while there are any.
     reaper: bool,
@@ -53,7 +64,8 @@ pub enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Connect(_) => f.write_str("connect error"),
+            // Says "connect failed" or "connect timed out" itself.
+            SendError::Connect(e) => e.fmt(f),
             SendError::Handshake(_) => f.write_str("http2 handshake failed"),
             SendError::Request(_) => f.write_str("request failed"),
         }
@@ -63,7 +75,7 @@ impl std::fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SendError::Connect(e) => Some(e),
+            SendError::Connect(e) => e.source(),
             SendError::Handshake(e) | SendError::Request(e) => Some(e),
         }
     }
@@ -116,17 +128,20 @@ impl ConnPool {
         now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
-            let (mut tx, reused) = match self.checkout_h1(now) {
-                Some(tx) => (tx, true),
+            let (mut conn, reused) = match self.checkout_h1(now) {
+                Some(conn) => (conn, true),
                 // Boxed: connecting (name lookup, connect, timeout) is the rare path and
                 // its future is large; hyper keeps room for the handler's future in every
                 // client connection, idle or not.
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            match tx.try_send_request(req).await {
+            match conn.tx.try_send_request(req).await {
                 Ok(resp) => {
-                    // Parked as of `now`: a little older than it is, so it expires early.
-                    self.checkin_h1(tx, now);
+                    // A 5xx: the app may be closing this connection (see the module doc).
+                    if !resp.status().is_server_error() {
+                        // Parked as of `now`: a little older than it is, so it expires early.
+                        self.checkin_h1(conn, now);
+                    }
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -137,19 +152,25 @@ impl ConnPool {
         }
     }
 
-    fn checkout_h1(&self, now: Instant) -> Option<http1::SendRequest<UpBody>> {
-        let mut idle = self.lock();
-        while let Some((tx, since)) = idle.h1.pop() {
-            // Not ready: its connection closed (or is closing) since it was parked.
-            if tx.is_ready() && now.saturating_duration_since(since) < self.keepalive {
-                return Some(tx);
+    fn checkout_h1(&self, now: Instant) -> Option<H1Conn> {
+        loop {
+            // Not holding the lock for the poll(2): other requests check out meanwhile.
+            let (conn, since) = self.lock().h1.pop()?;
+            // Not ready: its task saw the connection close (or closing) since it was parked.
+            if conn.tx.is_ready()
+                && now.saturating_duration_since(since) < self.keepalive
+                && !conn.watch.peer_closed()
+            {
+                return Some(conn);
             }
         }
-        None
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<UpBody>, SendError> {
-        let io = self.connector.connect().await.map_err(SendError::Connect)?;
+    async fn connect_h1(&self) -> Result<H1Conn, SendError> {
+        let mut io = self.connector.connect().await.map_err(SendError::Connect)?;
+        let watch = io
+            .watch()
+            .map_err(|e| SendError::Connect(ConnectError::Io(e)))?;
         // An HTTP/1 handshake does no I/O; it only sets the connection up.
         let (tx, conn) = http1::handshake(TokioIo::new(io))
             .await
@@ -160,36 +181,36 @@ impl ConnPool {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(tx)
+        Ok(H1Conn { tx, watch })
     }
 
     /// Parks a connection that has sent its request. It can take the next one once hyper
     /// has read this response to its end; a small response usually is by now.
-    fn checkin_h1(self: &Arc<Self>, mut tx: http1::SendRequest<UpBody>, sent: Instant) {
-        if tx.is_ready() {
-            self.park_h1(tx, sent);
+    fn checkin_h1(self: &Arc<Self>, mut conn: H1Conn, sent: Instant) {
+        if conn.tx.is_ready() {
+            self.park_h1(conn, sent);
             return;
         }
-        if tx.is_closed() {
+        if conn.tx.is_closed() {
             return;
         }
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             // Resolves when the response body is done (or the connection gone).
-            if tx.ready().await.is_ok() {
+            if conn.tx.ready().await.is_ok() {
                 if let Some(pool) = pool.upgrade() {
-                    pool.park_h1(tx, Instant::now());
+                    pool.park_h1(conn, Instant::now());
                 }
             }
         });
     }
 
-    fn park_h1(self: &Arc<Self>, tx: http1::SendRequest<UpBody>, since: Instant) {
+    fn park_h1(self: &Arc<Self>, conn: H1Conn, since: Instant) {
         let mut idle = self.lock();
         if idle.h1.len() >= MAX_IDLE {
             return;
         }
-        idle.h1.push((tx, since));
+        idle.h1.push((conn, since));
         if !idle.reaper {
             idle.reaper = true;
             tokio::spawn(reap(Arc::downgrade(self), self.keepalive));
@@ -247,10 +268,78 @@ async fn reap(pool: Weak<ConnPool>, keepalive: Duration) {
         let Some(pool) = pool.upgrade() else { return };
         let mut idle = pool.lock();
         idle.h1
-            .retain(|(tx, since)| !tx.is_closed() && since.elapsed() < keepalive);
+            .retain(|(conn, since)| !conn.tx.is_closed() && since.elapsed() < keepalive);
         if idle.h1.is_empty() {
             idle.reaper = false;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Upstream;
+    use http_body_util::BodyExt;
+    use std::io::{Read, Write};
+
+    /// Answers one request with a keep-alive 200, then closes the connection when told.
+    fn one_answer_upstream() -> (
+        String,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (close, closing) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "no request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+            let _ = closing.recv();
+        });
+        (addr, close, server)
+    }
+
+    // One thread: while this test runs, no other task (the connection's) can.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_the_upstream_closed_is_not_handed_out_before_its_task_saw_it() {
+        let (addr, close, server) = one_answer_upstream();
+        let upstream = Upstream::Http { authority: addr };
+        let connector = Connector::new(&upstream, Duration::from_secs(2));
+        let pool = ConnPool::new(connector, false, Duration::from_secs(30));
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "a")
+            .body(UpBody::empty())
+            .unwrap();
+        let resp = pool.send(req, Instant::now()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        for _ in 0..200 {
+            if pool.lock().h1.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Idle and open: handed out (and parked again).
+        let conn = pool
+            .checkout_h1(Instant::now())
+            .expect("the idle connection");
+        pool.park_h1(conn, Instant::now());
+
+        close.send(()).unwrap();
+        server.join().unwrap();
+        // The FIN has arrived, but the connection's task has not run since, so hyper still
+        // calls the connection ready. Only the kernel knows.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(pool.lock().h1[0].0.tx.is_ready());
+        assert!(pool.checkout_h1(Instant::now()).is_none());
     }
 }
