@@ -87,6 +87,8 @@ pub fn error(status: StatusCode) -> Response<Body> {
         403 => Bytes::from_static(b"403 Forbidden\n"),
         404 => Bytes::from_static(b"404 Not Found\n"),
         405 => Bytes::from_static(b"405 Method Not Allowed\n"),
+        // nginx's name for it; http has none.
+        499 => Bytes::from_static(b"499 Client Closed Request\n"),
         502 => Bytes::from_static(b"502 Bad Gateway\n"),
         504 => Bytes::from_static(b"504 Gateway Timeout\n"),
         code => Bytes::from(format!(

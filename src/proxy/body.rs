@@ -42,6 +42,68 @@ impl std::fmt::Display for IdleTimeout {
 }
 impl std::error::Error for IdleTimeout {}
 
+/// The client's request body failed: malformed (bad chunked framing, oversized chunk
+/// extensions, an HTTP/2 stream error) or cut short by a client that went away. A type of its
+/// own so the handler can tell it from an upstream failure: the client's fault is a 400 (or,
+/// for an abort, nginx's 499), never a 502 against the upstream's health and error count.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_abort() {
+            "client closed the connection before its request body ended"
+        } else {
+            "malformed request body"
+        })
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// nginx's "client closed request": only ever logged, the client is gone.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl ClientBodyError {
+    /// The client hung up or reset mid-body, rather than sending a malformed one.
+    pub fn is_abort(&self) -> bool {
+        if self.0.is_incomplete_message() {
+            return true;
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&self.0);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                return matches!(
+                    io.kind(),
+                    UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+                );
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                // A reset or GOAWAY the client sent, or its connection failing; a stream
+                // error h2 found itself (a Content-Length mismatch) is malformed.
+                return h2.is_remote() || h2.is_io();
+            }
+            cur = e.source();
+        }
+        false
+    }
+
+    /// What the access log records: 400, or 499 for an abort.
+    pub fn status(&self) -> http::StatusCode {
+        if self.is_abort() {
+            http::StatusCode::from_u16(CLIENT_CLOSED_REQUEST)
+                .unwrap_or(http::StatusCode::BAD_REQUEST)
+        } else {
+            http::StatusCode::BAD_REQUEST
+        }
+    }
+}
+
 /// When the request (or a tunnel) last made progress, shared between the body that makes
 /// it and the timer that watches it.
 #[derive(Clone)]
@@ -235,7 +297,7 @@ impl UpState {
                 self.stall.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             Poll::Ready(None) => {
                 self.touch();
                 Poll::Ready(None)
@@ -419,14 +481,21 @@ impl Body for DownBody {
 
 /// Is `T` somewhere in this error's source chain?
 pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    cause::<T>(e).is_some()
+}
+
+/// The first `T` in this error's source chain.
+pub fn cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 /// Reads a whole (small) body as its frames, without copying them together. Trailers are

@@ -260,7 +260,7 @@ async fn forward(
                     activity.touch();
                     (Some(frames), None)
                 }
-                Ok(Err(_)) => return closing(handlers::error(StatusCode::BAD_REQUEST)),
+                Ok(Err(e)) => return client_fault(&body::ClientBodyError(e), None, cx),
                 Err(_) => return closing(handlers::error(StatusCode::REQUEST_TIMEOUT)),
             }
         }
@@ -369,6 +369,9 @@ async fn forward(
                         handlers::error(StatusCode::REQUEST_TIMEOUT),
                         &u.label,
                     ));
+                }
+                if let Some(fault) = body::cause::<body::ClientBodyError>(&e) {
+                    return client_fault(fault, Some(&u.label), cx);
                 }
                 // From here on the upstream failed, not the client.
                 u.counters.errors.inc();
@@ -549,6 +552,21 @@ fn failed(
     match idx.and_then(|i| pool.upstreams.get(i)) {
         Some(u) => tag(used, handlers::error(status), &u.label),
         None => tag(used, handlers::error(status), &Arc::from("-")),
+    }
+}
+
+/// The client's body failed: 400, or 499 in the log for a client that went away; the
+/// upstream's health and error count are left alone.
+fn client_fault(
+    fault: &body::ClientBodyError,
+    upstream: Option<&Arc<str>>,
+    cx: &RequestContext<'_>,
+) -> Response<Body> {
+    tracing::debug!(error = %e_chain(fault), "request body failed");
+    let resp = closing(handlers::error(fault.status()));
+    match upstream {
+        Some(label) => tag(cx.upstream, resp, label),
+        None => resp,
     }
 }
 
