@@ -149,9 +149,6 @@ fn prepare(
     if let Err(status) = headers::check_framing(req.headers()) {
         return Prepared::Answer(closing(handlers::error(status)));
     }
-    if req.method() == Method::CONNECT {
-        return Prepared::Answer(handlers::error(StatusCode::METHOD_NOT_ALLOWED));
-    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -5,7 +5,7 @@ use crate::config::RouteAction;
 use crate::handlers::{self, Body, RequestContext};
 use crate::log::{self, Remote};
 use crate::router::{normalize_host, Lookup};
-use http::{header, Request, Response, StatusCode, Version};
+use http::{header, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,8 @@ pub async fn handle(
 
     let host = if head_too_large(&req, snapshot.config.server.max_header_size) {
         Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    } else if let Some(status) = refused(&req) {
+        Err(status)
     } else {
         request_host(&req)
     };
@@ -190,22 +192,42 @@ fn head_too_large(req: &Request<Incoming>, max: usize) -> bool {
     size > max
 }
 
+/// Requests refused whatever the route, as nginx refuses them: TRACE (a reflected request
+/// hands cookies and auth headers to a script, "cross-site tracing") and CONNECT (this is no
+/// forward proxy) → 405; the asterisk form (`OPTIONS *`: no server-wide resource here) → 400.
+fn refused(req: &Request<Incoming>) -> Option<StatusCode> {
+    match *req.method() {
+        Method::TRACE | Method::CONNECT => Some(StatusCode::METHOD_NOT_ALLOWED),
+        _ if req.uri().path() == "*" => Some(StatusCode::BAD_REQUEST),
+        _ => None,
+    }
+}
+
 /// The normalised target host: the URI authority (HTTP/2, absolute-form) or the Host header.
-/// HTTP/1.1 without a Host, several Host headers or an invalid one → 400 (RFC 9112 §3.2).
+/// Several Host headers, an invalid one, or HTTP/1.1 without one → 400 (RFC 9112 §3.2),
+/// absolute-form included: its authority then wins over the Host header (§3.2.2).
 fn request_host(req: &Request<Incoming>) -> Result<String, StatusCode> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Some(
+            h.to_str()
+                .ok()
+                .and_then(normalize_host)
+                .ok_or(StatusCode::BAD_REQUEST)?,
+        ),
+        (Some(_), Some(_)) => return Err(StatusCode::BAD_REQUEST),
+        (None, _) => None,
+    };
     if let Some(authority) = req.uri().authority() {
+        if host_header.is_none() && req.version() == Version::HTTP_11 {
+            return Err(StatusCode::BAD_REQUEST);
+        }
         return normalize_host(authority.as_str()).ok_or(StatusCode::BAD_REQUEST);
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(h), None) => h
-            .to_str()
-            .ok()
-            .and_then(normalize_host)
-            .ok_or(StatusCode::BAD_REQUEST),
-        (Some(_), Some(_)) => Err(StatusCode::BAD_REQUEST),
+    match host_header {
+        Some(host) => Ok(host),
         // HTTP/1.0 may omit Host: it is served by the default site.
-        (None, _) if req.version() < Version::HTTP_11 => Ok(String::new()),
-        (None, _) => Err(StatusCode::BAD_REQUEST),
+        None if req.version() < Version::HTTP_11 => Ok(String::new()),
+        None => Err(StatusCode::BAD_REQUEST),
     }
 }
