@@ -66,6 +66,10 @@ static UPSTREAMS: LazyLock<UpstreamFamilies> = LazyLock::new(|| UpstreamFamilies
     errors: Family::default(),
 });
 
+/// Protocol errors that a peer caused and a library logged (see `log::peer_noise`); counted
+/// before there is a `Metrics`, from the logging layer.
+pub static PROTOCOL_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
     /// The certificate's first name, "+N" when it has more.
@@ -218,6 +222,11 @@ impl Metrics {
             "upstream_errors",
             "Failed connects, timeouts and connections lost before a response, per upstream",
             UPSTREAMS.errors.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Protocol errors caused by peers that hyper, h2 or rustls reported (a client's rapid stream resets, a TLS renegotiation attempt); the log sums them up once a minute",
+            PROTOCOL_ERRORS.clone(),
         );
         registry.register(
             "acme_certificate_expiry_timestamp_seconds",

@@ -208,6 +208,7 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
     let trim_task = tokio::spawn(memory::trim_when_idle(shared.clone()));
     let expiry_task = tokio::spawn(crate::tls::watch_warnings(shared.clone()));
     let acme_task = tokio::spawn(crate::acme::manager::run(shared.clone()));
+    let noise_task = tokio::spawn(log::summarize_peer_noise());
     let watchdog_task = watchdog.map(|interval| {
         let liveness = shared.liveness.clone();
         tokio::spawn(systemd::watchdog::run(interval, move || {
@@ -247,6 +248,7 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
     trim_task.abort();
     expiry_task.abort();
     acme_task.abort();
+    noise_task.abort();
     if let Some(t) = watchdog_task {
         t.abort();
     }

@@ -88,8 +88,10 @@ struct LineVisitor<'a, 'w> {
 }
 
 impl LineVisitor<'_, '_> {
+    /// Also `log.file`, `log.line`, … that events from the `log` crate carry: a library's
+    /// source location on the build machine says nothing to whoever reads this line.
     fn skip(&self, field: &Field) -> bool {
-        self.access && field.name() == "message"
+        (self.access && field.name() == "message") || field.name().starts_with("log.")
     }
 
     fn bare(&self, field: &Field) -> bool {

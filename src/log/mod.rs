@@ -4,10 +4,12 @@
 mod access;
 mod escape;
 mod line_format;
+mod peer_noise;
 
 pub use escape::is_unsafe_char;
 
 pub use access::flush as flush_access;
+pub use peer_noise::summarize as summarize_peer_noise;
 
 use crate::systemd;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ pub fn init(level: Option<&str>, target: LogTarget) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    let peer_noise = peer_noise::PeerNoise::new(&filter.to_string());
     let want_journal = match target {
         LogTarget::Auto => systemd::journal::stderr_is_journal(),
         LogTarget::Journald => true,
@@ -41,6 +44,7 @@ pub fn init(level: Option<&str>, target: LogTarget) {
             Ok(layer) => {
                 let installed = tracing_subscriber::registry()
                     .with(filter)
+                    .with(peer_noise)
                     .with(FlushAccessFirst)
                     .with(layer)
                     .try_init()
@@ -60,6 +64,7 @@ pub fn init(level: Option<&str>, target: LogTarget) {
         .event_format(line_format::LineFormat);
     if tracing_subscriber::registry()
         .with(filter)
+        .with(peer_noise)
         .with(fmt)
         .try_init()
         .is_ok()
