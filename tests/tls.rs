@@ -574,3 +574,62 @@ proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
     assert!(fwd.unwrap_or_default().contains("proto=https"));
     assert_eq!(proto("/plain").0.as_deref(), Some("http"));
 }
+
+/// A client that lists `suites` in its order of preference, for `version`.
+fn client_preferring(
+    pki: &Pki,
+    suites: &[rustls::SupportedCipherSuite],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites.to_vec(),
+        ..rustls::crypto::ring::default_provider()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
+#[test]
+fn the_server_picks_the_strongest_suite_whatever_the_client_prefers() {
+    use rustls::crypto::ring::cipher_suite::*;
+    let pki = Pki::new();
+    let (_server, port) = one_slot_server(&pki);
+    let cases = [
+        (
+            &rustls::version::TLS13,
+            vec![
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+            ],
+            TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (version, client_order, strongest) in cases {
+        let cfg = client_preferring(&pki, &client_order, version);
+        let mut s = connect(&cfg, port, "localhost").unwrap();
+        assert_eq!(
+            s.conn.negotiated_cipher_suite().map(|c| c.suite()),
+            Some(strongest.suite()),
+            "{version:?}"
+        );
+        assert_eq!(request(&mut s, "localhost", "/").unwrap().status, 200);
+    }
+}

@@ -216,6 +216,11 @@ pub fn build(
         .map_err(|e| format!("listener {listener:?}: TLS setup failed: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    // Our order, not the client's (what testssl.sh calls "server cipher order"): the
+    // provider lists the strongest suites first (AES-256-GCM, then AES-128-GCM and
+    // ChaCha20-Poly1305, all AEAD with forward secrecy), so a client that prefers a weaker
+    // one still gets the strongest both support.
+    config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if alpn_acme {
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
