@@ -2,10 +2,10 @@
 
 use crate::config::Upstream;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -72,10 +72,7 @@ impl Connector {
             }
         };
         match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(socket)) => Ok(UpstreamStream {
-                socket,
-                watched: None,
-            }),
+            Ok(Ok(socket)) => Ok(UpstreamStream { socket, gate: None }),
             Ok(Err(e)) => Err(ConnectError::Io(e)),
             Err(_) => Err(ConnectError::Timeout(self.timeout)),
         }
@@ -100,8 +97,8 @@ async fn connect_tcp(authority: &str) -> io::Result<TcpStream> {
 
 pub struct UpstreamStream {
     socket: Socket,
-    /// A second descriptor of the socket for [`PeerWatch`]; closed with this stream.
-    watched: Option<Arc<OwnedFd>>,
+    /// Set once a [`PeerWatch`] was handed out: closed before the socket is.
+    gate: Option<Arc<FdGate>>,
 }
 
 enum Socket {
@@ -109,24 +106,38 @@ enum Socket {
     Unix(UnixStream),
 }
 
+/// The socket's descriptor while it is open, -1 from the moment it is closing. A watch polls
+/// the descriptor only while holding the lock, and the stream takes the lock to close the
+/// gate before the descriptor closes, so a poll never lands on a descriptor number that was
+/// closed and reused meanwhile.
+struct FdGate(Mutex<RawFd>);
+
 impl UpstreamStream {
     /// A way to ask the kernel, from outside the task that drives this connection, whether
-    /// the peer has closed it (see `pool`). Costs a descriptor while the stream lives.
-    pub fn watch(&mut self) -> io::Result<PeerWatch> {
+    /// the peer has closed it (see `pool`).
+    pub fn watch(&mut self) -> PeerWatch {
         let fd = match &self.socket {
-            Socket::Tcp(s) => s.as_fd().try_clone_to_owned()?,
-            Socket::Unix(s) => s.as_fd().try_clone_to_owned()?,
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
         };
-        let fd = Arc::new(fd);
-        let watch = PeerWatch(Arc::downgrade(&fd));
-        self.watched = Some(fd);
-        Ok(watch)
+        let gate = Arc::new(FdGate(Mutex::new(fd)));
+        self.gate = Some(gate.clone());
+        PeerWatch(gate)
     }
 }
 
-/// Tells whether an idle connection can still carry a request. A weak handle: once the
-/// connection is dropped its descriptor closes, and the watch says "closed".
-pub struct PeerWatch(Weak<OwnedFd>);
+impl Drop for UpstreamStream {
+    fn drop(&mut self) {
+        // Runs before the socket field is dropped (and its descriptor closed).
+        if let Some(gate) = &self.gate {
+            *gate.0.lock().unwrap_or_else(|e| e.into_inner()) = -1;
+        }
+    }
+}
+
+/// Tells whether an idle connection can still carry a request; "closed" once the
+/// connection itself is gone.
+pub struct PeerWatch(Arc<FdGate>);
 
 impl PeerWatch {
     /// One poll(2), no waiting: anything readable on an idle HTTP/1 connection (end of
@@ -134,15 +145,16 @@ impl PeerWatch {
     /// The kernel knows of a close before the connection's task has run to see it, which on
     /// a busy runtime can be long after.
     pub fn peer_closed(&self) -> bool {
-        let Some(fd) = self.0.upgrade() else {
+        let fd = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if *fd < 0 {
             return true;
-        };
+        }
         let mut pollfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
+            fd: *fd,
             events: libc::POLLIN | libc::POLLRDHUP,
             revents: 0,
         };
-        // SAFETY: one valid pollfd for one call; `fd` keeps the descriptor open meanwhile.
+        // SAFETY: one valid pollfd for one call; the held gate keeps the descriptor open.
         let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
         ready != 0
     }

@@ -9,7 +9,7 @@
 //! Each connection is still driven by its own task (hyper's design), which watches an idle
 //! connection for the upstream's close, as nginx's keepalive module does on the read event.
 //! That task may run late on a busy runtime, so a checkout also asks the kernel (`PeerWatch`:
-//! one poll(2)) before handing a connection out. A connection that carried a 5xx response is
+//! one poll(2) on the socket) before handing a connection out. A connection that carried a 5xx response is
 //! not reused: an app that failed a request often closes the connection a moment later
 //! without saying so (uvicorn after an unhandled exception), and a request written into that
 //! moment is lost.
@@ -168,9 +168,7 @@ impl ConnPool {
 
     async fn connect_h1(&self) -> Result<H1Conn, SendError> {
         let mut io = self.connector.connect().await.map_err(SendError::Connect)?;
-        let watch = io
-            .watch()
-            .map_err(|e| SendError::Connect(ConnectError::Io(e)))?;
+        let watch = io.watch();
         // An HTTP/1 handshake does no I/O; it only sets the connection up.
         let (tx, conn) = http1::handshake(TokioIo::new(io))
             .await
