@@ -79,6 +79,12 @@ fn respond(r: &RespondConfig, _req: Request<Incoming>) -> Response<Body> {
 #[derive(Debug, Clone, Copy)]
 pub struct GeneratedError;
 
+/// nginx's 499 "client closed request" (http has no constant for it): the status the access
+/// log gives a request whose client went away before the answer.
+pub fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// A small plain-text error page, e.g. "404 Not Found".
 pub fn error(status: StatusCode) -> Response<Body> {
     let text = match status.as_u16() {

@@ -162,3 +162,49 @@ fn a_client_that_hangs_up_mid_body_is_logged_499_not_502() {
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
 }
+
+/// An HTTP/2 client that resets its stream mid-upload went away too: 499, not 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_resetting_its_upload_is_logged_499() {
+    let s = start();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://a/upload")
+        .header("content-length", "1000000")
+        .body(())
+        .unwrap();
+    let (_response, mut body) = client.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from(vec![b'x'; 100_000]), false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    body.send_reset(h2::Reason::CANCEL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !s.server.stderr().contains("POST /upload 499") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not logged 499:\n{}",
+            s.server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!s.server.stderr().contains(" 502 "));
+    assert_eq!(upstream_metric(&s, "gatehouse_upstream_errors_total"), "0");
+}
+
+/// A client that hangs up while the upstream is still working: hyper drops the request, and
+/// the access log still gets its line, 499.
+#[test]
+fn a_client_that_hangs_up_while_waiting_is_logged_499() {
+    let s = start();
+    let mut conn = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    conn.write_all(b"GET /slow/1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(conn);
+    s.server.wait_log("GET /slow/1500 499");
+    assert_eq!(upstream_metric(&s, "gatehouse_upstream_errors_total"), "0");
+}

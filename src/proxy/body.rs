@@ -65,9 +65,6 @@ impl std::error::Error for ClientBodyError {
     }
 }
 
-/// nginx's "client closed request": only ever logged, the client is gone.
-pub const CLIENT_CLOSED_REQUEST: u16 = 499;
-
 impl ClientBodyError {
     /// The client hung up or reset mid-body, rather than sending a malformed one.
     pub fn is_abort(&self) -> bool {
@@ -96,8 +93,7 @@ impl ClientBodyError {
     /// What the access log records: 400, or 499 for an abort.
     pub fn status(&self) -> http::StatusCode {
         if self.is_abort() {
-            http::StatusCode::from_u16(CLIENT_CLOSED_REQUEST)
-                .unwrap_or(http::StatusCode::BAD_REQUEST)
+            crate::handlers::client_closed_request()
         } else {
             http::StatusCode::BAD_REQUEST
         }

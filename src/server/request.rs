@@ -62,6 +62,16 @@ pub async fn handle(
     // The CA's HTTP-01 check comes before every route and redirect.
     let acme_answer = crate::acme::challenge::http01_response(uri.path());
     let upstream = std::sync::OnceLock::new();
+    let mut unanswered = Unanswered {
+        method: &method,
+        path: uri.path(),
+        host: &host,
+        upstream: &upstream,
+        start,
+        remote: &ctx.remote_text,
+        access_log: snapshot.config.server.access_log,
+        armed: true,
+    };
     let (response, counters) = match (&host, router, acme_answer) {
         (_, _, Some(answer)) => (answer, None),
         (Ok(host), Some(router), None) if listener_redirect && router.https_ready(host) => (
@@ -137,6 +147,7 @@ pub async fn handle(
     }
     let elapsed = start.elapsed();
     ctx.shared.metrics.duration.observe(elapsed.as_secs_f64());
+    unanswered.armed = false;
     let server = &snapshot.config.server;
     if log::access_wanted(
         server.access_log,
@@ -161,6 +172,39 @@ fn canonical<'a>(
     path: &'a Result<std::borrow::Cow<'_, str>, crate::request_path::Invalid>,
 ) -> &'a str {
     path.as_deref().unwrap_or("/")
+}
+
+/// The access line of a request whose client went away before its answer (an HTTP/2 stream
+/// reset, an HTTP/1 connection closed): hyper then drops the handler's future, and this,
+/// dropped with it, logs 499 as nginx does ("client closed request").
+struct Unanswered<'a> {
+    method: &'a Method,
+    path: &'a str,
+    host: &'a Result<String, StatusCode>,
+    upstream: &'a std::sync::OnceLock<Arc<str>>,
+    start: Instant,
+    remote: &'a str,
+    access_log: crate::config::AccessLog,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let status = handlers::client_closed_request();
+        // An error status: `access_log_sample` never drops it.
+        if !self.armed || !log::access_wanted(self.access_log, 1, status) {
+            return;
+        }
+        log::access(
+            self.method,
+            self.path,
+            self.host.as_deref().unwrap_or("-"),
+            status,
+            self.upstream.get().map(|u| &**u),
+            self.start.elapsed(),
+            self.remote,
+        );
+    }
 }
 
 /// Whether hyper closes the connection once it has answered `req` (RFC 9112 §9.3).
