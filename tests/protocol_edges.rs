@@ -11,21 +11,16 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 fn start() -> (Server, u16, UpstreamServer) {
-    let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "tcp");
-    let cfg = write(
-        dir.path(),
-        "g.toml",
+    let (server, port) = start_http(
         &format!(
             "[[listener]]\nname = \"http\"\n[[site]]\nhosts = [\"*\"]\n\
              [[site.route]]\npath = \"/r/\"\nrespond = {{ body = \"static\" }}\n\
              [[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"] }}\n"
         ),
+        &[],
     );
-    let (l, port) = tcp_listener();
-    let server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
-    server.wait_ready();
     (server, port, up)
 }
 

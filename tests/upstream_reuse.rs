@@ -84,19 +84,13 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<String>>) {
 }
 
 fn start(up_port: u16) -> (Server, u16) {
-    let dir = tempdir();
-    let cfg = write(
-        dir.path(),
-        "g.toml",
+    start_http(
         &format!(
             "[[listener]]\nname = \"http\"\n[[site]]\nhosts = [\"*\"]\n[[site.route]]\npath = \"/\"\n\
              proxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"], keepalive_timeout = \"10s\" }}\n"
         ),
-    );
-    let (l, port) = tcp_listener();
-    let server = Server::start(dir, Launch::serve(&cfg).fd(l, "http"));
-    server.wait_ready();
-    (server, port)
+        &[],
+    )
 }
 
 fn post(port: u16, path: &str) -> u16 {
