@@ -9,10 +9,10 @@
 //! Each connection is still driven by its own task (hyper's design), which watches an idle
 //! connection for the upstream's close, as nginx's keepalive module does on the read event.
 //! That task may run late on a busy runtime, so a checkout also asks the kernel (`PeerWatch`:
-//! one poll(2) on the socket) before handing a connection out. A connection that carried a 5xx response is
-//! not reused: an app that failed a request often closes the connection a moment later
-//! without saying so (uvicorn after an unhandled exception), and a request written into that
-//! moment is lost.
+//! one poll(2) on the socket) before handing a connection out. A connection that carried a
+//! 5xx response is not reused: an app that failed a request often closes the connection a
+//! moment later without saying so (uvicorn after an unhandled exception), and a request
+//! written into that moment is lost.
 
 use super::body::UpBody;
 use super::connector::{ConnectError, Connector, PeerWatch};
