@@ -400,7 +400,7 @@ async fn forward(
                 // the same for idempotent requests).
                 tracing::debug!(upstream = %u.label, error = %e_chain(&e), "upstream failed before responding");
                 failure = (StatusCode::BAD_GATEWAY, Some(idx));
-                if resends < MAX_RESENDS && body_back && is_idempotent(&out.method) {
+                if resends < MAX_RESENDS && body_back && pool::is_idempotent(&out.method) {
                     resends += 1;
                     tried.clear();
                     continue;
@@ -573,13 +573,6 @@ fn closing(mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// "a: b: c" for an error and its sources: hyper-util's top-level message alone says little.

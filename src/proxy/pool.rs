@@ -8,15 +8,17 @@
 //!
 //! Each connection is still driven by its own task (hyper's design), which watches an idle
 //! connection for the upstream's close, as nginx's keepalive module does on the read event.
-//! That task may run late on a busy runtime, so a checkout also asks the kernel (`PeerWatch`:
-//! one poll(2) on the socket) before handing a connection out. A connection that carried a
-//! 5xx response is not reused: an app that failed a request often closes the connection a
-//! moment later without saying so (uvicorn after an unhandled exception), and a request
-//! written into that moment is lost.
+//! That task may run late on a busy runtime, so before handing a connection out to a request
+//! that could not be sent again (`is_resendable`), a checkout also asks the kernel
+//! (`PeerWatch`: one poll(2) on the socket). Requests that can be re-sent skip that syscall
+//! (~0.8 µs, 4 % of a proxied GET here): on a connection found dead they go out again, and
+//! the client sees nothing. A connection that carried a 5xx response is not reused: an app
+//! that failed a request often closes the connection a moment later without saying so
+//! (uvicorn after an unhandled exception), and a request written into that moment is lost.
 
 use super::body::UpBody;
 use super::connector::{ConnectError, Connector, PeerWatch};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -127,8 +129,9 @@ impl ConnPool {
         mut req: Request<UpBody>,
         now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
+        let probe = !is_resendable(&req);
         loop {
-            let (mut conn, reused) = match self.checkout_h1(now) {
+            let (mut conn, reused) = match self.checkout_h1(now, probe) {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (name lookup, connect, timeout) is the rare path and
                 // its future is large; hyper keeps room for the handler's future in every
@@ -152,14 +155,16 @@ impl ConnPool {
         }
     }
 
-    fn checkout_h1(&self, now: Instant) -> Option<H1Conn> {
+    /// The most recently parked connection that is still open; `probe`: checked with the
+    /// kernel too.
+    fn checkout_h1(&self, now: Instant, probe: bool) -> Option<H1Conn> {
         loop {
             // Not holding the lock for the poll(2): other requests check out meanwhile.
             let (conn, since) = self.lock().h1.pop()?;
             // Not ready: its task saw the connection close (or closing) since it was parked.
             if conn.tx.is_ready()
                 && now.saturating_duration_since(since) < self.keepalive
-                && !conn.watch.peer_closed()
+                && !(probe && conn.watch.peer_closed())
             {
                 return Some(conn);
             }
@@ -257,6 +262,21 @@ impl ConnPool {
     }
 }
 
+/// Safe to send twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A request the handler may send again if its connection dies before the response: an
+/// idempotent one without a body (see `forward`'s re-sends).
+fn is_resendable(req: &Request<UpBody>) -> bool {
+    use hyper::body::Body as _;
+    is_idempotent(req.method()) && req.body().is_end_stream()
+}
+
 /// Closes idle connections older than `keepalive`; ends when none is left (or the pool is
 /// gone with its configuration generation), and `park_h1` starts it again.
 async fn reap(pool: Weak<ConnPool>, keepalive: Duration) {
@@ -328,7 +348,7 @@ mod tests {
         }
         // Idle and open: handed out (and parked again).
         let conn = pool
-            .checkout_h1(Instant::now())
+            .checkout_h1(Instant::now(), true)
             .expect("the idle connection");
         pool.park_h1(conn, Instant::now());
 
@@ -338,6 +358,25 @@ mod tests {
         // calls the connection ready. Only the kernel knows.
         std::thread::sleep(Duration::from_millis(20));
         assert!(pool.lock().h1[0].0.tx.is_ready());
-        assert!(pool.checkout_h1(Instant::now()).is_none());
+        assert!(pool.checkout_h1(Instant::now(), true).is_none());
+    }
+
+    #[test]
+    fn only_bodiless_idempotent_requests_skip_the_kernel_check() {
+        let req = |method: Method, body: UpBody| {
+            let mut r = Request::new(body);
+            *r.method_mut() = method;
+            r
+        };
+        let full = || {
+            UpBody::full(
+                &[bytes::Bytes::from_static(b"{}")],
+                super::super::body::Activity::sent_at(std::time::Instant::now()),
+            )
+        };
+        assert!(is_resendable(&req(Method::GET, UpBody::empty())));
+        assert!(is_resendable(&req(Method::DELETE, UpBody::empty())));
+        assert!(!is_resendable(&req(Method::POST, UpBody::empty())));
+        assert!(!is_resendable(&req(Method::PUT, full())));
     }
 }
