@@ -6,13 +6,11 @@
 //! one only when debug logging is asked for their library (`--log-level debug`,
 //! `--log-level info,h2=debug`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_log::NormalizeEvent;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, Layer};
 
@@ -49,34 +47,59 @@ fn from_peer_library(target: &str) -> bool {
     })
 }
 
+/// The target that the `log` crate's events (rustls logs through it) arrive with; their
+/// own target is in the `log.target` field.
+const LOG_BRIDGE_TARGET: &str = "log";
+
 impl<S: Subscriber> Layer<S> for PeerNoise {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
-        // Events that rustls logs through the `log` crate carry their real target here.
-        let normalized = event.normalized_metadata();
-        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        if *meta.level() > Level::WARN || !from_peer_library(meta.target()) {
+        let meta = event.metadata();
+        if *meta.level() > Level::WARN {
+            return true;
+        }
+        let bridged = meta.target() == LOG_BRIDGE_TARGET;
+        if !bridged && !from_peer_library(meta.target()) {
+            return true;
+        }
+        let mut seen = Seen::default();
+        event.record(&mut seen);
+        let target = if bridged {
+            seen.log_target.as_str()
+        } else {
+            meta.target()
+        };
+        if !from_peer_library(target) {
             return true;
         }
         crate::metrics::PROTOCOL_ERRORS.inc();
         HELD.fetch_add(1, Ordering::Relaxed);
-        let mut latest = LATEST.lock().unwrap_or_else(|e| e.into_inner());
-        latest.clear();
-        let _ = write!(latest, "{}: ", meta.target());
-        event.record(&mut MessageOnly(&mut latest));
-        drop(latest);
+        *LATEST.lock().unwrap_or_else(|e| e.into_inner()) = format!("{target}: {}", seen.message);
         self.debug
             .as_ref()
-            .is_some_and(|t| t.would_enable(meta.target(), &Level::DEBUG))
+            .is_some_and(|t| t.would_enable(target, &Level::DEBUG))
     }
 }
 
-/// Keeps an event's message, not the `log.file` and `log.line` of a library's source.
-struct MessageOnly<'a>(&'a mut String);
+/// An event's message and, for a `log` record, its target; not the `log.file` and
+/// `log.line` of a library's source on the build machine.
+#[derive(Default)]
+struct Seen {
+    message: String,
+    log_target: String,
+}
 
-impl Visit for MessageOnly<'_> {
+impl Visit for Seen {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "log.target" => value.clone_into(&mut self.log_target),
+            "message" => value.clone_into(&mut self.message),
+            _ => {}
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            let _ = write!(self.0, "{value:?}");
+            self.message = format!("{value:?}");
         }
     }
 }
