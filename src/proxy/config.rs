@@ -106,8 +106,9 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_header_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
-            // An app that binds its own socket refuses connects while it restarts: measured
-            // 1.2–4.3 s for gunicorn (sync, gthread) and uvicorn (README, "Defaults").
+            // An app that binds its own socket refuses connects while it restarts: up to
+            // 3.4 s (4.3 s under heavier load) for gunicorn sync and gthread and uvicorn
+            // (README, "Defaults measured against real app servers").
             retry_connect_for: Duration::from_secs(5),
             eject_for: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(1),
