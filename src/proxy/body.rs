@@ -44,8 +44,7 @@ impl std::error::Error for IdleTimeout {}
 
 /// The client's request body failed: malformed (bad chunked framing, oversized chunk
 /// extensions, an HTTP/2 stream error such as a wrong content-length) or cut short by a
-/// client that went away. (An HTTP/2 client that resets its stream never gets here: hyper
-/// then drops the request, and the access log's guard in `server::request` writes 499.) A type of its
+/// client that went away. A type of its
 /// own so the handler can tell it from an upstream failure: the client's fault is a 400 (or,
 /// for an abort, nginx's 499), never a 502 against the upstream's health and error count.
 #[derive(Debug)]
@@ -81,6 +80,11 @@ impl ClientBodyError {
                     io.kind(),
                     UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
                 );
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                // A reset or GOAWAY the client sent, or its connection failing; a stream
+                // error h2 found itself (a content-length mismatch) is malformed.
+                return h2.is_remote() || h2.is_io();
             }
             cur = e.source();
         }
