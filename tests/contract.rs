@@ -229,6 +229,9 @@ fn gatehouse_reload_reports_its_own_reload_not_a_concurrent_one() {
     // Theirs fails, having read the file before our signal ...
     let _ = theirs.write_all(b"[server\n");
     drop(theirs);
+    // Until the first reader has closed the FIFO, a new writer would join its read and
+    // both texts would be read as one file.
+    server.wait_log("reload refused");
     // ... ours (the signal that came meanwhile) reads it afterwards and succeeds.
     feed(&fifo, &ok_config("mine"));
     let out = client.wait_with_output().unwrap();
