@@ -71,6 +71,42 @@ static UPSTREAMS: LazyLock<UpstreamFamilies> = LazyLock::new(|| UpstreamFamilies
 pub static PROTOCOL_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// "request" (client → upstream) or "response".
+    pub direction: String,
+}
+
+/// Proxy buffering (`proxy::buffer`), process-wide like the upstream series.
+pub struct BufferMetrics {
+    pub requests: Counter,
+    pub responses: Counter,
+    pub spilled_request_bytes: Counter,
+    pub spilled_response_bytes: Counter,
+    /// Bytes in temporary files right now.
+    pub temp_file_bytes: Gauge,
+    spilled: Family<DirectionLabels, Counter>,
+}
+
+pub static BUFFERS: LazyLock<BufferMetrics> = LazyLock::new(|| {
+    let spilled = Family::<DirectionLabels, Counter>::default();
+    let direction = |d: &str| {
+        spilled
+            .get_or_create(&DirectionLabels {
+                direction: d.to_owned(),
+            })
+            .clone()
+    };
+    BufferMetrics {
+        requests: Counter::default(),
+        responses: Counter::default(),
+        spilled_request_bytes: direction("request"),
+        spilled_response_bytes: direction("response"),
+        temp_file_bytes: Gauge::default(),
+        spilled,
+    }
+});
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
     /// The certificate's first name, "+N" when it has more.
     pub certificate: String,
@@ -227,6 +263,26 @@ impl Metrics {
             "protocol_errors",
             "Protocol errors caused by peers that hyper, h2 or rustls reported (a client's rapid stream resets, a TLS renegotiation attempt); the log sums them up once a minute",
             PROTOCOL_ERRORS.clone(),
+        );
+        registry.register(
+            "proxy_buffered_requests",
+            "Request bodies read whole before an upstream connection was taken",
+            BUFFERS.requests.clone(),
+        );
+        registry.register(
+            "proxy_buffered_responses",
+            "Responses read ahead of the client, so the upstream was free once it had answered",
+            BUFFERS.responses.clone(),
+        );
+        registry.register(
+            "proxy_spilled_bytes",
+            "Body bytes written to temporary files by proxy buffering",
+            BUFFERS.spilled.clone(),
+        );
+        registry.register(
+            "proxy_temp_file_bytes",
+            "Bytes held in proxy buffering's temporary files now",
+            BUFFERS.temp_file_bytes.clone(),
         );
         registry.register(
             "acme_certificate_expiry_timestamp_seconds",

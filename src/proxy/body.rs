@@ -1,15 +1,17 @@
-//! Streaming bodies between client and upstream. Nothing is buffered beyond hyper's own
-//! frames; back-pressure flows through `poll_frame`.
+//! Streaming bodies between client and upstream, when they are not buffered (`spool`,
+//! `buffer`): nothing is held beyond hyper's own frames; back-pressure flows through
+//! `poll_frame`.
 //!
 //! - `UpBody` (client → upstream) enforces `max_body`, stalls out after `idle_timeout`, records
 //!   when its last byte went (the response-header timer starts from there), and, if hyper
 //!   never polled it, hands the client's body back on drop so a failed connect can be retried
-//!   with the same body.
+//!   with the same body. A body read whole beforehand (`spool`) is sent from there.
 //! - `DownBody` (upstream → client) stalls out after `idle_timeout`, lets go of the upstream
 //!   when a client stops reading a large response for `idle_timeout`, and holds the
 //!   upstream's in-flight count until the response is done.
 
 use super::balance::{ms_of, now_ms, InFlight};
+use super::spool::{Replay, Spooled};
 use crate::handlers::BoxError;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -139,13 +141,13 @@ impl Activity {
 pub type Reclaim = Arc<Mutex<Option<Incoming>>>;
 
 /// Re-arms a stall timer on progress; fires if a poll stays pending for `idle`.
-struct Stall {
+pub(super) struct Stall {
     idle: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Stall {
-    fn new(idle: Duration) -> Stall {
+    pub(super) fn new(idle: Duration) -> Stall {
         Stall { idle, sleep: None }
     }
     fn progress(&mut self) {
@@ -191,6 +193,18 @@ impl UpBody {
         }
         UpBody(Some(Box::new(UpState::full(frames, activity))))
     }
+
+    /// A body read whole beforehand, in memory or in a temporary file.
+    pub fn spooled(body: &Spooled, activity: Activity) -> UpBody {
+        match body {
+            Spooled::Memory(frames) => UpBody::full(frames, activity),
+            Spooled::File { file, len } => {
+                let mut state = UpState::full(&[], activity);
+                state.file = Some(Replay::new(file.clone(), *len));
+                UpBody(Some(Box::new(state)))
+            }
+        }
+    }
 }
 
 impl Body for UpBody {
@@ -223,6 +237,8 @@ struct UpState {
     /// A body read whole beforehand (small, with a Content-Length), as the frames it came
     /// in: all ready at once, so hyper writes them in one writev, without copying them.
     full: std::collections::VecDeque<Bytes>,
+    /// A body read whole into a temporary file, sent after `full`.
+    file: Option<Replay>,
     limit: Option<u64>,
     seen: u64,
     polled: bool,
@@ -242,6 +258,7 @@ impl UpState {
         UpState {
             inner: Some(inner),
             full: Default::default(),
+            file: None,
             limit,
             seen: 0,
             polled: false,
@@ -255,6 +272,7 @@ impl UpState {
         UpState {
             inner: None,
             full: frames.iter().filter(|f| !f.is_empty()).cloned().collect(),
+            file: None,
             limit: None,
             seen: 0,
             polled: false,
@@ -277,6 +295,16 @@ impl UpState {
         if let Some(data) = self.full.pop_front() {
             self.touch();
             return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(file) = &mut self.file {
+            match ready!(file.poll_chunk(cx)) {
+                Some(Ok(data)) => {
+                    self.touch();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                None => self.file = None,
+            }
         }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
@@ -309,13 +337,16 @@ impl UpState {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.full.is_empty() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.full.is_empty()
+            && self.file.as_ref().is_none_or(|f| f.remaining() == 0)
+            && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        let file = self.file.as_ref().map_or(0, Replay::remaining);
         match &self.inner {
-            _ if !self.full.is_empty() => {
-                SizeHint::with_exact(self.full.iter().map(|f| f.len() as u64).sum())
+            _ if !self.full.is_empty() || file > 0 => {
+                SizeHint::with_exact(self.full.iter().map(|f| f.len() as u64).sum::<u64>() + file)
             }
             Some(b) => b.size_hint(),
             None => SizeHint::with_exact(0),
@@ -405,7 +436,7 @@ async fn watchdog(body: std::sync::Weak<Watched>, idle: Duration) {
     }
 }
 
-fn poll_incoming(
+pub(super) fn poll_incoming(
     inner: &mut Incoming,
     stall: &mut Stall,
     cx: &mut Context<'_>,
@@ -493,17 +524,4 @@ pub fn cause<'e, T: std::error::Error + 'static>(
         cur = err.source();
     }
     None
-}
-
-/// Reads a whole (small) body as its frames, without copying them together. Trailers are
-/// dropped: a Content-Length body has none in HTTP/1.1.
-pub async fn read_frames(mut body: Incoming) -> Result<Vec<Bytes>, hyper::Error> {
-    use http_body_util::BodyExt;
-    let mut frames = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            frames.push(data);
-        }
-    }
-    Ok(frames)
 }

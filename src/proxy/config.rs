@@ -29,6 +29,11 @@ pub struct RawProxy {
     pub underscores_in_headers: Option<bool>,
     /// `Upgrade` protocols tunnelled to the upstream; default `["websocket"]`.
     pub upgrades: Option<Vec<Spanned<String>>>,
+    pub buffer_requests: Option<bool>,
+    pub buffer_responses: Option<bool>,
+    pub buffer_memory: Option<Spanned<SizeValue>>,
+    pub max_temp_file: Option<Spanned<SizeValue>>,
+    pub temp_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +99,46 @@ pub struct ProxyConfig {
     pub underscores_in_headers: bool,
     /// Lower-case protocol names (`websocket`) a client may upgrade to on this route.
     pub upgrades: Vec<String>,
+    pub buffering: Buffering,
+}
+
+/// How bodies are buffered between a client and the upstream (see `proxy::buffer`).
+#[derive(Debug, Clone)]
+pub struct Buffering {
+    /// Read a request body whole before an upstream connection is taken.
+    pub requests: bool,
+    /// Read a response ahead of the client, so the upstream is free once it has answered.
+    pub responses: bool,
+    /// Bytes of one body held in memory; beyond them it goes to a temporary file.
+    pub memory: usize,
+    /// Most bytes of one response held in its temporary file; 0 = memory only. At the cap,
+    /// reading from the upstream waits for the client.
+    pub max_temp_file: u64,
+    /// Where temporary files are created (unlinked from birth).
+    pub temp_dir: std::sync::Arc<std::path::Path>,
+}
+
+/// The default `max_body`: 1 GiB, like the temporary-file cap of a buffered response
+/// (nginx's `proxy_max_temp_file_size`). Large enough for any upload a web app takes
+/// (nginx's 1 MiB `client_max_body_size` refuses a phone photo), small enough that one
+/// client cannot fill the temporary directory's disk.
+pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
+
+impl Default for Buffering {
+    fn default() -> Buffering {
+        Buffering {
+            requests: true,
+            responses: true,
+            // nginx holds up to 64 KiB of a response (proxy_buffers 8 8k) and 16 KiB of a
+            // request body in memory; 64 KiB for both keeps the bodies most requests have
+            // off the disk.
+            memory: 64 * 1024,
+            max_temp_file: 1 << 30,
+            // Disk-backed (/tmp may be a tmpfs, i.e. memory) and writable under the shipped
+            // unit's PrivateTmp=yes + ProtectSystem=strict, where it is private to gatehouse.
+            temp_dir: std::path::Path::new("/var/tmp").into(),
+        }
+    }
 }
 
 impl ProxyConfig {
@@ -112,13 +157,14 @@ impl ProxyConfig {
             retry_connect_for: Duration::from_secs(5),
             eject_for: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(1),
-            max_body: None,
+            max_body: Some(DEFAULT_MAX_BODY),
             rewrite_host: None,
             trusted_proxies: Vec::new(),
             http2: false,
             health: None,
             underscores_in_headers: false,
             upgrades: vec!["websocket".to_owned()],
+            buffering: Buffering::default(),
         }
     }
 }
@@ -202,6 +248,21 @@ fn duration(
                 Some("durations are strings such as \"250ms\", \"30s\" or \"5m\""),
             );
             default
+        }
+    }
+}
+
+/// A size key's value, or `None` (reported) when it is not a size.
+fn size(v: &Spanned<SizeValue>, key: &str, sink: &mut Sink) -> Option<u64> {
+    let parsed = match v.get_ref() {
+        SizeValue::Text(t) => parse_size(t),
+        SizeValue::Bytes(n) => u64::try_from(*n).map_err(|_| "a size cannot be negative".into()),
+    };
+    match parsed {
+        Ok(n) => Some(n),
+        Err(e) => {
+            sink.push(Some(v.span()), format!("`{key}`: {e}"), None);
+            None
         }
     }
 }
@@ -295,19 +356,12 @@ pub fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<ProxyCo
         sink,
     );
     if let Some(m) = &r.max_body {
-        let parsed = match m.get_ref() {
-            SizeValue::Text(t) => parse_size(t),
-            SizeValue::Bytes(n) => {
-                u64::try_from(*n).map_err(|_| "a size cannot be negative".into())
-            }
-        };
-        match parsed {
-            // 0 = no limit, like nginx's client_max_body_size 0.
-            Ok(0) => c.max_body = None,
-            Ok(n) => c.max_body = Some(n),
-            Err(e) => sink.push(Some(m.span()), format!("`max_body`: {e}"), None),
+        // 0 = no limit, like nginx's client_max_body_size 0.
+        if let Some(n) = size(m, "max_body", sink) {
+            c.max_body = (n > 0).then_some(n);
         }
     }
+    buffering(r, &mut c.buffering, sink);
     if let Some(h) = &r.rewrite_host {
         match http::HeaderValue::from_str(h.get_ref()) {
             Ok(v) if !h.get_ref().is_empty() => c.rewrite_host = Some(v),
@@ -371,6 +425,38 @@ pub fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<ProxyCo
         });
     }
     (sink.errors == 0).then_some(c)
+}
+
+fn buffering(r: &RawProxy, b: &mut Buffering, sink: &mut Sink) {
+    b.requests = r.buffer_requests.unwrap_or(b.requests);
+    b.responses = r.buffer_responses.unwrap_or(b.responses);
+    if let Some(m) = &r.buffer_memory {
+        match size(m, "buffer_memory", sink).map(usize::try_from) {
+            Some(Ok(n)) if n > 0 => b.memory = n,
+            Some(_) => sink.push(
+                Some(m.span()),
+                "`buffer_memory` must be greater than 0",
+                None,
+            ),
+            None => {}
+        }
+    }
+    if let Some(m) = &r.max_temp_file {
+        b.max_temp_file = size(m, "max_temp_file", sink).unwrap_or(b.max_temp_file);
+    }
+    if let Some(d) = &r.temp_dir {
+        let dir = std::path::Path::new(d.get_ref());
+        if !dir.is_absolute() {
+            sink.push(Some(d.span()), "`temp_dir` must be an absolute path", None);
+        } else if !dir.is_dir() {
+            sink.push(
+                Some(d.span()),
+                format!("`temp_dir` {} is not a directory", dir.display()),
+                Some("create it (writable by gatehouse), or fix the path"),
+            );
+        }
+        b.temp_dir = dir.into();
+    }
 }
 
 /// Counts what this validator reports, so it can tell whether *it* found a problem.

@@ -2,17 +2,20 @@
 //! sockets, with pooled keep-alive connections, balancing, passive and active health,
 //! connect retries that hide app restarts, timeouts, and WebSocket upgrades.
 //!
-//! A request: `handle` checks framing and size, rewrites the head (`headers`), picks an
-//! upstream (`balance`), sends through that upstream's pooled client (`connector`), retries
-//! connects that fail, and streams the answer back (`body`, `upgrade`).
+//! A request: `handle` checks framing and size, rewrites the head (`headers`), reads the
+//! body whole (`spool`), picks an upstream (`balance`), sends through that upstream's
+//! pooled client (`connector`), retries connects that fail, and passes the answer back,
+//! read ahead of a slow client (`buffer`) or streamed (`body`, `upgrade`).
 
 pub mod balance;
 pub mod body;
+pub mod buffer;
 pub mod config;
 pub mod connector;
 pub mod headers;
 pub mod health;
 pub mod pool;
+pub mod spool;
 pub mod upgrade;
 
 pub use config::{ProxyConfig, RawProxy};
@@ -21,12 +24,10 @@ pub use health::Background;
 use crate::config::{Config, RouteAction};
 use crate::handlers::{self, Body, RequestContext};
 use balance::{InFlight, Pool, UpstreamState};
-use body::{caused_by, Activity, BodyTooLarge, DownBody, Reclaim, UpBody};
-use bytes::Bytes;
+use body::{caused_by, Activity, BodyTooLarge, Reclaim, UpBody};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -95,9 +96,6 @@ pub fn upstreams_up(config: &Config) -> Option<(usize, usize)> {
         .map(|p| (p.pool.up_count(), p.pool.upstreams.len()))
         .reduce(|a, b| (a.0 + b.0, a.1 + b.1))
 }
-
-/// Request bodies up to this size with a Content-Length are read whole before forwarding.
-const BUFFER_BODY_MAX: u64 = 64 * 1024;
 
 /// Why a send failed.
 enum SendError {
@@ -185,8 +183,9 @@ fn prepare(
     // headers it parsed, and each growth rehashes it.
     head.reserve(5);
     headers::strip_hop_by_hop(&mut head);
-    // We answer 100-continue ourselves (hyper sends it when the body is first read, i.e.
-    // once an upstream is connected); the upstream needs no Expect.
+    // We answer 100-continue ourselves (hyper sends it when the body is first read: before
+    // an upstream is involved when the body is buffered, else once one is connected); the
+    // upstream needs no Expect.
     head.remove(header::EXPECT);
     head.remove(header::HOST);
     headers::set_forwarded(
@@ -232,7 +231,7 @@ async fn forward(
 ) -> Response<Body> {
     let cfg = &route.config;
     let Forwarding {
-        out,
+        mut out,
         body,
         declared,
         client_upgrade,
@@ -245,26 +244,28 @@ async fn forward(
     } else {
         Activity::tracked()
     };
-    // A small body with a declared length is read first, like nginx's request buffering:
-    // the upstream gets it in one write instead of several, and it can be sent again after
-    // a failed connect. Larger and chunked bodies stream, parked in `reclaim` between
-    // attempts (see `UpBody`).
-    let (full, reclaim): (Option<Vec<Bytes>>, Option<Reclaim>) = match declared {
-        _ if bodiless => (Some(Vec::new()), None),
-        Some(n) if n <= BUFFER_BODY_MAX && client_upgrade.is_none() => {
-            match tokio::time::timeout(cfg.idle_timeout, body::read_frames(body)).await {
-                Ok(Ok(frames)) => {
-                    activity.touch();
-                    (Some(frames), None)
-                }
-                Ok(Err(e)) => return client_fault(&body::ClientBodyError(e), None, cx),
-                Err(_) => return closing(handlers::error(StatusCode::REQUEST_TIMEOUT)),
+    // A body read whole first (see `spool`) can be sent again after a failed connect. Others
+    // stream, parked in `reclaim` between attempts (see `UpBody`).
+    let (full, reclaim): (Option<spool::Spooled>, Option<Reclaim>) = if bodiless {
+        (Some(spool::Spooled::Memory(Vec::new())), None)
+    } else if let Some(memory) = spool::reads_first(cfg, declared, client_upgrade.is_some()) {
+        match spool::read_request(body, cfg, memory).await {
+            Ok(full) => {
+                activity.touch();
+                out.headers
+                    .insert(header::CONTENT_LENGTH, full.len().into());
+                (Some(full), None)
             }
+            Err(spool::ReadError::Client(e)) => {
+                return client_fault(&body::ClientBodyError(e), None, cx)
+            }
+            Err(e) => return closing(handlers::error(e.status())),
         }
-        _ => (None, Some(Arc::new(Mutex::new(Some(body))))),
+    } else {
+        (None, Some(Arc::new(Mutex::new(Some(body)))))
     };
     let take_body = || match (&full, &reclaim) {
-        (Some(frames), _) => Some(UpBody::full(frames, activity.clone())),
+        (Some(full), _) => Some(UpBody::spooled(full, activity.clone())),
         (None, Some(slot)) => slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -527,7 +528,7 @@ fn respond(
         (Some(_), None) => {
             return tag(used, handlers::error(StatusCode::BAD_GATEWAY), &u.label);
         }
-        _ => DownBody::new(body, idle, in_flight).boxed(),
+        _ => buffer::response_body(body, &mut headers, cfg, in_flight),
     };
     let mut out = Response::new(body);
     *out.status_mut() = parts.status;

@@ -1,0 +1,370 @@
+//! Temporary files for buffered bodies, and request bodies read whole before forwarding.
+//!
+//! A body larger than `buffer_memory` goes to a file created with `O_TMPFILE` in
+//! `temp_dir`: it has no name, so no other process can open it and it never outlives its
+//! request, crash included. A filesystem without `O_TMPFILE` gets a named file that is
+//! unlinked as soon as it is open. File I/O runs on tokio's blocking pool: a write to the
+//! page cache is quick, but a disk that stalls must not stall every connection served by
+//! the same thread.
+
+use super::config::ProxyConfig;
+use crate::metrics::BUFFERS;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::task::JoinHandle;
+
+/// Bytes read back from a temporary file at a time: hyper's write buffer holds about that
+/// much per connection (`max_buf_size`), so a chunk never waits beside a full one.
+const READ_CHUNK: u64 = 64 * 1024;
+
+/// An unlinked temporary file. Its size is counted in `gatehouse_proxy_temp_file_bytes`
+/// until it is truncated or closed.
+pub struct TempFile {
+    file: File,
+    accounted: AtomicU64,
+}
+
+impl TempFile {
+    /// Creates one in `dir` (blocking).
+    pub fn create(dir: &Path) -> io::Result<TempFile> {
+        let file = match open_unnamed(dir) {
+            Ok(f) => f,
+            // EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) =>
+            {
+                open_named_then_unlink(dir)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(TempFile {
+            file,
+            accounted: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes `bufs` at `offset`, in one write (blocking). Returns the bytes written.
+    pub fn write_at(&self, bufs: &[Bytes], offset: u64) -> io::Result<u64> {
+        let len: usize = bufs.iter().map(Bytes::len).sum();
+        match bufs {
+            [one] => self.file.write_all_at(one, offset)?,
+            _ => {
+                let mut joined = Vec::with_capacity(len);
+                for b in bufs {
+                    joined.extend_from_slice(b);
+                }
+                self.file.write_all_at(&joined, offset)?;
+            }
+        }
+        let end = offset + len as u64;
+        let before = self.accounted.fetch_max(end, Ordering::Relaxed);
+        if end > before {
+            BUFFERS.temp_file_bytes.inc_by(gauge(end - before));
+        }
+        Ok(len as u64)
+    }
+
+    /// Reads `len` bytes at `offset` (blocking).
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf.into())
+    }
+
+    /// Frees the file's blocks: everything in it was delivered (blocking).
+    pub fn truncate(&self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        let before = self.accounted.swap(0, Ordering::Relaxed);
+        BUFFERS.temp_file_bytes.dec_by(gauge(before));
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        BUFFERS
+            .temp_file_bytes
+            .dec_by(gauge(*self.accounted.get_mut()));
+    }
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn open_unnamed(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+}
+
+fn open_named_then_unlink(dir: &Path) -> io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = dir.join(format!(
+        ".gatehouse-body-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&name)?;
+    std::fs::remove_file(&name)?;
+    Ok(file)
+}
+
+/// Runs blocking file work on tokio's blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// Reads the next chunk of `file[offset..end]` on the blocking pool.
+pub fn read_chunk(file: &Arc<TempFile>, offset: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
+    let file = file.clone();
+    let len = (end - offset).min(READ_CHUNK) as usize;
+    tokio::task::spawn_blocking(move || file.read_at(offset, len))
+}
+
+/// Polls a `read_chunk`.
+pub fn poll_chunk(
+    read: &mut JoinHandle<io::Result<Bytes>>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Bytes>> {
+    let r = ready!(Pin::new(read).poll(cx));
+    Poll::Ready(r.unwrap_or_else(|e| Err(io::Error::other(e))))
+}
+
+/// A request body read whole: its frames in memory, or a temporary file. Every attempt to
+/// send it gets its own cheap copy.
+#[derive(Clone)]
+pub enum Spooled {
+    Memory(Vec<Bytes>),
+    File { file: Arc<TempFile>, len: u64 },
+}
+
+impl Spooled {
+    pub fn len(&self) -> u64 {
+        match self {
+            Spooled::Memory(frames) => frames.iter().map(|f| f.len() as u64).sum(),
+            Spooled::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A spooled file body on its way to the upstream, read back a chunk at a time.
+pub struct Replay {
+    file: Arc<TempFile>,
+    offset: u64,
+    end: u64,
+    reading: Option<JoinHandle<io::Result<Bytes>>>,
+}
+
+impl Replay {
+    pub fn new(file: Arc<TempFile>, len: u64) -> Replay {
+        Replay {
+            file,
+            offset: 0,
+            end: len,
+            reading: None,
+        }
+    }
+
+    pub fn remaining(&self) -> u64 {
+        self.end - self.offset
+    }
+
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.offset >= self.end {
+            return Poll::Ready(None);
+        }
+        let (file, offset, end) = (&self.file, self.offset, self.end);
+        let read = self
+            .reading
+            .get_or_insert_with(|| read_chunk(file, offset, end));
+        let r = ready!(poll_chunk(read, cx));
+        self.reading = None;
+        if let Ok(chunk) = &r {
+            self.offset += chunk.len() as u64;
+        }
+        Poll::Ready(Some(r))
+    }
+}
+
+/// Why a request body could not be read whole.
+#[derive(Debug)]
+pub enum ReadError {
+    TooLarge,
+    /// No body byte for `idle_timeout`.
+    Idle,
+    /// The client's connection failed or it sent a malformed body.
+    Client(hyper::Error),
+    /// The temporary file could not be created or written.
+    Spill(io::Error),
+}
+
+impl ReadError {
+    /// The answer to the request (its connection is closed: the body was not read to its
+    /// end). A client's failure is the client's 4xx; only our own disk is a 500.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ReadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReadError::Idle => StatusCode::REQUEST_TIMEOUT,
+            ReadError::Client(_) => StatusCode::BAD_REQUEST,
+            ReadError::Spill(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Without `buffer_requests`, request bodies up to this size with a Content-Length are still
+/// read whole first: the upstream gets them in one write, and they can be sent again.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// Whether a request body is read whole before an upstream is involved (nginx's request
+/// buffering: no app worker waits on a slow upload, and the upstream gets the body at local
+/// speed with a Content-Length), and if so, how much of it may stay in memory. Never for an
+/// upgrade, whose bytes after the head belong to the tunnel.
+pub fn reads_first(cfg: &ProxyConfig, declared: Option<u64>, upgrade: bool) -> Option<usize> {
+    if upgrade {
+        None
+    } else if cfg.buffering.requests {
+        Some(cfg.buffering.memory)
+    } else {
+        declared
+            .is_some_and(|n| n <= SMALL_BODY)
+            .then_some(SMALL_BODY as usize)
+    }
+}
+
+/// Reads a request body whole: in memory up to `memory` bytes, then in a temporary file.
+/// `max_body` is enforced as it comes, so an oversized chunked body is refused before the
+/// app sees a byte of it. Trailers are dropped: the body goes upstream with a
+/// Content-Length, which leaves no room for them.
+pub async fn read_request(
+    mut body: Incoming,
+    cfg: &ProxyConfig,
+    memory: usize,
+) -> Result<Spooled, ReadError> {
+    let (max_body, idle, temp_dir) = (cfg.max_body, cfg.idle_timeout, &cfg.buffering.temp_dir);
+    let mut mem: Vec<Bytes> = Vec::new();
+    let mut mem_len = 0usize;
+    let mut file: Option<Arc<TempFile>> = None;
+    let mut written = 0u64;
+    let stall = tokio::time::sleep(idle);
+    tokio::pin!(stall);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = body.frame() => f,
+            () = &mut stall => return Err(ReadError::Idle),
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(ReadError::Client(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
+        };
+        stall.as_mut().reset(tokio::time::Instant::now() + idle);
+        if max_body.is_some_and(|max| written + (mem_len + data.len()) as u64 > max) {
+            return Err(ReadError::TooLarge);
+        }
+        mem_len += data.len();
+        mem.push(data);
+        if mem_len > memory {
+            let f = match &file {
+                Some(f) => f.clone(),
+                None => {
+                    let dir = temp_dir.clone();
+                    let created = blocking(move || TempFile::create(&dir)).await;
+                    file.insert(Arc::new(created.map_err(|e| spill(e, temp_dir))?))
+                        .clone()
+                }
+            };
+            let frames = std::mem::take(&mut mem);
+            written += write(f, frames, written)
+                .await
+                .map_err(|e| spill(e, temp_dir))?;
+            mem_len = 0;
+        }
+    }
+    BUFFERS.requests.inc();
+    let Some(f) = file else {
+        return Ok(Spooled::Memory(mem));
+    };
+    if !mem.is_empty() {
+        written += write(f.clone(), mem, written)
+            .await
+            .map_err(|e| spill(e, temp_dir))?;
+    }
+    BUFFERS.spilled_request_bytes.inc_by(written);
+    Ok(Spooled::File {
+        file: f,
+        len: written,
+    })
+}
+
+async fn write(file: Arc<TempFile>, frames: Vec<Bytes>, offset: u64) -> io::Result<u64> {
+    blocking(move || file.write_at(&frames, offset)).await
+}
+
+fn spill(e: io::Error, temp_dir: &Path) -> ReadError {
+    tracing::warn!(
+        "cannot buffer a request body in {}: {e}",
+        temp_dir.display()
+    );
+    ReadError::Spill(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_files_have_no_name_and_read_back_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = TempFile::create(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let parts = [Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
+        assert_eq!(f.write_at(&parts, 0).unwrap(), 11);
+        assert_eq!(f.write_at(&parts[1..], 11).unwrap(), 5);
+        assert_eq!(&f.read_at(0, 16).unwrap()[..], b"hello worldworld");
+        f.truncate().unwrap();
+        assert!(f.read_at(0, 1).is_err());
+    }
+
+    #[test]
+    fn the_named_fallback_is_unlinked_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open_named_then_unlink(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        f.write_all_at(b"x", 0).unwrap();
+    }
+}
