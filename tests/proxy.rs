@@ -168,7 +168,8 @@ fn upstream_connections_are_reused() {
 }
 
 /// Sends `total` bytes of body in 1 MiB pieces; after the first piece, waits until the
-/// upstream reports its first byte, which proves the proxy streams rather than buffers.
+/// upstream reports its first byte, which proves the proxy streams rather than buffers
+/// (the route must say `buffer_requests = false`).
 fn upload(port: u16, up: &UpstreamServer, total: usize, chunked: bool) -> Reply {
     let (tx, rx) = std::sync::mpsc::channel();
     *up.state.first_byte.lock().unwrap() = Some(tx);
@@ -210,14 +211,14 @@ fn upload(port: u16, up: &UpstreamServer, total: usize, chunked: bool) -> Reply 
 }
 
 #[test]
-fn uploads_of_64_mib_stream_through_chunked_and_with_content_length() {
+fn unbuffered_uploads_of_64_mib_stream_through_chunked_and_with_content_length() {
     let dir = tempdir();
     let sock = dir.path().join("app.sock");
     let up = UpstreamServer::start(Listen::unix(&sock), "unix");
     let cfg = site(
         "",
         &format!(
-            "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"unix:{}\"] }}\n",
+            "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"unix:{}\"], buffer_requests = false }}\n",
             sock.display()
         ),
     );
@@ -238,14 +239,16 @@ fn vm_hwm_kib(pid: i32) -> u64 {
         .unwrap()
 }
 
+/// Unbuffered, nothing is held beyond a frame at a time. (Buffered bodies are bounded by
+/// `buffer_memory`, then go to disk: tests/proxy_buffering.rs, tests/proxy_gunicorn.rs.)
 #[test]
-fn one_gib_each_way_with_flat_memory() {
+fn unbuffered_one_gib_each_way_with_flat_memory() {
     let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "tcp");
     let cfg = site(
         "",
-        &format!("[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"] }}\n"),
+        &format!("[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"], buffer_requests = false, buffer_responses = false }}\n"),
     );
     let (server, port) = start(dir, &cfg);
     let before = vm_hwm_kib(server.pid());

@@ -277,13 +277,14 @@ fn a_connect_that_hangs_is_504_after_connect_timeout() {
     server.wait_log(&format!("GET /hang 504 via http://{addr}"));
 }
 
+/// Unbuffered; for a buffered response see tests/proxy_buffering.rs.
 #[test]
 fn a_client_that_stops_reading_releases_the_upstream_after_idle_timeout() {
     let dir = tempdir();
     let sock = dir.path().join("app.sock");
     let up = UpstreamServer::start(Listen::unix(&sock), "unix");
     let cfg = site(&format!(
-        "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"unix:{}\"], idle_timeout = \"500ms\" }}\n",
+        "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"unix:{}\"], idle_timeout = \"500ms\", buffer_responses = false }}\n",
         sock.display()
     ));
     let (server, port) = start(dir, &cfg);
