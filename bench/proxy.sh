@@ -2,9 +2,14 @@
 # Reverse proxy, gatehouse vs nginx, side by side in one run (issue 4).
 #
 # Both proxies forward to the same upstream: a separate nginx returning a fixed 20-byte
-# response on a unix socket and, for the /tcp/ row, a loopback TCP port (fast, and shared,
-# so it is never what one proxy has and the other lacks). nginx proxies with upstream keepalive (`keepalive 64`, HTTP/1.1), as
-# gatehouse pools its upstream connections. Both write an access log.
+# response (or a 1 MiB file for /big) on a unix socket and, for the /tcp/ row, a loopback
+# TCP port (fast, and shared, so it is never what one proxy has and the other lacks). nginx
+# proxies with upstream keepalive (`keepalive 64`, HTTP/1.1), as gatehouse pools its
+# upstream connections. Both write an access log. Both buffer request and response bodies
+# by default (issue 17); under /nobuf/ both stream (gatehouse `buffer_requests = false,
+# buffer_responses = false`, nginx `proxy_request_buffering off; proxy_buffering off`), so
+# the cost of buffering for fast clients is the difference between the paired rows.
+# bench/slow-clients.sh measures what buffering is for.
 #
 # The proxy under test runs on CPU $SERVER_CPU; wrk and the upstream share CPU $CLIENT_CPU.
 # gatehouse and nginx alternate per repetition; medians of $BENCH_REPS runs of
@@ -67,6 +72,7 @@ temp_paths() { # dir
 }
 
 mkdir -p "$WORK/up" "$WORK/nginx"
+head -c 1048576 /dev/zero | tr '\0' x >"$WORK/up/big"
 {
     nginx_common "$WORK/up"
     cat <<NGINX
@@ -79,6 +85,7 @@ http {
     server {
         listen unix:$UP_SOCK;
         listen 127.0.0.1:$UP_PORT;
+        location = /big { root $WORK/up; }
         location / { return 200 "hello from upstream\n"; }
     }
 }
@@ -104,6 +111,9 @@ proxy = { upstreams = ["unix:$UP_SOCK"], max_body = "10MiB" }
 [[site.route]]
 path = "/tcp/"
 proxy = { upstreams = ["http://127.0.0.1:$UP_PORT"], max_body = "10MiB" }
+[[site.route]]
+path = "/nobuf/"
+proxy = { upstreams = ["unix:$UP_SOCK"], max_body = "10MiB", strip_prefix = true, buffer_requests = false, buffer_responses = false }
 TOML
 
 cat >"$WORK/post64k.lua" <<'LUA'
@@ -111,6 +121,7 @@ wrk.method = "POST"
 wrk.body = string.rep("x", 65536)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
+sed 's/65536/1048576/' "$WORK/post64k.lua" >"$WORK/post1m.lua"
 
 wait_sock() { # path
     local deadline=$((SECONDS + 10))
@@ -156,8 +167,14 @@ stop_server() {
 # name | path | extra wrk args
 SCENARIOS=(
     "GET, 20 B response|/small|"
+    "GET, 20 B response, unbuffered|/nobuf/small|"
     "GET, TCP upstream, 20 B response|/tcp/small|"
     "POST 64 KiB body, 20 B response|/upload|-s $WORK/post64k.lua"
+    "POST 64 KiB body, unbuffered|/nobuf/upload|-s $WORK/post64k.lua"
+    "POST 1 MiB body (to disk), 20 B response|/upload|-s $WORK/post1m.lua"
+    "POST 1 MiB body, unbuffered|/nobuf/upload|-s $WORK/post1m.lua"
+    "GET, 1 MiB response|/big|"
+    "GET, 1 MiB response, unbuffered|/nobuf/big|"
 )
 
 declare -A R

@@ -309,3 +309,10 @@ fn unbuffered_routes_hold_the_upstream_until_the_client_has_read() {
     );
     read_rest_all(&mut c, b'x');
 }
+
+#[test]
+fn the_shipped_apps_example_checks() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("units/examples/gatehouse-apps.toml");
+    let (code, _, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+}

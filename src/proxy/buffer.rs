@@ -329,7 +329,7 @@ async fn pump(
     shared: Arc<Shared>,
     idle: Duration,
     temp_dir: Arc<Path>,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 ) {
     let mut stall = Stall::new(idle);
     loop {
@@ -356,6 +356,15 @@ async fn pump(
             Some(Err(e)) => End::Failed(Some(e)),
             None => End::Done(None),
         };
+        // The upstream is free now; what a slow client has left waits on disk, not in memory.
+        drop((incoming, in_flight));
+        let spill_tail = {
+            let st = shared.lock();
+            st.tail_len > 0 && !st.no_spill && st.written < st.max_temp_file
+        };
+        if spill_tail && !flush(&shared, &temp_dir).await {
+            return;
+        }
         shared.lock().finish(end);
         return;
     }

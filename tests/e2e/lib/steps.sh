@@ -394,6 +394,52 @@ step_drain() {
     G systemctl daemon-reload
 }
 
+# Proxy buffering under the shipped hardening (issue 17): bodies beyond buffer_memory go to
+# unnamed temporary files in the default temp_dir, /var/tmp, which PrivateTmp= makes
+# private and ProtectSystem=strict leaves writable. The upstream is a second gatehouse,
+# serving static files in a transient unit.
+step_proxy_buffering() {
+    G mkdir -p /var/www/up
+    G sh -c 'head -c 20000000 /dev/urandom >/var/www/up/big.bin && chmod -R a+rX /var/www'
+    G systemd-run -q --unit=e2e-upstream -p DynamicUser=yes \
+        /usr/bin/gatehouse serve --listen 127.0.0.1:8081 --root /var/www/up
+    { site_config unused | sed '1,3d'
+      printf '[[listener]]\nname = "admin"\nbind = ["unix:/run/gatehouse/admin.sock"]\nrole = "admin"\n'; } \
+        | sed 's|^respond = .*|proxy = { upstreams = ["http://127.0.0.1:8081"], max_body = "10MiB" }|' \
+        | put_config /etc/gatehouse/gatehouse.toml
+    G systemctl restart gatehouse
+    metric() { G curl -s --unix-socket /run/gatehouse/admin.sock http://localhost/metrics | awk -v s="$1" '$1 == s {print $2}'; }
+    wait_until 10 http_get -o /dev/null http://127.0.0.1:8081/big.bin || { fail "the upstream did not start"; return 1; }
+
+    # A 3 MB chunked upload: read whole (into /var/tmp) before the upstream is involved.
+    local code spilled pid
+    code=$(G sh -c 'head -c 3000000 /dev/zero | curl -sS -o /dev/null -w "%{http_code}" -H "Transfer-Encoding: chunked" --data-binary @- http://127.0.0.1/upload')
+    case $code in 4??|2??) ok "chunked 3 MB upload forwarded, the upstream answered $code" ;; *) fail "upload: status $code" ;; esac
+    spilled=$(metric 'gatehouse_proxy_spilled_bytes_total{direction="request"}')
+    expect_eq "request bytes spilled to the temp file" 3000000 "${spilled%.*}"
+
+    # A slow client reading 20 MB: the response goes to a temp file with no name.
+    G rm -f /root/big.out
+    G sh -c 'curl -sS --limit-rate 4M -o /root/big.out -w "%{http_code} %{size_download}" http://127.0.0.1/big.bin >/root/big.code 2>&1' &
+    local dl=$!
+    sleep 2
+    pid=$(prop gatehouse.service MainPID)
+    local in_file; in_file=$(metric gatehouse_proxy_temp_file_bytes)
+    if [ "${in_file%.*}" -gt 0 ]; then ok "mid-download: ${in_file%.*} bytes in the temp file"; else fail "nothing in a temp file mid-download"; fi
+    expect_eq "the service's /var/tmp lists no file" "" "$(G nsenter -t "$pid" -m ls -A /var/tmp)"
+    G nsenter -t "$pid" -m sh -c "ls -l /proc/$pid/fd | grep -q '/var/tmp/#[0-9]* (deleted)'" \
+        && ok "the open temp file is /var/tmp/#INODE (deleted): O_TMPFILE" || fail "no O_TMPFILE file open in /var/tmp"
+    wait "$dl" || true
+    expect_eq "slow download complete" "200 20000000" "$(G cat /root/big.code)"
+    G cmp -s /root/big.out /var/www/up/big.bin && ok "byte-exact" || fail "the download differs from the file"
+    expect_eq "temp files closed with their response" 0 "$(metric gatehouse_proxy_temp_file_bytes)"
+
+    G systemctl stop e2e-upstream
+    G rm -rf /var/www /root/big.out /root/big.code
+    restore_default_config
+    G systemctl restart gatehouse
+}
+
 # The admin listener of the packaged config: a root-only unix socket in /run/gatehouse.
 step_admin() {
     http_get -o /dev/null http://127.0.0.1/ || true
