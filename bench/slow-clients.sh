@@ -24,9 +24,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 need_tools
+# Debian's python3, the one gunicorn runs (a python3 earlier in PATH may lack Django).
 missing=()
 command -v gunicorn >/dev/null || missing+=(gunicorn)
-python3 -c 'import django' 2>/dev/null || missing+=(python3-django)
+/usr/bin/python3 -c 'import django' 2>/dev/null || missing+=(python3-django)
 command -v slowhttptest >/dev/null || missing+=(slowhttptest)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
@@ -212,7 +213,7 @@ for _ in range(probes):
                 break
             got += chunk
         c.close()
-        if got.startswith(b"HTTP/1.1 200") and got.endswith(b"fast"):
+        if got.startswith(b"HTTP/1.1 200") and b"fast" in got:
             times.append((time.time() - t0) * 1000)
         else:
             unanswered += 1
@@ -288,5 +289,5 @@ for p in "${PROXIES[@]}"; do
     echo " ${R[$label,sht,body]} | ${R[$label,sht,read]} |"
 done
 echo
-echo "gunicorn $(gunicorn --version 2>&1 | awk '{print $NF}' | tr -d ')'), 1 sync worker, Django $(python3 -c 'import django; print(django.get_version())');" \
+echo "gunicorn $(gunicorn --version 2>&1 | awk '{print $NF}' | tr -d ')'), 1 sync worker, Django $(/usr/bin/python3 -c 'import django; print(django.get_version())');" \
     "$(nginx -v 2>&1 | sed 's/.*: //'); $("$GH" --version); slowhttptest 200 connections for ${SHT_SECONDS} s"

@@ -436,11 +436,15 @@ async fn watchdog(body: std::sync::Weak<Watched>, idle: Duration) {
     }
 }
 
-pub(super) fn poll_incoming(
-    inner: &mut Incoming,
+pub(super) fn poll_incoming<B>(
+    inner: &mut B,
     stall: &mut Stall,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     match Pin::new(inner).poll_frame(cx) {
         Poll::Pending => {
             if stall.poll_expired(cx) {
@@ -451,7 +455,7 @@ pub(super) fn poll_incoming(
         ready => {
             stall.progress();
             let r = ready!(ready);
-            Poll::Ready(r.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            Poll::Ready(r.map(|f| f.map_err(Into::into)))
         }
     }
 }

@@ -16,6 +16,8 @@
 //! responses with `X-Accel-Buffering: no` (nginx's convention, removed here either way),
 //! `text/event-stream`, and bodies that are empty. Upgrades never come here.
 
+mod queue;
+
 use super::balance::{now_ms, InFlight};
 use super::body::{poll_incoming, DownBody, IdleTimeout, Stall};
 use super::config::ProxyConfig;
@@ -26,11 +28,12 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use queue::{wake, End, Shared, State};
 use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::task::{AbortHandle, JoinHandle};
@@ -66,21 +69,36 @@ pub fn response_body(
         }
         .boxed();
     }
-    let shared = Arc::new(Shared(Mutex::new(state)));
-    let pump = tokio::spawn(pump(
-        incoming,
-        shared.clone(),
-        cfg.idle_timeout,
-        limits.temp_dir.clone(),
+    let upstream = Upstream {
+        idle: cfg.idle_timeout,
+        temp_dir: limits.temp_dir.clone(),
         in_flight,
-    ));
+    };
+    buffered(incoming, state, upstream, exact).boxed()
+}
+
+/// Starts the pump; the client's side of the response.
+fn buffered<B, G>(body: B, state: State, upstream: Upstream<G>, exact: Option<u64>) -> Buffered
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + 'static,
+{
+    let shared = Arc::new(Shared(Mutex::new(state)));
+    let pump = tokio::spawn(pump(body, shared.clone(), upstream));
     Buffered {
         shared,
         reading: None,
         pump: pump.abort_handle(),
         remaining: exact,
     }
-    .boxed()
+}
+
+/// What the pump needs of the route, and `in_flight`: held until the upstream is done.
+struct Upstream<G> {
+    idle: Duration,
+    temp_dir: Arc<Path>,
+    in_flight: G,
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -114,30 +132,6 @@ fn take_ready(incoming: &mut Incoming, state: &mut State) -> Option<End> {
     None
 }
 
-/// How a response body ended.
-enum End {
-    Done(Option<HeaderMap>),
-    /// The upstream failed (or the client stopped reading); the error goes to the client
-    /// once, after the bytes before it.
-    Failed(Option<BoxError>),
-}
-
-impl End {
-    /// The frame that ends a body, the first time; `None` after.
-    fn take(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
-        match self {
-            End::Done(trailers) => trailers.take().map(|t| Ok(Frame::trailers(t))),
-            End::Failed(e) => Some(Err(e
-                .take()
-                .unwrap_or_else(|| "upstream response failed".into()))),
-        }
-    }
-
-    fn is_clean_end(&self) -> bool {
-        matches!(self, End::Done(None))
-    }
-}
-
 /// A response read whole with its head.
 struct Complete {
     frames: VecDeque<Bytes>,
@@ -167,170 +161,19 @@ impl hyper::body::Body for Complete {
     }
 }
 
-/// What the pump has read and the client not yet taken.
-struct State {
-    mem: VecDeque<Bytes>,
-    mem_len: usize,
-    memory: usize,
-    file: Option<Arc<TempFile>>,
-    /// The file's unread bytes are `read..written`.
-    read: u64,
-    written: u64,
-    max_temp_file: u64,
-    /// The file was emptied: truncate it before writing to it again.
-    truncate: bool,
-    /// Frames after the file's, not yet written to it.
-    tail: Vec<Bytes>,
-    tail_len: usize,
-    /// Bytes on their way from `tail` to the file.
-    flushing: usize,
-    /// Nothing more goes to the file: `max_temp_file` is 0, or writing failed.
-    no_spill: bool,
-    end: Option<End>,
-    /// The client's body, waiting for bytes.
-    reader: Option<Waker>,
-    /// The pump, waiting for room.
-    pump: Option<Waker>,
-    /// `now_ms()` when the client last took bytes.
-    delivered: u64,
-}
-
-impl State {
-    fn new(memory: usize, max_temp_file: u64) -> State {
-        State {
-            mem: VecDeque::new(),
-            mem_len: 0,
-            memory,
-            file: None,
-            read: 0,
-            written: 0,
-            max_temp_file,
-            truncate: false,
-            tail: Vec::new(),
-            tail_len: 0,
-            flushing: 0,
-            no_spill: max_temp_file == 0,
-            end: None,
-            reader: None,
-            pump: None,
-            delivered: now_ms(),
-        }
-    }
-
-    /// Bytes that come after `mem` wait in the file or its tail.
-    fn spilling(&self) -> bool {
-        self.read < self.written || self.tail_len > 0 || self.flushing > 0
-    }
-
-    /// Whether the pump may read another frame.
-    fn has_room(&self) -> bool {
-        if !self.spilling() && self.mem_len < self.memory {
-            return true;
-        }
-        let file_size = self.written + (self.flushing + self.tail_len) as u64;
-        !self.no_spill && file_size < self.max_temp_file
-    }
-
-    /// Adds a frame; true when the tail should now be written to the file.
-    fn push(&mut self, data: Bytes) -> bool {
-        if !self.spilling() && (self.mem_len < self.memory || self.no_spill) {
-            self.mem_len += data.len();
-            self.mem.push_back(data);
-        } else {
-            self.tail_len += data.len();
-            self.tail.push(data);
-        }
-        wake(&mut self.reader);
-        !self.no_spill && self.tail_len >= self.memory && self.written < self.max_temp_file
-    }
-
-    /// Takes the frames of the tail that fit in the file under `max_temp_file` (the last
-    /// one split if need be) for a write, which is then in flight.
-    fn take_flush(&mut self) -> Vec<Bytes> {
-        let mut room = self.max_temp_file.saturating_sub(self.written);
-        let (mut batch, mut taken) = (Vec::new(), 0);
-        let mut rest = std::mem::take(&mut self.tail).into_iter();
-        for mut data in rest.by_ref() {
-            if room == 0 {
-                self.tail.push(data);
-                break;
-            }
-            if data.len() as u64 > room {
-                self.tail.push(data.split_off(room as usize));
-            }
-            room -= data.len() as u64;
-            taken += data.len();
-            batch.push(data);
-        }
-        self.tail.extend(rest);
-        self.tail_len -= taken;
-        self.flushing = taken;
-        batch
-    }
-
-    fn finish(&mut self, end: End) {
-        self.end = Some(end);
-        wake(&mut self.reader);
-    }
-
-    /// The client's next bytes from memory, if they are there.
-    fn take_mem(&mut self) -> Option<Bytes> {
-        if self.mem.is_empty() && self.read == self.written && self.flushing == 0 {
-            // The file is drained: the tail is next.
-            self.mem_len = self.tail_len;
-            self.mem.extend(self.tail.drain(..));
-            self.tail_len = 0;
-        }
-        let data = self.mem.pop_front()?;
-        self.mem_len -= data.len();
-        self.delivered = now_ms();
-        wake(&mut self.pump);
-        Some(data)
-    }
-
-    /// `n` bytes of the file were delivered.
-    fn file_read(&mut self, n: u64) {
-        self.read += n;
-        self.delivered = now_ms();
-        if self.read == self.written && self.flushing == 0 {
-            // Start over at the beginning, giving the disk space back first.
-            self.read = 0;
-            self.written = 0;
-            self.truncate = true;
-        }
-        wake(&mut self.pump);
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.mem.is_empty() && !self.spilling() && self.end.as_ref().is_some_and(End::is_clean_end)
-    }
-}
-
-fn wake(waker: &mut Option<Waker>) {
-    if let Some(w) = waker.take() {
-        w.wake();
-    }
-}
-
-struct Shared(Mutex<State>);
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent whatever a panicking holder did.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// Reads the upstream's response into `shared` until it ends, the client goes away (the
 /// task is aborted) or the client takes nothing for `idle` while the buffer is full.
 /// Dropping `incoming` at the end hands the connection back to the pool.
-async fn pump(
-    mut incoming: Incoming,
-    shared: Arc<Shared>,
-    idle: Duration,
-    temp_dir: Arc<Path>,
-    in_flight: InFlight,
-) {
+async fn pump<B, G>(mut incoming: B, shared: Arc<Shared>, upstream: Upstream<G>)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let Upstream {
+        idle,
+        temp_dir,
+        in_flight,
+    } = upstream;
     let mut stall = Stall::new(idle);
     loop {
         if !shared.lock().has_room() && !room(&shared, idle).await {
@@ -531,5 +374,159 @@ impl Drop for Buffered {
     fn drop(&mut self) {
         // The client is gone (or has everything): a pump still reading lets the upstream go.
         self.pump.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    type Sent = Result<Frame<Bytes>, BoxError>;
+
+    /// An upstream body the test writes frame by frame.
+    struct Chan(mpsc::Receiver<Sent>);
+
+    impl hyper::body::Body for Chan {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Sent>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    fn start(memory: usize, max_temp_file: u64, dir: &Path) -> (mpsc::Sender<Sent>, Buffered) {
+        let (tx, rx) = mpsc::channel(1);
+        let upstream = Upstream {
+            idle: Duration::from_secs(10),
+            temp_dir: dir.into(),
+            in_flight: (),
+        };
+        let state = State::new(memory, max_temp_file);
+        (tx, buffered(Chan(rx), state, upstream, None))
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Sends `body` in frames of 1 to ~5000 bytes, pausing now and then.
+    fn send_all(tx: mpsc::Sender<Sent>, body: Vec<u8>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let (mut at, mut n) = (0, 0usize);
+            while at < body.len() {
+                let len = (n * 7919 % 5000 + 1).min(body.len() - at);
+                let frame = Frame::data(Bytes::copy_from_slice(&body[at..at + len]));
+                tx.send(Ok(frame)).await.unwrap();
+                at += len;
+                n += 1;
+                if n % 13 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+    }
+
+    /// Reads the client's side to its end, pausing every few frames so the pump runs
+    /// ahead; checks the file never holds more than `cap`.
+    async fn read_all(body: &mut Buffered, cap: u64) -> (Vec<u8>, Option<BoxError>) {
+        let mut got = Vec::new();
+        let mut n = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => got.extend_from_slice(&frame.into_data().unwrap()),
+                Err(e) => return (got, Some(e)),
+            }
+            {
+                let st = body.shared.lock();
+                assert!(st.written + st.flushing as u64 <= cap, "past the cap");
+            }
+            n += 1;
+            if n % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        (got, None)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_byte_arrives_in_order_through_memory_and_a_capped_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spilled_before = BUFFERS.spilled_response_bytes.get();
+        let (tx, mut body) = start(1024, 8192, dir.path());
+        let expected = pattern(300_000);
+        let sender = send_all(tx, expected.clone());
+        let (got, err) = read_all(&mut body, 8192).await;
+        assert!(err.is_none(), "{err:?}");
+        assert!(
+            got == expected,
+            "the bytes differ ({} of {})",
+            got.len(),
+            expected.len()
+        );
+        sender.await.unwrap();
+        assert!(BUFFERS.spilled_response_bytes.get() > spilled_before);
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_only_when_max_temp_file_is_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut body) = start(1024, 0, dir.path());
+        let expected = pattern(100_000);
+        let sender = send_all(tx, expected.clone());
+        let (got, err) = read_all(&mut body, 0).await;
+        assert!(err.is_none() && got == expected);
+        sender.await.unwrap();
+        assert!(body.shared.lock().file.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upstream_failure_reaches_the_client_after_the_bytes_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut body) = start(1024, 1 << 20, dir.path());
+        let expected = pattern(50_000);
+        send_all(tx.clone(), expected.clone()).await.unwrap();
+        tx.send(Err("upstream reset".into())).await.unwrap();
+        let (got, err) = read_all(&mut body, 1 << 20).await;
+        assert!(got == expected);
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("upstream reset")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trailers_come_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut body) = start(1024, 1 << 20, dir.path());
+        let expected = pattern(20_000);
+        send_all(tx.clone(), expected.clone()).await.unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "42".parse().unwrap());
+        tx.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        let mut got = Vec::new();
+        let mut last = None;
+        while let Some(frame) = body.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(data) => got.extend_from_slice(&data),
+                Err(frame) => last = frame.into_trailers().ok(),
+            }
+        }
+        assert!(got == expected);
+        assert_eq!(last.unwrap()["x-checksum"], "42");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_gone_lets_the_upstream_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, body) = start(1024, 1 << 20, dir.path());
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
+        drop(body);
+        tokio::time::timeout(Duration::from_secs(5), tx.closed())
+            .await
+            .expect("the pump still holds the upstream");
     }
 }
