@@ -3,9 +3,9 @@
 //! and how the body ended. The pump and the client's body share it behind a mutex, each
 //! waking the other (the client when bytes arrive, the pump when room is made).
 
-use super::super::balance::now_ms;
-use super::super::spool::TempFile;
 use crate::handlers::BoxError;
+use crate::proxy::balance::now_ms;
+use crate::proxy::spool::TempFile;
 use bytes::Bytes;
 use http::header::HeaderMap;
 use hyper::body::Frame;
