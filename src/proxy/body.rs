@@ -150,7 +150,7 @@ impl Stall {
     pub(super) fn new(idle: Duration) -> Stall {
         Stall { idle, sleep: None }
     }
-    fn progress(&mut self) {
+    pub(super) fn progress(&mut self) {
         if let Some(s) = &mut self.sleep {
             s.as_mut().reset(Instant::now() + self.idle);
         }

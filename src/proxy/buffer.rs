@@ -176,14 +176,19 @@ where
     } = upstream;
     let mut stall = Stall::new(idle);
     loop {
-        if !shared.lock().has_room() && !room(&shared, idle).await {
-            tracing::debug!("client stopped reading for {idle:?}; upstream released");
-            let mut st = shared.lock();
-            // Free the memory and the disk now, not when the client's connection ends.
-            (st.mem, st.tail, st.file) = (VecDeque::new(), Vec::new(), None);
-            (st.mem_len, st.tail_len, st.read, st.written) = (0, 0, 0, 0);
-            st.finish(End::Failed(Some(Box::new(IdleTimeout(idle)))));
-            return;
+        let full = !shared.lock().has_room();
+        if full {
+            if !room(&shared, idle).await {
+                tracing::debug!("client stopped reading for {idle:?}; upstream released");
+                let mut st = shared.lock();
+                // Free the memory and the disk now, not when the client's connection ends.
+                (st.mem, st.tail, st.file) = (VecDeque::new(), Vec::new(), None);
+                (st.mem_len, st.tail_len, st.read, st.written) = (0, 0, 0, 0);
+                st.finish(End::Failed(Some(Box::new(IdleTimeout(idle)))));
+                return;
+            }
+            // That wait was the client's: the upstream's silence is timed from now.
+            stall.progress();
         }
         let frame = std::future::poll_fn(|cx| poll_incoming(&mut incoming, &mut stall, cx)).await;
         let end = match frame {
@@ -396,9 +401,18 @@ mod tests {
     }
 
     fn start(memory: usize, max_temp_file: u64, dir: &Path) -> (mpsc::Sender<Sent>, Buffered) {
+        start_idle(memory, max_temp_file, dir, Duration::from_secs(10))
+    }
+
+    fn start_idle(
+        memory: usize,
+        max_temp_file: u64,
+        dir: &Path,
+        idle: Duration,
+    ) -> (mpsc::Sender<Sent>, Buffered) {
         let (tx, rx) = mpsc::channel(1);
         let upstream = Upstream {
-            idle: Duration::from_secs(10),
+            idle,
             temp_dir: dir.into(),
             in_flight: (),
         };
@@ -515,6 +529,39 @@ mod tests {
         }
         assert!(got == expected);
         assert_eq!(last.unwrap()["x-checksum"], "42");
+    }
+
+    /// The pump waits longer than `idle` for a slow but steady client to drain the file;
+    /// the upstream's silence is timed from when it may read again, not from its last frame.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_for_a_slow_client_is_not_the_upstreams_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        let idle = Duration::from_millis(300);
+        let (tx, mut body) = start_idle(16 << 10, 256 << 10, dir.path(), idle);
+        let expected = pattern(512 << 10);
+        let chunks: Vec<Bytes> = expected
+            .chunks(16 << 10)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let sender = tokio::spawn(async move {
+            for (i, c) in chunks.into_iter().enumerate() {
+                tx.send(Ok(Frame::data(c))).await.unwrap();
+                if i == 16 {
+                    // 16 KiB in memory + 256 KiB in the file: the buffer is full, and the
+                    // upstream has nothing more until shortly after the client drained it.
+                    tokio::time::sleep(Duration::from_millis(650)).await;
+                }
+            }
+        });
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            got.extend_from_slice(&frame.expect("cut off").into_data().unwrap());
+            // Under `idle` per frame, but draining the 256 KiB file (64 KiB a frame) takes
+            // longer than `idle`.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(got == expected);
+        sender.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
