@@ -316,3 +316,24 @@ fn the_shipped_apps_example_checks() {
     let (code, _, err) = run_cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A gRPC streaming call sends while its answer comes back: its body is never held.
+#[test]
+fn grpc_request_bodies_stream_through() {
+    let t = start("", "");
+    let (tx, rx) = std::sync::mpsc::channel();
+    *t.up.state.first_byte.lock().unwrap() = Some(tx);
+    let mut c = connect(t.port);
+    c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: application/grpc+proto\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the upstream saw nothing while the call was open");
+    c.write_all(b"0\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).unwrap();
+    assert_eq!(parse_reply(&buf).unwrap().text(), "received 5");
+    assert_eq!(
+        metric(&t.admin, "gatehouse_proxy_buffered_requests_total"),
+        0.0
+    );
+}

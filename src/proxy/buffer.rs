@@ -25,7 +25,7 @@ use super::spool::{self, TempFile};
 use crate::handlers::{Body, BoxError};
 use crate::metrics::BUFFERS;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use queue::{wake, End, Shared, State};
@@ -52,7 +52,7 @@ pub fn response_body(
     let buffer = match headers.remove(&X_ACCEL_BUFFERING) {
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"no") => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"yes") => true,
-        _ => cfg.buffering.responses && !is_event_stream(headers),
+        _ => cfg.buffering.responses && !spool::content_type_is(headers, b"text/event-stream"),
     };
     if !buffer || incoming.is_end_stream() {
         return DownBody::new(incoming, cfg.idle_timeout, in_flight).boxed();
@@ -99,14 +99,6 @@ struct Upstream<G> {
     idle: Duration,
     temp_dir: Arc<Path>,
     in_flight: G,
-}
-
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .get(..17)
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
-    })
 }
 
 /// Takes the frames the upstream has delivered already, up to the memory limit; the end

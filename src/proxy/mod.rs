@@ -248,7 +248,9 @@ async fn forward(
     // stream, parked in `reclaim` between attempts (see `UpBody`).
     let (full, reclaim): (Option<spool::Spooled>, Option<Reclaim>) = if bodiless {
         (Some(spool::Spooled::Memory(Vec::new())), None)
-    } else if let Some(memory) = spool::reads_first(cfg, declared, client_upgrade.is_some()) {
+    } else if let Some(memory) =
+        spool::reads_first(cfg, declared, client_upgrade.is_some(), &out.headers)
+    {
         match spool::read_request(body, cfg, memory).await {
             Ok(full) => {
                 activity.touch();

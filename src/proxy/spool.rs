@@ -10,6 +10,7 @@
 use super::config::ProxyConfig;
 use crate::metrics::BUFFERS;
 use bytes::Bytes;
+use http::header::{HeaderMap, CONTENT_TYPE};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -249,9 +250,16 @@ const SMALL_BODY: u64 = 64 * 1024;
 /// Whether a request body is read whole before an upstream is involved (nginx's request
 /// buffering: no app worker waits on a slow upload, and the upstream gets the body at local
 /// speed with a Content-Length), and if so, how much of it may stay in memory. Never for an
-/// upgrade, whose bytes after the head belong to the tunnel.
-pub fn reads_first(cfg: &ProxyConfig, declared: Option<u64>, upgrade: bool) -> Option<usize> {
-    if upgrade {
+/// upgrade, whose bytes after the head belong to the tunnel, nor for gRPC, whose streaming
+/// calls send messages while the answer comes back (read whole first, they would wait for
+/// each other).
+pub fn reads_first(
+    cfg: &ProxyConfig,
+    declared: Option<u64>,
+    upgrade: bool,
+    head: &HeaderMap,
+) -> Option<usize> {
+    if upgrade || content_type_is(head, b"application/grpc") {
         None
     } else if cfg.buffering.requests {
         Some(cfg.buffering.memory)
@@ -260,6 +268,16 @@ pub fn reads_first(cfg: &ProxyConfig, declared: Option<u64>, upgrade: bool) -> O
             .is_some_and(|n| n <= SMALL_BODY)
             .then_some(SMALL_BODY as usize)
     }
+}
+
+/// Whether the Content-Type starts with `prefix` (case-insensitive: `application/grpc+proto`
+/// is gRPC, `text/event-stream; charset=utf-8` an event stream).
+pub fn content_type_is(head: &HeaderMap, prefix: &[u8]) -> bool {
+    head.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(prefix))
+    })
 }
 
 /// Reads a request body whole: in memory up to `memory` bytes, then in a temporary file.
