@@ -21,6 +21,19 @@ need_tools() {
     systemctl stop nginx 2>/dev/null || true
 }
 
+# A port nothing listens on (the machine may run other benchmarks and test servers).
+free_port() {
+    local p
+    for p in $(shuf -i 20000-60000 -n 100); do
+        if ! (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "no free port" >&2
+    return 1
+}
+
 wait_port() { # port
     local deadline=$((SECONDS + 10))
     until (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; do

@@ -16,6 +16,7 @@
 # $BENCH_DURATION each (every load run is bounded by wrk -d; every wait by a deadline).
 #
 # Usage: bench/proxy.sh [path/to/gatehouse]   (default: builds target/release/gatehouse)
+#        BENCH_ONLY='POST' bench/proxy.sh …     runs only the scenarios whose name matches
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,18 +42,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A port nothing listens on (the machine may run other benchmarks and test servers).
-free_port() {
-    local p
-    for p in $(shuf -i 20000-60000 -n 100); do
-        if ! (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "no free port" >&2
-    return 1
-}
 GH_PORT=${GH_PORT:-$(free_port)}
 NGX_PORT=${NGX_PORT:-$(free_port)}
 UP_SOCK=$WORK/upstream.sock
@@ -176,6 +165,11 @@ SCENARIOS=(
     "GET, 1 MiB response|/big|"
     "GET, 1 MiB response, unbuffered|/nobuf/big|"
 )
+
+# BENCH_ONLY=REGEX: only the scenarios whose name matches.
+if [ -n "${BENCH_ONLY:-}" ]; then
+    mapfile -t SCENARIOS < <(printf '%s\n' "${SCENARIOS[@]}" | grep -E -- "^[^|]*($BENCH_ONLY)")
+fi
 
 declare -A R
 FAIL=0

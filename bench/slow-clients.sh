@@ -58,16 +58,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    local p
-    for p in $(shuf -i 20000-60000 -n 100); do
-        if ! (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-    return 1
-}
 PORT=$(free_port)
 APP_SOCK=$WORK/app.sock
 

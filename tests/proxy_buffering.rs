@@ -62,15 +62,6 @@ proxy = {{ upstreams = [\"unix:{}\"], temp_dir = \"{}\"{extra} }}\n",
     }
 }
 
-/// A sample of /metrics: the value of the line that starts with `series` and a space.
-fn metric(admin: &Path, series: &str) -> f64 {
-    let text = get_unix(admin, "admin", "/metrics").unwrap().text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 const SPILLED_RESPONSE: &str = "gatehouse_proxy_spilled_bytes_total{direction=\"response\"}";
 const SPILLED_REQUEST: &str = "gatehouse_proxy_spilled_bytes_total{direction=\"request\"}";
 const TEMP_BYTES: &str = "gatehouse_proxy_temp_file_bytes";

@@ -190,14 +190,6 @@ fn assert_quick(what: &str, took: Duration) {
     assert!(took < Duration::from_secs(1), "{what} took {took:?}");
 }
 
-fn metric(admin: &Path, series: &str) -> f64 {
-    let text = get_unix(admin, "admin", "/metrics").unwrap().text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 /// A request that the client stops reading once the head and a few body bytes are in.
 struct SlowReader {
     s: TcpStream,

@@ -337,7 +337,8 @@ impl hyper::body::Body for Buffered {
             }
             if st.read < st.written {
                 if let Some(file) = &st.file {
-                    this.reading = Some(spool::read_chunk(file, st.read, st.written));
+                    let chunk = spool::RESPONSE_CHUNK;
+                    this.reading = Some(spool::read_chunk(file, st.read, st.written, chunk));
                     continue;
                 }
             }

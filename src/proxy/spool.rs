@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::pin::Pin;
@@ -25,9 +25,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::task::JoinHandle;
 
-/// Bytes read back from a temporary file at a time: hyper's write buffer holds about that
-/// much per connection (`max_buf_size`), so a chunk never waits beside a full one.
-const READ_CHUNK: u64 = 64 * 1024;
+/// Bytes of a response read back from a temporary file at a time: hyper's write buffer to
+/// the client holds about that much (`max_buf_size`), so a chunk never waits beside a full
+/// one.
+pub const RESPONSE_CHUNK: u64 = 64 * 1024;
+/// Bytes of a request body read back at a time: it goes to a local upstream at once, and
+/// each read is a hop to the blocking pool and back.
+const REQUEST_CHUNK: u64 = 256 * 1024;
 
 /// An unlinked temporary file. Its size is counted in `gatehouse_proxy_temp_file_bytes`
 /// until it is truncated or closed.
@@ -58,17 +62,21 @@ impl TempFile {
         })
     }
 
-    /// Writes `bufs` at `offset`, in one write (blocking). Returns the bytes written.
+    /// Writes `bufs` at `offset` with `writev`, without copying them together (blocking;
+    /// one write at a time per file: the file's own position is used). Returns the bytes
+    /// written.
     pub fn write_at(&self, bufs: &[Bytes], offset: u64) -> io::Result<u64> {
         let len: usize = bufs.iter().map(Bytes::len).sum();
-        match bufs {
-            [one] => self.file.write_all_at(one, offset)?,
-            _ => {
-                let mut joined = Vec::with_capacity(len);
-                for b in bufs {
-                    joined.extend_from_slice(b);
-                }
-                self.file.write_all_at(&joined, offset)?;
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         let end = offset + len as u64;
@@ -142,10 +150,15 @@ pub async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
-/// Reads the next chunk of `file[offset..end]` on the blocking pool.
-pub fn read_chunk(file: &Arc<TempFile>, offset: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
+/// Reads the next `chunk` bytes (at most) of `file[offset..end]` on the blocking pool.
+pub fn read_chunk(
+    file: &Arc<TempFile>,
+    offset: u64,
+    end: u64,
+    chunk: u64,
+) -> JoinHandle<io::Result<Bytes>> {
     let file = file.clone();
-    let len = (end - offset).min(READ_CHUNK) as usize;
+    let len = (end - offset).min(chunk) as usize;
     tokio::task::spawn_blocking(move || file.read_at(offset, len))
 }
 
@@ -208,7 +221,7 @@ impl Replay {
         let (file, offset, end) = (&self.file, self.offset, self.end);
         let read = self
             .reading
-            .get_or_insert_with(|| read_chunk(file, offset, end));
+            .get_or_insert_with(|| read_chunk(file, offset, end, REQUEST_CHUNK));
         let r = ready!(poll_chunk(read, cx));
         self.reading = None;
         if let Ok(chunk) = &r {

@@ -548,3 +548,15 @@ pub fn have_programs(programs: &[&str], package: &str) -> bool {
     eprintln!("{msg}");
     false
 }
+
+/// One sample of an admin listener's /metrics: the value on the line that starts with
+/// `series` (name and labels as printed) and a space.
+pub fn metric(admin: &Path, series: &str) -> f64 {
+    let text = get_unix(admin, "admin", "/metrics")
+        .expect("scrape /metrics")
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
