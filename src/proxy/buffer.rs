@@ -337,8 +337,7 @@ impl hyper::body::Body for Buffered {
             }
             if st.read < st.written {
                 if let Some(file) = &st.file {
-                    let chunk = spool::RESPONSE_CHUNK;
-                    this.reading = Some(spool::read_chunk(file, st.read, st.written, chunk));
+                    this.reading = Some(spool::read_chunk(file, st.read, st.written));
                     continue;
                 }
             }
