@@ -74,8 +74,15 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A client connection with a small receive buffer, like a slow client's: the kernel then
+/// holds little of a response for it (loopback buffers grow to megabytes otherwise, and
+/// a client that reads nothing would be fed the whole of a response by the kernel).
 fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s
 }

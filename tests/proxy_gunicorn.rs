@@ -199,7 +199,14 @@ struct SlowReader {
 
 impl SlowReader {
     fn start(port: u16, path: &str) -> SlowReader {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // A small receive buffer, as a slow client has: otherwise loopback's buffers grow
+        // to megabytes and the kernel, not gatehouse, holds much of the response.
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 << 10).unwrap();
+        sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         write!(
             s,
@@ -399,9 +406,10 @@ fn many_stalled_readers_spill_to_disk_and_memory_stays_bounded() {
     );
     let rss = rss_kib(t.server.pid());
     eprintln!("RSS {before} KiB before, {rss} KiB with {READERS} stalled readers; {spilled} bytes spilled");
-    // 320 MiB are waiting for the readers; beyond what the sockets hold, they are on disk.
+    // 320 MiB are waiting for the readers; beyond what the sockets hold (their send buffers
+    // grow to megabytes on loopback), they are on disk.
     assert!(
-        spilled > (READERS * len / 2) as f64,
+        spilled > (READERS * len / 4) as f64,
         "only {spilled} bytes went to disk"
     );
     assert!(
