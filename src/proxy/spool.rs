@@ -7,12 +7,13 @@
 //! page cache is quick, but a disk that stalls must not stall every connection served by
 //! the same thread.
 
+use super::body::{poll_incoming, IdleTimeout, Stall};
 use super::config::ProxyConfig;
+use crate::handlers::BoxError;
 use crate::metrics::BUFFERS;
 use bytes::Bytes;
 use http::header::{HeaderMap, CONTENT_TYPE};
 use http::StatusCode;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -229,8 +230,8 @@ pub enum ReadError {
     TooLarge,
     /// No body byte for `idle_timeout`.
     Idle,
-    /// The client's connection failed or it sent a malformed body.
-    Client(hyper::Error),
+    /// The client's connection failed or it sent a malformed body (hyper's error).
+    Client(BoxError),
     /// The temporary file could not be created or written.
     Spill(io::Error),
 }
@@ -299,23 +300,19 @@ pub async fn read_request(
     let mut mem_len = 0usize;
     let mut file: Option<Arc<TempFile>> = None;
     let mut written = 0u64;
-    let stall = tokio::time::sleep(idle);
-    tokio::pin!(stall);
+    // Armed only once the client makes us wait: a body that is already here costs no timer.
+    let mut stall = Stall::new(idle);
     loop {
-        let frame = tokio::select! {
-            biased;
-            f = body.frame() => f,
-            () = &mut stall => return Err(ReadError::Idle),
-        };
+        let frame = std::future::poll_fn(|cx| poll_incoming(&mut body, &mut stall, cx)).await;
         let data = match frame {
             None => break,
+            Some(Err(e)) if e.is::<IdleTimeout>() => return Err(ReadError::Idle),
             Some(Err(e)) => return Err(ReadError::Client(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_trailers) => continue,
             },
         };
-        stall.as_mut().reset(tokio::time::Instant::now() + idle);
         if max_body.is_some_and(|max| written + (mem_len + data.len()) as u64 > max) {
             return Err(ReadError::TooLarge);
         }
