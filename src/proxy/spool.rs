@@ -238,13 +238,25 @@ pub enum ReadError {
     TooLarge,
     /// No body byte for `idle_timeout`.
     Idle,
-    /// The client's connection failed or it sent a malformed body (hyper's error).
-    Client(BoxError),
+    /// The client's connection failed or it sent a malformed body.
+    Client(hyper::Error),
     /// The temporary file could not be created or written.
     Spill(io::Error),
 }
 
 impl ReadError {
+    /// What `poll_incoming` reported: hyper's error about the client's body, or the stall.
+    fn of_body(e: BoxError) -> ReadError {
+        if e.is::<IdleTimeout>() {
+            return ReadError::Idle;
+        }
+        match e.downcast::<hyper::Error>() {
+            Ok(e) => ReadError::Client(*e),
+            // An `Incoming` fails with nothing else.
+            Err(e) => ReadError::Spill(io::Error::other(e)),
+        }
+    }
+
     /// The answer to the request (its connection is closed: the body was not read to its
     /// end). A client's failure is the client's 4xx; only our own disk is a 500.
     pub fn status(&self) -> StatusCode {
@@ -314,8 +326,7 @@ pub async fn read_request(
         let frame = std::future::poll_fn(|cx| poll_incoming(&mut body, &mut stall, cx)).await;
         let data = match frame {
             None => break,
-            Some(Err(e)) if e.is::<IdleTimeout>() => return Err(ReadError::Idle),
-            Some(Err(e)) => return Err(ReadError::Client(e)),
+            Some(Err(e)) => return Err(ReadError::of_body(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_trailers) => continue,
