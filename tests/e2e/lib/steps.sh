@@ -399,6 +399,8 @@ step_drain() {
 # private and ProtectSystem=strict leaves writable. The upstream is a second gatehouse,
 # serving static files in a transient unit.
 step_proxy_buffering() {
+    # Restored at the end: later steps expect gatehouse.service as they left it.
+    local was; was=$(state gatehouse.service)
     G mkdir -p /var/www/up
     G sh -c 'head -c 20000000 /dev/urandom >/var/www/up/big.bin && chmod -R a+rX /var/www'
     G systemd-run -q --unit=e2e-upstream -p DynamicUser=yes \
@@ -437,7 +439,7 @@ step_proxy_buffering() {
     G systemctl stop e2e-upstream
     G rm -rf /var/www /root/big.out /root/big.code
     restore_default_config
-    G systemctl restart gatehouse
+    if [ "$was" = active ]; then G systemctl restart gatehouse; else G systemctl stop gatehouse.service; fi
 }
 
 # The admin listener of the packaged config: a root-only unix socket in /run/gatehouse.
