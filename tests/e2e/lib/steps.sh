@@ -396,35 +396,58 @@ step_drain() {
 
 # Proxy buffering under the shipped hardening (issue 17): bodies beyond buffer_memory go to
 # unnamed temporary files in the default temp_dir, /var/tmp, which PrivateTmp= makes
-# private and ProtectSystem=strict leaves writable. The upstream is a second gatehouse,
-# serving static files in a transient unit.
+# private and ProtectSystem=strict leaves writable. The upstream is what buffering is for:
+# Debian's gunicorn with ONE sync worker (a transient unit), which answers a fast request at
+# once while slow clients upload to and download from gatehouse.
 step_proxy_buffering() {
     # Restored at the end: later steps expect gatehouse.service as they left it.
     local was; was=$(state gatehouse.service)
     G mkdir -p /var/www/up
-    G sh -c 'head -c 20000000 /dev/urandom >/var/www/up/big.bin && chmod -R a+rX /var/www'
-    G systemd-run -q --unit=e2e-upstream -p DynamicUser=yes \
-        /usr/bin/gatehouse serve --listen 127.0.0.1:8081 --root /var/www/up
+    G sh -c 'head -c 20000000 /dev/urandom >/var/www/up/big.bin'
+    put_config /var/www/up/e2eapp.py <<'APP'
+def application(environ, start_response):
+    path = environ['PATH_INFO']
+    if path == '/upload':
+        body = environ['wsgi.input'].read()
+        out = ('%d %s' % (len(body), environ.get('CONTENT_LENGTH'))).encode()
+    elif path == '/big.bin':
+        out = open('/var/www/up/big.bin', 'rb').read()
+    else:
+        out = b'fast'
+    start_response('200 OK', [('Content-Length', str(len(out)))])
+    return [out]
+APP
+    G chmod -R a+rX /var/www
+    G systemd-run -q --unit=e2e-upstream -p DynamicUser=yes /usr/bin/gunicorn --workers 1 \
+        --worker-class sync --bind 127.0.0.1:8081 --chdir /var/www/up e2eapp:application
     { site_config unused | sed '1,3d'
       printf '[[listener]]\nname = "admin"\nbind = ["unix:/run/gatehouse/admin.sock"]\nrole = "admin"\n'; } \
         | sed 's|^respond = .*|proxy = { upstreams = ["http://127.0.0.1:8081"], max_body = "10MiB" }|' \
         | put_config /etc/gatehouse/gatehouse.toml
     G systemctl restart gatehouse
     metric() { G curl -s --unix-socket /run/gatehouse/admin.sock http://localhost/metrics | awk -v s="$1" '$1 == s {print $2}'; }
-    wait_until 10 http_get -o /dev/null http://127.0.0.1:8081/big.bin || { fail "the upstream did not start"; return 1; }
+    fast() { G curl -sS -o /dev/null -m 10 -w '%{http_code} %{time_total}' http://127.0.0.1/fast; }
+    quick() { # WHAT "STATUS SECONDS": 200 in under 1 s
+        case $2 in "200 0."*) ok "$1: answered in ${2#* }s" ;; *) fail "$1: '$2' (the worker was held)" ;; esac
+    }
+    wait_until 10 http_get -o /dev/null http://127.0.0.1:8081/fast || { fail "gunicorn did not start"; return 1; }
 
-    # A 3 MB chunked upload: read whole (into /var/tmp) before the upstream is involved.
-    local code spilled pid
-    code=$(G sh -c 'head -c 3000000 /dev/zero | curl -sS -o /dev/null -w "%{http_code}" -H "Transfer-Encoding: chunked" --data-binary @- http://127.0.0.1/upload')
-    case $code in 4??|2??) ok "chunked 3 MB upload forwarded, the upstream answered $code" ;; *) fail "upload: status $code" ;; esac
+    # A 1 MB chunked upload at 300 KB/s: read whole (into /var/tmp) before gunicorn is involved.
+    G sh -c 'head -c 1000000 /dev/zero | curl -sS --limit-rate 300k -H "Transfer-Encoding: chunked" --data-binary @- http://127.0.0.1/upload >/root/up.out 2>&1' &
+    local up=$! pid spilled
+    sleep 1.5
+    quick "GET /fast to the one sync worker during the slow upload" "$(fast)"
+    wait "$up" || true
+    expect_eq "gunicorn got the whole body with a Content-Length" "1000000 1000000" "$(G cat /root/up.out)"
     spilled=$(metric 'gatehouse_proxy_spilled_bytes_total{direction="request"}')
-    expect_eq "request bytes spilled to the temp file" 3000000 "${spilled%.*}"
+    expect_eq "request bytes spilled to the temp file" 1000000 "${spilled%.*}"
 
-    # A slow client reading 20 MB: the response goes to a temp file with no name.
+    # A slow client reading 20 MB: gunicorn is done at once, the rest waits in a file with no name.
     G rm -f /root/big.out
     G sh -c 'curl -sS --limit-rate 4M -o /root/big.out -w "%{http_code} %{size_download}" http://127.0.0.1/big.bin >/root/big.code 2>&1' &
     local dl=$!
-    sleep 2
+    sleep 1.5
+    quick "GET /fast to the one sync worker during the slow download" "$(fast)"
     pid=$(prop gatehouse.service MainPID)
     local in_file; in_file=$(metric gatehouse_proxy_temp_file_bytes)
     if [ "${in_file%.*}" -gt 0 ]; then ok "mid-download: ${in_file%.*} bytes in the temp file"; else fail "nothing in a temp file mid-download"; fi
@@ -437,7 +460,7 @@ step_proxy_buffering() {
     expect_eq "temp files closed with their response" 0 "$(metric gatehouse_proxy_temp_file_bytes)"
 
     G systemctl stop e2e-upstream
-    G rm -rf /var/www /root/big.out /root/big.code
+    G rm -rf /var/www /root/big.out /root/big.code /root/up.out
     restore_default_config
     if [ "$was" = active ]; then G systemctl restart gatehouse; else G systemctl stop gatehouse.service; fi
 }
