@@ -74,19 +74,6 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A client connection with a small receive buffer, like a slow client's: the kernel then
-/// holds little of a response for it (loopback buffers grow to megabytes otherwise, and
-/// a client that reads nothing would be fed the whole of a response by the kernel).
-fn connect(port: u16) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(16 << 10).unwrap();
-    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s
-}
-
 /// Sends a GET and reads until the head and `at_least` body bytes are in; returns the head
 /// and the body bytes read so far.
 fn start_get(s: &mut TcpStream, path: &str, at_least: usize) -> (String, Vec<u8>) {
@@ -128,7 +115,7 @@ fn read_rest_all(s: &mut TcpStream, byte: u8) -> u64 {
 fn a_slow_clients_response_is_read_ahead_into_an_unnamed_temp_file_and_the_upstream_released() {
     let t = start("", "");
     let size: u64 = 16 << 20;
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     let (head, first) = start_get(&mut c, &format!("/big/{size}"), 1);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
@@ -173,7 +160,7 @@ fn a_slow_clients_response_is_read_ahead_into_an_unnamed_temp_file_and_the_upstr
 #[test]
 fn a_buffered_upload_reaches_the_upstream_whole_with_a_content_length() {
     let t = start(", buffer_memory = \"256k\"", "");
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .unwrap();
     let piece = vec![b'u'; 512 * 1024];
@@ -208,7 +195,7 @@ fn a_buffered_upload_reaches_the_upstream_whole_with_a_content_length() {
 #[test]
 fn a_chunked_upload_over_max_body_is_413_before_the_app_sees_anything() {
     let t = start(", max_body = \"1MiB\"", "");
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         .unwrap();
     let piece = vec![b'u'; 256 * 1024];
@@ -228,7 +215,7 @@ fn a_chunked_upload_over_max_body_is_413_before_the_app_sees_anything() {
 #[test]
 fn a_client_that_stops_reading_past_max_temp_file_releases_the_upstream_after_idle_timeout() {
     let t = start(", max_temp_file = \"1MiB\", idle_timeout = \"500ms\"", "");
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     start_get(&mut c, "/big/1000000000", 1);
     // The buffer fills up to its cap (memory + 1 MiB of file, beyond what the sockets
     // hold), then the upstream waits...
@@ -254,7 +241,7 @@ fn a_client_that_stops_reading_past_max_temp_file_releases_the_upstream_after_id
 fn a_drain_waits_for_a_slow_client_fed_from_the_buffer() {
     let mut t = start("", "shutdown_timeout = \"20s\"");
     let size: u64 = 4 << 20;
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     let (_, first) = start_get(&mut c, &format!("/big/{size}"), 1);
     wait_until("the upstream to finish", Duration::from_secs(10), || {
         t.up.state.open.load(Ordering::SeqCst) == 0
@@ -276,7 +263,7 @@ fn a_drain_waits_for_a_slow_client_fed_from_the_buffer() {
 fn idle_exit_waits_for_a_slow_client_fed_from_the_buffer() {
     let mut t = start("", "idle_exit_after = \"500ms\"");
     let size: u64 = 4 << 20;
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     let (_, first) = start_get(&mut c, &format!("/big/{size}"), 1);
     wait_until("the upstream to finish", Duration::from_secs(10), || {
         t.up.state.open.load(Ordering::SeqCst) == 0
@@ -298,7 +285,7 @@ fn idle_exit_waits_for_a_slow_client_fed_from_the_buffer() {
 #[test]
 fn unbuffered_routes_hold_the_upstream_until_the_client_has_read() {
     let t = start(", buffer_responses = false", "");
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     start_get(&mut c, "/big/8388608", 1);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(t.up.state.open.load(Ordering::SeqCst), 1);
@@ -323,7 +310,7 @@ fn grpc_request_bodies_stream_through() {
     let t = start("", "");
     let (tx, rx) = std::sync::mpsc::channel();
     *t.up.state.first_byte.lock().unwrap() = Some(tx);
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: application/grpc+proto\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n")
         .unwrap();
     rx.recv_timeout(Duration::from_secs(5))
@@ -341,7 +328,7 @@ fn grpc_request_bodies_stream_through() {
 #[test]
 fn an_upload_that_stalls_is_408_and_never_reaches_the_app() {
     let t = start(", idle_timeout = \"300ms\"", "");
-    let mut c = connect(t.port);
+    let mut c = slow_client(t.port);
     c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
         .unwrap();
     let started = Instant::now();

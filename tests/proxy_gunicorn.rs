@@ -199,15 +199,7 @@ struct SlowReader {
 
 impl SlowReader {
     fn start(port: u16, path: &str) -> SlowReader {
-        // A small receive buffer, as a slow client has: otherwise loopback's buffers grow
-        // to megabytes and the kernel, not gatehouse, holds much of the response.
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_recv_buffer_size(16 << 10).unwrap();
-        sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-            .unwrap();
-        let mut s: TcpStream = sock.into();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut s = slow_client(port);
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"

@@ -528,7 +528,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_for_a_slow_client_is_not_the_upstreams_silence() {
         let dir = tempfile::tempdir().unwrap();
-        let idle = Duration::from_millis(300);
+        let idle = Duration::from_millis(500);
         let (tx, mut body) = start_idle(16 << 10, 256 << 10, dir.path(), idle);
         let expected = pattern(512 << 10);
         let chunks: Vec<Bytes> = expected
@@ -541,7 +541,7 @@ mod tests {
                 if i == 16 {
                     // 16 KiB in memory + 256 KiB in the file: the buffer is full, and the
                     // upstream has nothing more until shortly after the client drained it.
-                    tokio::time::sleep(Duration::from_millis(650)).await;
+                    tokio::time::sleep(Duration::from_millis(900)).await;
                 }
             }
         });
@@ -550,7 +550,7 @@ mod tests {
             got.extend_from_slice(&frame.expect("cut off").into_data().unwrap());
             // Under `idle` per frame, but draining the 256 KiB file (64 KiB a frame) takes
             // longer than `idle`.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
         }
         assert!(got == expected);
         sender.await.unwrap();

@@ -560,3 +560,18 @@ pub fn metric(admin: &Path, series: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
+
+/// A client connection to 127.0.0.1:`port` with a 16 KiB receive buffer, as a slow client
+/// has: the kernel then holds little of a response for it (loopback buffers otherwise grow
+/// to megabytes, and a client that reads nothing gets much of a response anyway).
+pub fn slow_client(port: u16) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(16 << 10).expect("SO_RCVBUF");
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    s
+}
