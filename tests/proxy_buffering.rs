@@ -212,14 +212,17 @@ fn a_chunked_upload_over_max_body_is_413_before_the_app_sees_anything() {
     assert_eq!(t.up.state.connections.load(Ordering::SeqCst), 0);
 }
 
+/// A client that stops reading a response larger than the buffer: the pump waits at the
+/// cap for as long as the connection lives, and `send_timeout` (judged at the client's
+/// socket) ends it, letting the upstream go and freeing the file.
 #[test]
-fn a_client_that_stops_reading_past_max_temp_file_releases_the_upstream_after_idle_timeout() {
-    let t = start(", max_temp_file = \"1MiB\", idle_timeout = \"500ms\"", "");
+fn a_client_that_stops_reading_past_max_temp_file_is_cut_after_send_timeout() {
+    let t = start(", max_temp_file = \"1MiB\"", "send_timeout = \"1s\"");
     let mut c = slow_client(t.port);
     start_get(&mut c, "/big/1000000000", 1);
     // The buffer fills up to its cap (memory + 1 MiB of file, beyond what the sockets
     // hold), then the upstream waits...
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(t.up.state.open.load(Ordering::SeqCst), 1);
     let in_file = metric(&t.admin, TEMP_BYTES);
     assert!(
@@ -227,14 +230,16 @@ fn a_client_that_stops_reading_past_max_temp_file_releases_the_upstream_after_id
         "{in_file} bytes in the file, past the cap"
     );
     assert!(metric(&t.admin, SPILLED_RESPONSE) > 0.0);
-    // ...until the client has taken nothing for idle_timeout: then it is let go.
+    assert_eq!(metric(&t.admin, "gatehouse_open_connections"), 1.0);
+    // ...until the client has taken nothing for send_timeout: its connection goes, and the
+    // upstream and the file with it.
     wait_until("the upstream released", Duration::from_secs(5), || {
         t.up.state.open.load(Ordering::SeqCst) == 0
     });
-    t.server.wait_log("client stopped reading");
     wait_until("the temp file freed", Duration::from_secs(5), || {
         metric(&t.admin, TEMP_BYTES) == 0.0
     });
+    assert_eq!(metric(&t.admin, "gatehouse_open_connections"), 0.0);
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! Bytes go to the client as soon as they arrive: a client that keeps up gets each frame
 //! as it comes, so a stream is never held back. What the client has not taken yet stays in
 //! memory up to `buffer_memory`, then goes to a temporary file (`spool`) up to
-//! `max_temp_file`; at that cap the pump waits for the client. The bytes are delivered in
+//! `max_temp_file`; at that cap the pump waits for the client (one that takes nothing loses
+//! its connection after `send_timeout`, and the pump with it). The bytes are delivered in
 //! the order `mem`, the file's unread part, `tail` (frames not yet written to the file).
 //!
 //! Not buffered (streamed by `body::DownBody`): routes with `buffer_responses = false`,
@@ -18,8 +19,8 @@
 
 mod queue;
 
-use super::balance::{now_ms, InFlight};
-use super::body::{poll_incoming, DownBody, IdleTimeout, Stall};
+use super::balance::InFlight;
+use super::body::{poll_incoming, DownBody, Stall};
 use super::config::ProxyConfig;
 use super::spool::{self, TempFile};
 use crate::handlers::{Body, BoxError};
@@ -153,9 +154,8 @@ impl hyper::body::Body for Complete {
     }
 }
 
-/// Reads the upstream's response into `shared` until it ends, the client goes away (the
-/// task is aborted) or the client takes nothing for `idle` while the buffer is full.
-/// Dropping `incoming` at the end hands the connection back to the pool.
+/// Reads the upstream's response into `shared` until it ends or the client goes away (the
+/// task is aborted). Dropping `incoming` at the end hands the connection back to the pool.
 async fn pump<B, G>(mut incoming: B, shared: Arc<Shared>, upstream: Upstream<G>)
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -170,15 +170,9 @@ where
     loop {
         let full = !shared.lock().has_room();
         if full {
-            if !room(&shared, idle).await {
-                tracing::debug!("client stopped reading for {idle:?}; upstream released");
-                let mut st = shared.lock();
-                // Free the memory and the disk now, not when the client's connection ends.
-                (st.mem, st.tail, st.file) = (VecDeque::new(), Vec::new(), None);
-                (st.mem_len, st.tail_len, st.read, st.written) = (0, 0, 0, 0);
-                st.finish(End::Failed(Some(Box::new(IdleTimeout(idle)))));
-                return;
-            }
+            // However long: a client that takes nothing loses its connection after the
+            // server's send_timeout, judged at its socket, and this task with it.
+            room(&shared).await;
             // That wait was the client's: the upstream's silence is timed from now.
             stall.progress();
         }
@@ -210,25 +204,17 @@ where
     }
 }
 
-/// Waits until the pump may read again; false if the client took nothing for `idle`.
-async fn room(shared: &Shared, idle: Duration) -> bool {
-    loop {
-        let wait = std::future::poll_fn(|cx| {
-            let mut st = shared.lock();
-            if st.has_room() {
-                return Poll::Ready(());
-            }
-            st.pump = Some(cx.waker().clone());
-            Poll::Pending
-        });
-        if tokio::time::timeout(idle, wait).await.is_ok() {
-            return true;
+/// Waits until the client has taken enough for the pump to read again.
+async fn room(shared: &Shared) {
+    std::future::poll_fn(|cx| {
+        let mut st = shared.lock();
+        if st.has_room() {
+            return Poll::Ready(());
         }
-        let since = now_ms().saturating_sub(shared.lock().delivered);
-        if u128::from(since) >= idle.as_millis() {
-            return false;
-        }
-    }
+        st.pump = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
 }
 
 /// Writes the tail to the file (created on first use). When that fails, the response goes

@@ -4,7 +4,6 @@
 //! waking the other (the client when bytes arrive, the pump when room is made).
 
 use crate::handlers::BoxError;
-use crate::proxy::balance::now_ms;
 use crate::proxy::spool::TempFile;
 use bytes::Bytes;
 use http::header::HeaderMap;
@@ -16,7 +15,7 @@ use std::task::Waker;
 /// How a response body ended.
 pub(super) enum End {
     Done(Option<HeaderMap>),
-    /// The upstream failed (or the client stopped reading); the error goes to the client
+    /// The upstream failed (or its temporary file did); the error goes to the client
     /// once, after the bytes before it.
     Failed(Option<BoxError>),
 }
@@ -61,8 +60,6 @@ pub(super) struct State {
     pub(super) reader: Option<Waker>,
     /// The pump, waiting for room.
     pub(super) pump: Option<Waker>,
-    /// `now_ms()` when the client last took bytes.
-    pub(super) delivered: u64,
 }
 
 impl State {
@@ -83,7 +80,6 @@ impl State {
             end: None,
             reader: None,
             pump: None,
-            delivered: now_ms(),
         }
     }
 
@@ -153,7 +149,6 @@ impl State {
         }
         let data = self.mem.pop_front()?;
         self.mem_len -= data.len();
-        self.delivered = now_ms();
         wake(&mut self.pump);
         Some(data)
     }
@@ -161,7 +156,6 @@ impl State {
     /// `n` bytes of the file were delivered.
     pub(super) fn file_read(&mut self, n: u64) {
         self.read += n;
-        self.delivered = now_ms();
         if self.read == self.written && self.flushing == 0 {
             // Start over at the beginning, giving the disk space back first.
             self.read = 0;
