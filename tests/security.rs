@@ -353,15 +353,21 @@ fn only_allowed_upgrades_are_tunnelled() {
     let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "app");
-    let cfg = any_host(&format!(
-        r#"[[site.route]]
+    // `raw` reads until the server closes and these requests keep the connection: an idle
+    // keep-alive of 1 s ends each exchange well inside its 10 s read timeout (with the
+    // default 10 s the two raced, and lost on a loaded CI machine).
+    let cfg = format!(
+        "[server]\nheader_read_timeout = \"1s\"\n{}",
+        any_host(&format!(
+            r#"[[site.route]]
 path = "/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"] }}
 [[site.route]]
 path = "/none/"
 proxy = {{ upstreams = ["http://127.0.0.1:{up_port}"], upgrades = [], strip_prefix = true }}
 "#
-    ));
+        ))
+    );
     let (_server, port) = start_http_in(dir, &cfg);
     let r = raw(
         port,
