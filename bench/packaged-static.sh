@@ -26,6 +26,7 @@ export GATEHOUSE_E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-bench}
 export GATEHOUSE_E2E_WORK=${GATEHOUSE_E2E_WORK:-/var/tmp/gatehouse-bench}
 . bench/lib.sh
 . tests/e2e/lib/machine.sh
+. bench/guest.sh
 need_tools
 host_deps
 mkdir -p "$E2E_WORK"
@@ -35,20 +36,7 @@ image_ensure
 trap machine_stop EXIT
 machine_boot || { echo "the machine did not boot" >&2; exit 1; }
 
-# wrk and the one library it needs beyond the base system
-LUAJIT=$(ldd "$(command -v wrk)" | awk '/libluajit/ {print $1, $3}')
-G mkdir -p /usr/local/lib/wrk
-copy_in "$(command -v wrk)" /usr/local/bin
-copy_in "$(readlink -f "${LUAJIT#* }")" /usr/local/lib/wrk
-G ln -sf "$(basename "$(readlink -f "${LUAJIT#* }")")" "/usr/local/lib/wrk/${LUAJIT%% *}"
-gwrk() { # port path -> "req/s requests"
-    G env LD_LIBRARY_PATH=/usr/local/lib/wrk taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" \
-        -d"$BENCH_DURATION" "http://127.0.0.1:$1$2" | tee -a "$BENCH_LOG" \
-        | awk '/Requests\/sec/ {r=$2} / requests in / {n=$1} /Non-2xx|Socket errors/ {bad=1}
-               END {if (bad) print "ERROR"; else print r, n}'
-}
-guest_ticks() { G awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
+guest_wrk_install
 
 CONFIG='[[listener]]
 name = "http"
@@ -90,7 +78,7 @@ for arg in "$@"; do
             for how in packaged bare; do
                 if [ $how = packaged ]; then pid=$unit_pid port=80; else pid=$bare_pid port=8090; fi
                 t0=$(guest_ticks "$pid")
-                read -r rps n < <(gwrk $port $url)
+                read -r rps n _ < <(guest_wrk "$CONNS" "http://127.0.0.1:$port$url")
                 t1=$(guest_ticks "$pid")
                 [ "$rps" != ERROR ] && [ -n "$n" ] || { echo "$label $how: wrk failed (log: $BENCH_LOG)" >&2; exit 1; }
                 us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
