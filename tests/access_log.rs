@@ -183,3 +183,104 @@ fn access_log_off_keeps_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(logged_paths(&server).is_empty(), "{}", server.stderr());
 }
+
+/// Waits up to 5 s for `path` to hold a line containing `needle`; returns its text.
+fn wait_file_line(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn file_log_config(path: &std::path::Path) -> String {
+    respond_config(
+        "http",
+        "\"127.0.0.1:0\"",
+        &format!("access_log_file = {:?}", path.to_str().unwrap()),
+        "ok",
+    )
+}
+
+#[test]
+fn access_log_file_takes_the_lines_and_is_reopened_on_reload() {
+    let logs = tempdir();
+    let path = logs.path().join("access.log");
+    let (server, port) = start_http(&file_log_config(&path), &[]);
+    assert_eq!(get_tcp(port, "t", "/one").unwrap().status, 200);
+    let text = wait_file_line(&path, "GET /one 200");
+    assert!(
+        text.contains(" INFO GET /one 200 http_host=t http_duration_us="),
+        "{text}"
+    );
+    assert!(!server.stderr().contains("GET /one"), "{}", server.stderr());
+    use std::os::unix::fs::PermissionsExt as _;
+    // Created 0640 (less under a stricter umask): clients' addresses are not for everyone.
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o137, 0, "{mode:o}");
+
+    // logrotate: move the file away, reload, and the next line starts a new file.
+    let rotated = logs.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log("reload");
+    assert_eq!(get_tcp(port, "t", "/two").unwrap().status, 200);
+    let text = wait_file_line(&path, "GET /two 200");
+    assert!(text.contains("GET /two 200"), "{text}");
+    assert!(!text.contains("GET /one"), "{text}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        old.contains("GET /one 200") && !old.contains("/two"),
+        "{old}"
+    );
+}
+
+#[test]
+fn a_reload_whose_access_log_file_cannot_be_opened_keeps_the_old_one() {
+    let logs = tempdir();
+    let path = logs.path().join("access.log");
+    let (server, port) = start_http(&file_log_config(&path), &[]);
+    // The directory exists (validation passes) but the path is a directory: open fails.
+    let blocked = logs.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    let config = file_log_config(&blocked).replace("\"ok\"", "\"new\"");
+    std::fs::write(config_path(&server), config).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log("cannot open access_log_file");
+    // The old config serves, and its log goes on.
+    let reply = get_tcp(port, "t", "/after").unwrap();
+    assert_eq!((reply.status, reply.text()), (200, "ok".to_owned()));
+    let text = wait_file_line(&path, "GET /after 200");
+    assert!(text.contains("GET /after 200"), "{text}");
+}
+
+#[test]
+fn a_relative_or_dangling_access_log_file_is_a_config_error() {
+    let dir = tempdir();
+    for (value, message) in [
+        (
+            "logs/access.log",
+            "`access_log_file` must be an absolute path",
+        ),
+        (
+            "/nonexistent-dir/access.log",
+            "`access_log_file`: no directory",
+        ),
+    ] {
+        let config = respond_config(
+            "http",
+            "\"127.0.0.1:0\"",
+            &format!("access_log_file = {value:?}"),
+            "ok",
+        );
+        let file = write(dir.path(), "g.toml", &config);
+        let (code, _, stderr) = run_cli(&["check", "--config", file.to_str().unwrap()]);
+        assert_eq!(code, Some(78), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+        // file:line:column of the value
+        assert!(stderr.contains("g.toml:2:19"), "{stderr}");
+    }
+}

@@ -95,6 +95,9 @@ pub struct ServerSettings {
     pub access_log: AccessLog,
     /// One entry for every this many requests answered below 400 (1 = all of them).
     pub access_log_sample: u32,
+    /// Access lines to this file (buffered, appended) instead of the journal or stderr;
+    /// reopened on every reload, for logrotate.
+    pub access_log_file: Option<std::path::PathBuf>,
 }
 
 /// `server.access_log`: which requests get an entry in the access log.
@@ -122,6 +125,7 @@ impl Default for ServerSettings {
             admin_max_connections: 16,
             access_log: AccessLog::All,
             access_log_sample: 1,
+            access_log_file: None,
         }
     }
 }

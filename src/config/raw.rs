@@ -31,6 +31,8 @@ pub struct RawServer {
     /// "all" (default), "errors" or "off".
     pub access_log: Option<Spanned<String>>,
     pub access_log_sample: Option<Spanned<i64>>,
+    /// An absolute path: access lines go to this file instead of the journal or stderr.
+    pub access_log_file: Option<Spanned<String>>,
     pub send_timeout: Option<Spanned<HumanDuration>>,
     pub http2_max_concurrent_streams: Option<Spanned<i64>>,
     pub admin_max_connections: Option<Spanned<i64>>,

@@ -395,6 +395,27 @@ fn server_settings(raw: &RawServer, sink: &mut ErrorSink) -> ServerSettings {
             ),
         }
     }
+    if let Some(file) = &raw.access_log_file {
+        let path = std::path::Path::new(file.get_ref());
+        if !path.is_absolute() {
+            sink.push(
+                Some(file.span()),
+                "`access_log_file` must be an absolute path",
+                None,
+            );
+        } else if !path.parent().is_some_and(|dir| dir.is_dir()) {
+            sink.push(
+                Some(file.span()),
+                format!(
+                    "`access_log_file`: no directory {:?}",
+                    path.parent().unwrap_or(path)
+                ),
+                Some("the shipped unit provides /var/log/gatehouse (LogsDirectory=gatehouse)"),
+            );
+        } else {
+            s.access_log_file = Some(path.to_owned());
+        }
+    }
     if let Some(n) = &raw.max_header_size {
         match usize::try_from(*n.get_ref()) {
             Ok(v) if (8192..=1 << 20).contains(&v) => s.max_header_size = v,

@@ -69,6 +69,7 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    use_access_file_or_default(config.server.access_log_file.as_deref());
     let runtime = match build_runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -109,6 +110,18 @@ pub fn run(opts: ServeOptions) -> ExitCode {
             tracing::error!("{msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `server.access_log_file` at start. A file that cannot be opened must not keep the site
+/// down: its entries go where they would without the key, and the error says why.
+fn use_access_file_or_default(path: Option<&std::path::Path>) {
+    match log::AccessFile::open(path) {
+        Ok(file) => log::use_access_file(file),
+        Err(e) => tracing::error!(
+            "cannot open access_log_file {:?}: {e}; access entries go to the default log meanwhile",
+            path.unwrap_or(std::path::Path::new(""))
+        ),
     }
 }
 

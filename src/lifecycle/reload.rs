@@ -42,6 +42,11 @@ async fn try_reload(
 ) -> Result<(), String> {
     let config = origin.load().map_err(|e| e.to_string())?;
     let plan = plan_listeners(&config, listeners)?;
+    let log_path = config.server.access_log_file.as_deref();
+    let access_file = crate::log::AccessFile::open(log_path).map_err(|e| {
+        let path = log_path.unwrap_or(std::path::Path::new(""));
+        format!("cannot open access_log_file {path:?}: {e}")
+    })?;
 
     let mut opened: Vec<OpenListener> = Vec::new();
     for (name, addr) in &plan.bind {
@@ -64,6 +69,7 @@ async fn try_reload(
     let admin_max_connections = config.server.admin_max_connections;
     crate::tls::log_warnings(&config);
     shared.snapshot.store(Arc::new(shared.snapshot_for(config)));
+    crate::log::use_access_file(access_file);
     crate::acme::config_changed();
     shared
         .conns

@@ -9,6 +9,7 @@ mod peer_noise;
 pub use escape::is_unsafe_char;
 
 pub use access::flush as flush_access;
+pub use access::{use_file as use_access_file, AccessFile};
 pub use peer_noise::summarize as summarize_peer_noise;
 
 use crate::systemd;
@@ -162,8 +163,8 @@ pub fn access(
     let method = method.as_str();
     let status = status.as_u16();
     // Huge entries (a raised max_header_size) take the tracing path, whose journald
-    // layer passes what does not fit a datagram in a memfd.
-    if access::direct() && path.len() + host.len() <= access::DIRECT_MAX {
+    // layer passes what does not fit a datagram in a memfd; a file takes any size.
+    if access::direct() && (access::to_file() || path.len() + host.len() <= access::DIRECT_MAX) {
         // The filter still decides (RUST_LOG=gatehouse::access=off silences it).
         if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
             access::write(&access::Entry {
