@@ -3,6 +3,8 @@
 # Server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; gatehouse and nginx alternate per
 # repetition; medians of $BENCH_REPS runs of $BENCH_DURATION each. Both write an access log.
 # Usage: bench/static.sh [path/to/gatehouse]   (default: builds target/release/gatehouse)
+# CONNS=N runs every scenario at N connections instead of its own count (issue 23 asks for
+# every row at 10 and at 64: run it once with each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -44,6 +46,7 @@ SCENARIOS=(
 FAIL=0
 for i in "${!SCENARIOS[@]}"; do
     IFS='|' read -r name path conns extra <<<"${SCENARIOS[$i]}"
+    conns=${CONNS:-$conns}
     for rep in $(seq "$BENCH_REPS"); do
         for server in gatehouse nginx; do
             if [ $server = gatehouse ]; then port=$GH_PORT; else port=$NGX_PORT; fi
@@ -71,7 +74,8 @@ echo
 echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p50 / p99 ms | nginx p50 / p99 ms |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for i in "${!SCENARIOS[@]}"; do
-    IFS='|' read -r name _ <<<"${SCENARIOS[$i]}"
+    IFS='|' read -r name _ conns _ <<<"${SCENARIOS[$i]}"
+    name="$name, ${CONNS:-$conns} conns"
     g=$(med "gatehouse,$i,rps"); n=$(med "nginx,$i,rps")
     printf '| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f |\n' "$name" "$g" "$n" \
         "$(awk -v a="$g" -v b="$n" 'BEGIN {print (b>0)?a/b:0}')" \
