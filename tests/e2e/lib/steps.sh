@@ -709,6 +709,7 @@ step_remove_purge() {
     G rmdir /etc/gatehouse
     local left
     left=$(G sh -c 'ls -d /etc/gatehouse /var/lib/gatehouse /var/lib/private/gatehouse /run/gatehouse \
+        /var/log/gatehouse /var/log/private/gatehouse \
         /etc/systemd/system/sockets.target.wants/gatehouse.socket /etc/systemd/system/gatehouse.socket \
         /var/lib/systemd/deb-systemd-helper-enabled/gatehouse.socket.dsh-also \
         /var/lib/systemd/deb-systemd-helper-masked/gatehouse.socket /usr/bin/gatehouse 2>/dev/null' || true)

@@ -151,6 +151,33 @@ step_journal_ratelimit() {
     G systemctl restart systemd-journald
 }
 
+# server.access_log_file under the shipped unit: LogsDirectory= gives the dynamic user
+# /var/log/gatehouse; a reload reopens the file (what logrotate's postrotate asks for).
+step_access_log_file() {
+    local conf=/etc/gatehouse/gatehouse.toml log=/var/log/gatehouse/access.log marker=alf$RANDOM lines pid
+    G cp "$conf" /root/gatehouse.toml.before-alf
+    G sed -i "s|^\\[server\\]\$|[server]\\naccess_log_file = \"$log\"|" "$conf"
+    G systemctl restart gatehouse.service
+    G curl -s -o /dev/null "http://127.0.0.1/$marker/[1-500]"
+    file_has() { [ "$(G sh -c "grep -c \" /$2/[0-9]* \" $1" 2>/dev/null)" = "$3" ]; }
+    wait_until 10 file_has "$log" "$marker" 500 || true
+    expect_eq "access lines in $log" 500 "$(G sh -c "grep -c ' /$marker/' $log" || true)"
+    expect_eq "none of them in the journal" 0 \
+        "$(G journalctl -u gatehouse -o cat --no-pager | grep -c " /$marker/" || true)"
+    pid=$(prop gatehouse.service MainPID)
+    expect_eq "the log's owner is the dynamic user" "$(G stat -c %u "/proc/$pid")" "$(G stat -c %u "$log")"
+    # logrotate: move it away, reload, and the next lines start a new file
+    G mv "$log" "$log.1"
+    G systemctl reload gatehouse.service
+    G curl -s -o /dev/null "http://127.0.0.1/$marker-after/[1-10]"
+    wait_until 10 file_has "$log" "$marker-after" 10 || true
+    lines=$(G sh -c "grep -c ' /$marker-after/' $log" || true)
+    expect_eq "after the reload, lines in a new $log" 10 "$lines"
+    expect_eq "the rotated file got none of them" 0 "$(G sh -c "grep -c ' /$marker-after/' $log.1" || true)"
+    G cp /root/gatehouse.toml.before-alf "$conf"
+    G systemctl restart gatehouse.service
+}
+
 # `dpkg --root` with chrootless scripts (DPKG_ROOT set): the running system's units and
 # state are none of its business.
 step_dpkg_root() {
