@@ -17,19 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root (systemd-nspawn)" >&2; exit 1; }
 case ${1:-} in -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
-DEB=$(readlink -f "${1:-$(ls -t target/debian/gatehouse_*.deb 2>/dev/null | head -1)}")
-[ -f "$DEB" ] || { echo "no .deb: build one with cargo deb, or pass its path" >&2; exit 2; }
 RUNS=${RUNS:-9}
 export GATEHOUSE_E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-cold}
 export GATEHOUSE_E2E_WORK=${GATEHOUSE_E2E_WORK:-/var/tmp/gatehouse-cold}
 . tests/e2e/lib/machine.sh
-host_deps
-mkdir -p "$E2E_WORK"
-image_ensure
-trap machine_stop EXIT
-machine_boot || { echo "the machine did not boot" >&2; exit 1; }
-copy_in "$DEB" /root
-G dpkg -i "/root/$(basename "$DEB")" >"$E2E_WORK/apt.log" 2>&1 || { tail "$E2E_WORK/apt.log" >&2; exit 1; }
+. bench/guest.sh
+DEB=$(guest_deb_arg "${1:-}")
+guest_boot
+guest_install_deb "$DEB"
 
 # name | drop-in [Service] lines ("\n"-separated)
 VARIANTS=(

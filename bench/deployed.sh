@@ -29,9 +29,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root (systemd-nspawn)" >&2; exit 1; }
 case ${1:-} in -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
-DEB=$(readlink -f "${1:-$(ls -t target/debian/gatehouse_*.deb 2>/dev/null | head -1)}")
-[ -f "$DEB" ] || { echo "no .deb: build one with cargo deb, or pass its path" >&2; exit 2; }
-
 CONNS=${CONNS:-10 64}
 LOG_MODES=${LOG_MODES:-all file off}
 export GATEHOUSE_E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-deployed}
@@ -41,16 +38,14 @@ export GATEHOUSE_E2E_SUITE=$VERSION_CODENAME
 . bench/lib.sh
 . tests/e2e/lib/machine.sh
 . bench/guest.sh
+DEB=$(guest_deb_arg "${1:-}")
 need_tools
-host_deps
+guest_boot
 mkdir -p "$E2E_WORK/debs"
 BENCH_LOG=$E2E_WORK/wrk.log
 : >"$BENCH_LOG"
 (cd "$E2E_WORK/debs" && rm -f ./*.deb && apt-get download -q nginx nginx-common >/dev/null 2>&1) \
     || { echo "apt-get download nginx nginx-common failed" >&2; exit 1; }
-image_ensure
-trap machine_stop EXIT
-machine_boot || { echo "the machine did not boot" >&2; exit 1; }
 guest_wrk_install
 
 dropin() { # unit file-content
@@ -90,8 +85,7 @@ NGINX
 dropin nginx.service "[Service]
 CPUAffinity=$SERVER_CPU"
 
-copy_in "$DEB" /root
-G dpkg -i "/root/$(basename "$DEB")" >"$E2E_WORK/apt.log" 2>&1 || { tail "$E2E_WORK/apt.log" >&2; exit 1; }
+guest_install_deb "$DEB"
 gatehouse_config() { # all|file|off
     local file=
     [ "$1" = file ] && file='access_log_file = "/var/log/gatehouse/access.log"'

@@ -1,6 +1,29 @@
 # shellcheck shell=bash
-# Shared by the bench scripts that load a server inside the e2e machine (sourced after
-# bench/lib.sh and tests/e2e/lib/machine.sh, with the machine booted).
+# Shared by the bench scripts that run the packaged server inside the e2e machine (sourced
+# after tests/e2e/lib/machine.sh; the wrk functions also need bench/lib.sh).
+
+# The .deb named by the first argument, else the newest in target/debian; exits if none.
+guest_deb_arg() { # [path]
+    local deb
+    deb=$(readlink -f "${1:-$(ls -t target/debian/gatehouse_*.deb 2>/dev/null | head -1)}")
+    [ -f "$deb" ] || { echo "no .deb: build one with cargo deb, or pass its path" >&2; exit 2; }
+    echo "$deb"
+}
+
+# Boots the e2e machine (halted when the script exits).
+guest_boot() {
+    host_deps
+    mkdir -p "$E2E_WORK"
+    image_ensure
+    trap machine_stop EXIT
+    machine_boot || { echo "the machine did not boot" >&2; exit 1; }
+}
+
+# dpkg -i, not apt: apt skips a .deb whose version is already installed.
+guest_install_deb() { # path
+    copy_in "$1" /root
+    G dpkg -i "/root/$(basename "$1")" >"$E2E_WORK/apt.log" 2>&1 || { tail "$E2E_WORK/apt.log" >&2; exit 1; }
+}
 
 # The host's wrk, and the one library it needs beyond the base system, copied in.
 guest_wrk_install() {

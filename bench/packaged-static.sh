@@ -28,13 +28,9 @@ export GATEHOUSE_E2E_WORK=${GATEHOUSE_E2E_WORK:-/var/tmp/gatehouse-bench}
 . tests/e2e/lib/machine.sh
 . bench/guest.sh
 need_tools
-host_deps
-mkdir -p "$E2E_WORK"
+guest_boot
 BENCH_LOG=$E2E_WORK/wrk.log
 : >"$BENCH_LOG"
-image_ensure
-trap machine_stop EXIT
-machine_boot || { echo "the machine did not boot" >&2; exit 1; }
 
 guest_wrk_install
 
@@ -53,10 +49,7 @@ declare -A R
 declare -a ROWS=()
 for arg in "$@"; do
     label=${arg%%=*} deb=$(readlink -f "${arg#*=}")
-    copy_in "$deb" /root
-    # dpkg -i, not apt: apt skips a .deb whose version is already installed
-    G dpkg -i "/root/$(basename "$deb")" >"$E2E_WORK/apt.log" 2>&1 \
-        || { tail "$E2E_WORK/apt.log" >&2; exit 1; }
+    guest_install_deb "$deb"
     printf '%s\n' "$CONFIG" | G sh -c 'cat >/etc/gatehouse/gatehouse.toml'
     G mkdir -p /etc/systemd/system/gatehouse.service.d
     printf '[Service]\nCPUAffinity=%s\nEnvironment=RUST_LOG=info,gatehouse::access=off\n' "$SERVER_CPU" \
