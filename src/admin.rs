@@ -23,8 +23,8 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             // Gauges read from live state at scrape time, not maintained per request.
             let open = i64::try_from(shared.conns.open()).unwrap_or(i64::MAX);
             shared.metrics.open_connections.set(open);
-            let config = &shared.snapshot.load().config;
-            crate::metrics::set_upstreams_up(crate::proxy::upstream_health(config).into_iter());
+            let routes = &shared.snapshot.load().proxy_routes;
+            crate::metrics::set_upstreams_up(crate::proxy::upstream_health(routes).into_iter());
             text(
                 StatusCode::OK,
                 shared.metrics.encode(),

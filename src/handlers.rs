@@ -2,8 +2,9 @@
 //! config section; `dispatch` picks it. Adding a kind = a `RouteAction` variant, its raw
 //! config in `config/raw.rs`, its validation arm in `config/validate.rs`, and an arm here.
 
-use crate::config::{RespondConfig, RouteAction, RouteConfig};
+use crate::config::RespondConfig;
 use crate::log::Remote;
+use crate::router::{Handler, Route};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -54,14 +55,14 @@ pub struct RequestContext<'a> {
 }
 
 pub async fn dispatch(
-    route: &RouteConfig,
+    route: &Route,
     req: Request<Incoming>,
     cx: &RequestContext<'_>,
 ) -> Response<Body> {
-    match &route.action {
-        RouteAction::Respond(r) => respond(r, req),
-        RouteAction::Static(s) => crate::static_files::serve(s, &route.path, cx.path, req).await,
-        RouteAction::Proxy(p) => crate::proxy::handle(p, &route.path, req, cx).await,
+    match &route.handler {
+        Handler::Respond(r) => respond(r, req),
+        Handler::Static(s) => crate::static_files::serve(s, &route.path, cx.path, req).await,
+        Handler::Proxy(p) => crate::proxy::handle(p, &route.path, req, cx).await,
     }
 }
 
@@ -126,11 +127,12 @@ pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) ->
     else {
         return response;
     };
-    let found = match site.route(&page).map(|r| &r.config) {
-        Some(RouteConfig {
-            action: RouteAction::Static(cfg),
+    let found = match site.route(&page) {
+        Some(Route {
+            handler: Handler::Static(route),
             path,
-        }) => crate::static_files::error_page(cfg, path, &page),
+            ..
+        }) => crate::static_files::error_page(route, path, &page),
         _ => None,
     };
     let Some((body, content_type)) = found else {

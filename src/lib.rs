@@ -6,6 +6,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod handlers;
@@ -16,6 +17,7 @@ pub mod proxy;
 pub mod request_path;
 pub mod router;
 pub mod server;
+pub mod snapshot;
 pub mod static_files;
 pub mod systemd;
 pub mod tls;

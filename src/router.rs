@@ -3,9 +3,66 @@
 //! One `Router` per listener name, built once per configuration, so a request does a hash
 //! lookup for its host and a short scan of that site's routes (longest prefix first).
 
-use crate::config::{Config, HostPattern, RouteConfig};
+use crate::acme::ManagedCert;
+use crate::config::{Config, HostPattern, RespondConfig, RouteAction};
 use crate::metrics::{Metrics, RouteCounters};
+use crate::proxy::ProxyRoute;
+use crate::static_files::StaticRoute;
 use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a route does, built once per configuration generation and shared by the routers
+/// of every listener the site is on.
+#[derive(Debug, Clone)]
+pub enum Handler {
+    Respond(RespondConfig),
+    /// The open root and file cache of a `static` route.
+    Static(Arc<StaticRoute>),
+    /// The upstream pool of a `proxy` route.
+    Proxy(Arc<ProxyRoute>),
+}
+
+impl Handler {
+    pub fn new(action: &RouteAction) -> Handler {
+        match action {
+            RouteAction::Respond(r) => Handler::Respond(r.clone()),
+            RouteAction::Static(s) => Handler::Static(Arc::new(StaticRoute::new(s.clone()))),
+            RouteAction::Proxy(p) => Handler::Proxy(ProxyRoute::new(p.clone())),
+        }
+    }
+
+    /// Short name used in logs and metrics (`RouteAction::kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Handler::Respond(_) => "respond",
+            Handler::Static(_) => "static",
+            Handler::Proxy(_) => "proxy",
+        }
+    }
+}
+
+/// A site's runtime parts, built by `snapshot` and aligned with `Config::sites`.
+#[derive(Debug, Clone, Default)]
+pub struct SiteParts {
+    /// Aligned with the site's `routes`.
+    pub handlers: Vec<Handler>,
+    /// The site's ACME certificate (`tls = "acme"`).
+    pub acme: Option<Arc<ManagedCert>>,
+}
+
+impl SiteParts {
+    /// Builds the handlers of `site`'s routes.
+    pub fn new(site: &crate::config::SiteConfig, acme: Option<Arc<ManagedCert>>) -> SiteParts {
+        SiteParts {
+            handlers: site
+                .routes
+                .iter()
+                .map(|r| Handler::new(&r.action))
+                .collect(),
+            acme,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Router {
@@ -31,10 +88,12 @@ pub struct Site {
     pub tls: crate::tls::SitePolicy,
 }
 
-/// A route with its request counters, resolved once per configuration.
+/// A route with its handler and request counters, resolved once per configuration.
 #[derive(Debug)]
 pub struct Route {
-    pub config: RouteConfig,
+    /// Path prefix; always starts with '/'.
+    pub path: String,
+    pub handler: Handler,
     pub counters: RouteCounters,
 }
 
@@ -48,15 +107,19 @@ impl Site {
     }
 
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| prefix_matches(&r.config.path, path))
+        self.routes.iter().find(|r| prefix_matches(&r.path, path))
     }
 }
 
 impl Router {
-    /// The router for connections arriving on listener `listener`.
-    pub fn for_listener(config: &Config, listener: &str, metrics: &Metrics) -> Router {
+    /// The router for connections arriving on listener `listener`; `parts` is aligned with
+    /// `config.sites`.
+    pub fn for_listener(
+        config: &Config,
+        parts: &[SiteParts],
+        listener: &str,
+        metrics: &Metrics,
+    ) -> Router {
         let mut router = Router {
             exact: HashMap::new(),
             suffixes: Vec::new(),
@@ -65,28 +128,30 @@ impl Router {
             no_site: metrics.route_counters("-", "none"),
             redirect_https: config.listener(listener).is_some_and(|l| l.redirect_https),
         };
-        let applicable = config.sites.iter().filter(|s| {
+        let applicable = config.sites.iter().zip(parts).filter(|(s, _)| {
             s.listeners
                 .as_ref()
                 .is_none_or(|ls| ls.iter().any(|l| l == listener))
         });
-        for site in applicable {
+        for (site, parts) in applicable {
             let idx = router.sites.len();
             let label = site_label(&site.hosts);
             let mut routes: Vec<Route> = site
                 .routes
                 .iter()
-                .map(|r| Route {
-                    config: r.clone(),
-                    counters: metrics.route_counters(&label, r.action.kind()),
+                .zip(&parts.handlers)
+                .map(|(r, handler)| Route {
+                    path: r.path.clone(),
+                    handler: handler.clone(),
+                    counters: metrics.route_counters(&label, handler.kind()),
                 })
                 .collect();
-            routes.sort_by_key(|r| std::cmp::Reverse(r.config.path.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
             router.sites.push(Site {
                 routes,
                 error_pages: site.error_pages.clone(),
                 no_route: metrics.route_counters(&label, "none"),
-                tls: crate::tls::SitePolicy::for_site(site),
+                tls: crate::tls::SitePolicy::for_site(site, parts.acme.clone()),
             });
             for host in &site.hosts {
                 match host {
@@ -198,22 +263,23 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_str, ConfigSource, RouteAction};
+    use crate::config::{parse_str, ConfigSource};
 
     fn router(text: &str, listener: &str) -> Router {
         let config = parse_str(text, ConfigSource::Quick).unwrap();
-        Router::for_listener(&config, listener, &Metrics::new())
+        let parts: Vec<SiteParts> = config
+            .sites
+            .iter()
+            .map(|s| SiteParts::new(s, None))
+            .collect();
+        Router::for_listener(&config, &parts, listener, &Metrics::new())
     }
 
     fn body_of(lookup: Lookup<'_>) -> String {
         match lookup {
             Lookup::Route(
                 Route {
-                    config:
-                        RouteConfig {
-                            action: RouteAction::Respond(r),
-                            ..
-                        },
+                    handler: Handler::Respond(r),
                     ..
                 },
                 _,

@@ -3,7 +3,7 @@
 //! plain GET; CAs without it (pebble 2.4 among them) answer "unsupported", and then the
 //! 2/3-of-lifetime rule alone decides.
 
-use crate::tls::certs::from_unix_seconds;
+use crate::certs::from_unix_seconds;
 use instant_acme::{Account, CertificateIdentifier};
 use rustls::pki_types::Der;
 use rustls::sign::CertifiedKey;

@@ -2,8 +2,8 @@
 //! order for a set of names, answer its challenges, send a CSR and download the chain.
 
 use super::challenge::Published;
-use super::config::{AcmeSettings, Challenge};
 use super::store;
+use crate::config::acme::{AcmeSettings, Challenge};
 use bytes::Bytes;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;

@@ -49,11 +49,11 @@ pub fn load_stored(
 }
 
 fn parse(pem: &[u8], origin: &Path) -> Result<(CertifiedKey, Validity), String> {
-    let (certified, not_after) = crate::tls::certs::from_pem(pem, origin)?;
+    let (certified, not_after) = crate::certs::from_pem(pem, origin)?;
     let not_before = certified
         .cert
         .first()
-        .map_or(Ok(UNIX_EPOCH), |leaf| crate::tls::certs::not_before(leaf))
+        .map_or(Ok(UNIX_EPOCH), |leaf| crate::certs::not_before(leaf))
         .map_err(|e| format!("{}: unreadable certificate: {e}", origin.display()))?;
     Ok((
         certified,
@@ -68,7 +68,7 @@ fn leaf_names(certified: &CertifiedKey) -> Vec<String> {
     certified
         .cert
         .first()
-        .and_then(|leaf| crate::tls::certs::leaf_info(leaf).ok())
+        .and_then(|leaf| crate::certs::leaf_info(leaf).ok())
         .map(|(_, names)| names.iter().map(|n| n.to_ascii_lowercase()).collect())
         .unwrap_or_default()
 }
@@ -83,10 +83,7 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         let (settings, certs) = {
             let snapshot = shared.snapshot.load();
-            (
-                snapshot.config.acme.clone(),
-                snapshot.config.managed_certs(),
-            )
+            (snapshot.config.acme.clone(), snapshot.managed_certs.clone())
         };
         let labels: Vec<String> = certs.iter().map(|c| c.label()).collect();
         crate::metrics::retain_certificates(&labels);

@@ -17,11 +17,10 @@
 mod ari;
 pub mod challenge;
 mod client;
-pub mod config;
 pub mod manager;
 mod store;
 
-pub use config::{AcmeSettings, Challenge, RawAcme};
+pub use crate::config::acme::{AcmeSettings, Challenge};
 
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;

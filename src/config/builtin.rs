@@ -2,7 +2,7 @@
 
 use super::error::{ConfigError, ConfigErrors};
 use super::model::*;
-use crate::static_files::StaticConfig;
+use super::static_files::StaticConfig;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use std::path::PathBuf;
@@ -145,9 +145,7 @@ fn quick_proxy_routes(proxy: &[(String, Upstream)]) -> Vec<RouteConfig> {
         .into_iter()
         .map(|(path, upstreams)| RouteConfig {
             path,
-            action: RouteAction::Proxy(crate::proxy::ProxyRoute::new(
-                crate::proxy::ProxyConfig::new(upstreams),
-            )),
+            action: RouteAction::Proxy(super::proxy::ProxyConfig::new(upstreams)),
         })
         .collect()
 }

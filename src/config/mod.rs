@@ -1,12 +1,23 @@
-//! Configuration: the TOML file format, its validation and the built-in defaults.
+//! Configuration: the TOML file format, its validation into plain values, and the built-in
+//! defaults. Each feature's section (`proxy`, `static_files`, `tls`, `acme`) is parsed and
+//! validated here; the features depend on this module, never the other way round. Runtime
+//! objects built from a `Config` (pools, acceptors, certificate managers, caches) are
+//! `snapshot`'s.
 //!
-//! `load_file` is the only entry point that touches the file system; everything else is pure, so
-//! `gatehouse check`, startup and reload share exactly one code path.
+//! `gatehouse check`, startup and reload share this one code path, which reads files but
+//! changes nothing and starts nothing: the configuration file itself, the certificate and
+//! key files a `tls` key names (`$CREDENTIALS_DIRECTORY` included), `[acme] ca_roots`, and
+//! whether a `static` root is a directory. It does not read the ACME state directory (the
+//! snapshot does, for the stored certificates) or open any socket.
 
+pub mod acme;
 mod builtin;
 mod error;
 mod model;
+pub mod proxy;
 mod raw;
+pub mod static_files;
+pub mod tls;
 mod units;
 mod validate;
 
@@ -89,7 +100,7 @@ fn hint_for(message: &str) -> Option<&'static str> {
     if message.contains("unknown field") {
         Some("see the configuration reference in README.md for the keys each section accepts")
     } else if message.contains("\"auto\" or a table") {
-        Some(crate::tls::config::SHAPE_HINT)
+        Some(tls::SHAPE_HINT)
     } else if message.contains("duration") {
         Some("durations are strings such as \"250ms\", \"30s\" or \"5m\"")
     } else {

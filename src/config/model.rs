@@ -42,17 +42,25 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub sites: Vec<SiteConfig>,
     /// `[acme]`, validated; `None` when no site needs it (and no state directory is known).
-    pub acme: Option<crate::acme::AcmeSettings>,
+    pub acme: Option<super::acme::AcmeSettings>,
 }
 
 impl Config {
-    /// The ACME certificates this configuration serves, each once.
-    pub fn managed_certs(&self) -> Vec<std::sync::Arc<crate::acme::ManagedCert>> {
-        let mut out: Vec<std::sync::Arc<crate::acme::ManagedCert>> = Vec::new();
-        for site in &self.sites {
-            if let Some(crate::tls::config::SiteCert::Acme(m)) = &site.tls {
-                if !out.iter().any(|have| std::sync::Arc::ptr_eq(have, m)) {
-                    out.push(m.clone());
+    /// Every certificate file a TLS listener may present (its own first, then its sites'),
+    /// each once: for expiry warnings. ACME certificates report through their manager.
+    pub fn listener_certs(&self, name: &str) -> Vec<std::sync::Arc<crate::certs::LoadedCert>> {
+        let own = self.listener(name).and_then(|l| l.tls.as_ref());
+        let mut out: Vec<std::sync::Arc<crate::certs::LoadedCert>> =
+            own.and_then(|t| t.default.clone()).into_iter().collect();
+        let on_listener = self.sites.iter().filter(|s| {
+            s.listeners
+                .as_ref()
+                .is_none_or(|ls| ls.iter().any(|l| l == name))
+        });
+        for site in on_listener {
+            if let Some(super::tls::SiteCert::Files(c)) = &site.tls {
+                if !out.iter().any(|have| std::sync::Arc::ptr_eq(have, c)) {
+                    out.push(c.clone());
                 }
             }
         }
@@ -135,8 +143,8 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: Vec<BindAddr>,
     pub role: ListenerRole,
-    /// Certificates and acceptor when the listener speaks TLS.
-    pub tls: Option<crate::tls::ListenerTls>,
+    /// Certificates when the listener speaks TLS.
+    pub tls: Option<super::tls::ListenerTlsConfig>,
     /// A plain listener that redirects every request to https.
     pub redirect_https: bool,
 }
@@ -190,7 +198,7 @@ pub struct SiteConfig {
     /// Status → URL path of the page shown instead of gatehouse's own error text.
     pub error_pages: Vec<(u16, String)>,
     /// This site's own certificate, picked by SNI on TLS listeners.
-    pub tls: Option<crate::tls::config::SiteCert>,
+    pub tls: Option<super::tls::SiteCert>,
     pub redirect_https: bool,
     pub hsts: Option<HeaderValue>,
 }
@@ -260,9 +268,8 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub enum RouteAction {
     Respond(RespondConfig),
-    Static(crate::static_files::StaticConfig),
-    /// Shared with every router built from this config: it holds the upstream pool.
-    Proxy(std::sync::Arc<crate::proxy::ProxyRoute>),
+    Static(super::static_files::StaticConfig),
+    Proxy(super::proxy::ProxyConfig),
 }
 
 impl RouteAction {

@@ -15,7 +15,7 @@ pub struct RawConfig {
     #[serde(default, rename = "site")]
     pub sites: Vec<Spanned<RawSite>>,
     /// Settings for sites with `tls = "acme"`.
-    pub acme: Option<crate::acme::RawAcme>,
+    pub acme: Option<super::acme::RawAcme>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -47,7 +47,7 @@ pub struct RawListener {
     /// "public" (default): serves the sites; "admin": /metrics, /status, /healthz only.
     pub role: Option<Spanned<String>>,
     /// `"auto"` or `{ cert, key, strict_sni }`: this listener speaks TLS.
-    pub tls: Option<Spanned<crate::tls::config::RawTls>>,
+    pub tls: Option<Spanned<super::tls::RawTls>>,
     /// Plain listener: answer every request with a 308 to https.
     pub redirect_https: Option<Spanned<bool>>,
 }
@@ -64,7 +64,7 @@ pub struct RawSite {
     #[serde(default)]
     pub error_pages: std::collections::BTreeMap<Spanned<String>, Spanned<String>>,
     /// `{ cert, key }`: chosen by SNI for this site's hosts on TLS listeners.
-    pub tls: Option<Spanned<crate::tls::config::RawTls>>,
+    pub tls: Option<Spanned<super::tls::RawTls>>,
     /// On plain listeners, 308 to https for this site.
     pub redirect_https: Option<bool>,
     /// Strict-Transport-Security value, sent over TLS only.
@@ -77,8 +77,8 @@ pub struct RawRoute {
     pub path: Spanned<String>,
     pub respond: Option<Spanned<RawRespond>>,
     #[serde(rename = "static")]
-    pub static_files: Option<Spanned<crate::static_files::RawStatic>>,
-    pub proxy: Option<Spanned<crate::proxy::RawProxy>>,
+    pub static_files: Option<Spanned<super::static_files::RawStatic>>,
+    pub proxy: Option<Spanned<super::proxy::RawProxy>>,
 }
 
 #[derive(Debug, Deserialize)]

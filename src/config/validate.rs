@@ -11,10 +11,10 @@ use std::time::Duration;
 
 pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> Option<Config> {
     let server = server_settings(&raw.server, sink);
-    let wants_acme = |tls: &Option<Spanned<crate::tls::config::RawTls>>| matches!(tls.as_ref().map(|t| t.get_ref()), Some(crate::tls::config::RawTls::Auto(w)) if w == "acme");
+    let wants_acme = |tls: &Option<Spanned<super::tls::RawTls>>| matches!(tls.as_ref().map(|t| t.get_ref()), Some(super::tls::RawTls::Auto(w)) if w == "acme");
     let needs_acme = raw.sites.iter().any(|s| wants_acme(&s.get_ref().tls))
         || raw.listeners.iter().any(|l| wants_acme(&l.get_ref().tls));
-    let acme = crate::acme::config::validate(raw.acme.as_ref(), needs_acme, sink);
+    let acme = super::acme::validate(raw.acme.as_ref(), needs_acme, sink);
 
     let mut listeners = Vec::new();
     let mut names = HashSet::new();
@@ -63,7 +63,7 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
                     Some("put redirect_https = true on the plain listener (port 80)"),
                 );
             }
-            if let Some(p) = crate::tls::config::listener_tls(tls, sink) {
+            if let Some(p) = super::tls::listener_tls(tls, sink) {
                 pending_tls.push((listeners.len(), p, tls.span()));
             }
         }
@@ -183,10 +183,7 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
             error_pages,
             tls,
             redirect_https: site.redirect_https.unwrap_or(false),
-            hsts: site
-                .hsts
-                .as_ref()
-                .and_then(|h| crate::tls::config::hsts(h, sink)),
+            hsts: site.hsts.as_ref().and_then(|h| super::tls::hsts(h, sink)),
         });
     }
 
@@ -217,20 +214,31 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
         }
     }
 
-    // SNI needs every site's certificate, so TLS listeners are finished last.
-    let acme_alpn = acme
-        .as_ref()
-        .is_some_and(|a| a.challenge == crate::acme::Challenge::TlsAlpn01);
+    // `tls = "acme"` on a listener presents its sites' certificates: it needs one.
     for (idx, pending, span) in pending_tls {
         let listener = &mut listeners[idx];
-        match crate::tls::acceptor::build(pending, &listener.name, &sites, acme_alpn) {
-            Ok(tls) => listener.tls = Some(tls),
-            Err(msg) => sink.push(Some(span), msg, None),
+        let has_acme_site = sites.iter().any(|s| {
+            matches!(s.tls, Some(super::tls::SiteCert::Acme(_)))
+                && s.listeners
+                    .as_ref()
+                    .is_none_or(|ls| ls.contains(&listener.name))
+        });
+        if pending.default.is_none() && !has_acme_site {
+            sink.push(
+                Some(span),
+                format!(
+                    "listener {:?} has tls = \"acme\" but none of its sites has",
+                    listener.name
+                ),
+                None,
+            );
+        } else {
+            listener.tls = Some(pending);
         }
     }
 
     for (site, raw_site) in sites.iter().zip(&raw.sites) {
-        let acme_site = matches!(site.tls, Some(crate::tls::config::SiteCert::Acme(_)));
+        let acme_site = matches!(site.tls, Some(super::tls::SiteCert::Acme(_)));
         let on_tls = listeners.iter().any(|l| {
             l.tls.is_some()
                 && site
@@ -261,16 +269,16 @@ pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> O
 fn site_cert(
     site: &RawSite,
     hosts: &[HostPattern],
-    acme: Option<&crate::acme::AcmeSettings>,
+    acme: Option<&super::acme::AcmeSettings>,
     sink: &mut ErrorSink,
-) -> Option<crate::tls::config::SiteCert> {
-    use crate::tls::config::{SiteCert, SiteTlsChoice};
+) -> Option<super::tls::SiteCert> {
+    use super::tls::{SiteCert, SiteTlsChoice};
     let raw = site.tls.as_ref()?;
-    match crate::tls::config::site_tls(raw, sink)? {
+    match super::tls::site_tls(raw, sink)? {
         SiteTlsChoice::Files(c) => Some(SiteCert::Files(c)),
         SiteTlsChoice::Acme => {
             // Without settings the reason (no state directory) is reported already.
-            let acme = acme?;
+            acme?;
             let mut names = Vec::new();
             for h in hosts {
                 match h {
@@ -289,13 +297,7 @@ fn site_cert(
                     }
                 }
             }
-            match crate::acme::managed(acme, &names) {
-                Ok(m) => Some(SiteCert::Acme(m)),
-                Err(msg) => {
-                    sink.push(Some(raw.span()), msg, None);
-                    None
-                }
-            }
+            Some(SiteCert::Acme(names))
         }
     }
 }
@@ -471,10 +473,9 @@ fn routes(raw: &[Spanned<RawRoute>], sink: &mut ErrorSink) -> Vec<RouteConfig> {
         } else if let Some(resp) = &r.respond {
             respond(resp, sink).map(RouteAction::Respond)
         } else if let Some(st) = &r.static_files {
-            crate::static_files::StaticConfig::from_raw(st.get_ref(), sink).map(RouteAction::Static)
+            super::static_files::StaticConfig::from_raw(st.get_ref(), sink).map(RouteAction::Static)
         } else if let Some(p) = &r.proxy {
-            crate::proxy::config::validate(p, sink)
-                .map(|c| RouteAction::Proxy(crate::proxy::ProxyRoute::new(c)))
+            super::proxy::validate(p, sink).map(RouteAction::Proxy)
         } else {
             None
         };

@@ -201,7 +201,7 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
     let liveness = Liveness::new(Liveness::period_for(watchdog));
     crate::tls::log_warnings(&config);
     fd_limit::check(&config);
-    let shared = Shared::new(config, liveness);
+    let shared = Shared::new(config, liveness).map_err(Failure::Config)?;
     let mut listeners = ListenerSet::default();
     for open in opened {
         listeners.start(&shared, open);

@@ -47,6 +47,8 @@ async fn try_reload(
         let path = log_path.unwrap_or(std::path::Path::new(""));
         format!("cannot open access_log_file {path:?}: {e}")
     })?;
+    crate::tls::log_warnings(&config);
+    let snapshot = shared.snapshot_for(config)?;
 
     let mut opened: Vec<OpenListener> = Vec::new();
     for (name, addr) in &plan.bind {
@@ -65,10 +67,9 @@ async fn try_reload(
         }
     }
 
-    let max_connections = config.server.max_connections;
-    let admin_max_connections = config.server.admin_max_connections;
-    crate::tls::log_warnings(&config);
-    shared.snapshot.store(Arc::new(shared.snapshot_for(config)));
+    let max_connections = snapshot.config.server.max_connections;
+    let admin_max_connections = snapshot.config.server.admin_max_connections;
+    shared.snapshot.store(Arc::new(snapshot));
     crate::log::use_access_file(access_file);
     crate::acme::config_changed();
     shared

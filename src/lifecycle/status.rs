@@ -54,9 +54,9 @@ pub struct AcmeCert {
     pub last_error: Option<String>,
 }
 
-fn acme_certs(config: &crate::config::Config) -> Vec<AcmeCert> {
-    config
-        .managed_certs()
+fn acme_certs(snapshot: &crate::snapshot::Snapshot) -> Vec<AcmeCert> {
+    snapshot
+        .managed_certs
         .iter()
         .map(|m| {
             let s = m.state();
@@ -117,7 +117,7 @@ pub fn collect(shared: &Shared) -> Report {
         sent_bytes: m.bytes_out.get(),
         reloads_ok: m.reloads(true),
         reloads_failed: m.reloads(false),
-        upstreams: crate::proxy::upstreams_up(&shared.snapshot.load().config)
+        upstreams: crate::proxy::upstreams_up(&shared.snapshot.load().proxy_routes)
             .map(|(up, total)| Upstreams { up, total }),
         last_reload: last.map(|r| LastReload {
             at: humantime::format_rfc3339_seconds(r.at).to_string(),
@@ -125,7 +125,7 @@ pub fn collect(shared: &Shared) -> Report {
             error: r.error,
         }),
         tls_warnings: crate::tls::warnings(&shared.snapshot.load().config, SystemTime::now()),
-        acme: acme_certs(&shared.snapshot.load().config),
+        acme: acme_certs(&shared.snapshot.load()),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The upstreams of one proxy route, their health state, and how a request picks one.
 
-use super::config::{Balance, ProxyConfig};
 use super::connector::Connector;
 use super::pool::ConnPool;
+use crate::config::proxy::{Balance, ProxyConfig};
 use crate::config::Upstream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

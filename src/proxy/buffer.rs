@@ -21,8 +21,8 @@ mod queue;
 
 use super::balance::InFlight;
 use super::body::{poll_incoming, DownBody, Stall};
-use super::config::ProxyConfig;
 use super::spool::{self, TempFile};
+use crate::config::proxy::ProxyConfig;
 use crate::handlers::{Body, BoxError};
 use crate::metrics::BUFFERS;
 use bytes::Bytes;

@@ -2,7 +2,7 @@
 //! X-Forwarded-* and RFC 7239 `Forwarded` headers, and the framing checks that keep a
 //! malformed request from ever reaching an upstream.
 
-use super::config::Trusted;
+use crate::config::proxy::Trusted;
 use crate::log::Remote;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;

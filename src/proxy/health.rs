@@ -7,7 +7,7 @@
 
 use super::balance::{Pool, UpstreamState};
 use super::body::UpBody;
-use super::config::HealthConfig;
+use crate::config::proxy::HealthConfig;
 use std::sync::{Arc, Weak};
 use tokio::task::JoinHandle;
 

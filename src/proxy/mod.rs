@@ -10,7 +10,6 @@
 pub mod balance;
 pub mod body;
 pub mod buffer;
-pub mod config;
 pub mod connector;
 pub mod headers;
 pub mod health;
@@ -18,10 +17,9 @@ pub mod pool;
 pub mod spool;
 pub mod upgrade;
 
-pub use config::{ProxyConfig, RawProxy};
+pub use crate::config::proxy::ProxyConfig;
 pub use health::Background;
 
-use crate::config::{Config, RouteAction};
 use crate::handlers::{self, Body, RequestContext};
 use balance::{InFlight, Pool, UpstreamState};
 use body::{caused_by, Activity, BodyTooLarge, Reclaim, UpBody};
@@ -57,21 +55,11 @@ impl ProxyRoute {
     }
 }
 
-fn proxy_routes(config: &Config) -> impl Iterator<Item = &Arc<ProxyRoute>> {
-    config
-        .sites
-        .iter()
-        .flat_map(|s| &s.routes)
-        .filter_map(|r| match &r.action {
-            RouteAction::Proxy(p) => Some(p),
-            _ => None,
-        })
-}
-
-/// Starts the health checks of `config`'s proxy routes; they stop when the result is dropped.
-pub fn start(config: &Config) -> Background {
+/// Starts the health checks of a generation's proxy routes; they stop when the result is
+/// dropped.
+pub fn start(routes: &[Arc<ProxyRoute>]) -> Background {
     let mut bg = Background::default();
-    for p in proxy_routes(config) {
+    for p in routes {
         if let Some(h) = &p.config.health {
             bg.spawn(&p.pool, h);
         }
@@ -79,20 +67,22 @@ pub fn start(config: &Config) -> Background {
     bg
 }
 
-/// Every upstream of the configuration's proxy routes with whether it is up, for /metrics.
 /// Re-sends of one idempotent request whose connection died before any response byte.
 const MAX_RESENDS: u32 = 8;
 
-pub fn upstream_health(config: &Config) -> Vec<(String, bool)> {
-    proxy_routes(config)
+/// Every upstream of the generation's proxy routes with whether it is up, for /metrics.
+pub fn upstream_health(routes: &[Arc<ProxyRoute>]) -> Vec<(String, bool)> {
+    routes
+        .iter()
         .flat_map(|p| p.pool.upstreams.iter())
         .map(|u| (u.label.to_string(), u.is_up()))
         .collect()
 }
 
 /// `(up, total)` upstreams over all proxy routes, for STATUS=; `None` without proxy routes.
-pub fn upstreams_up(config: &Config) -> Option<(usize, usize)> {
-    proxy_routes(config)
+pub fn upstreams_up(routes: &[Arc<ProxyRoute>]) -> Option<(usize, usize)> {
+    routes
+        .iter()
         .map(|p| (p.pool.up_count(), p.pool.upstreams.len()))
         .reduce(|a, b| (a.0 + b.0, a.1 + b.1))
 }

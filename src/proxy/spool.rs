@@ -8,7 +8,7 @@
 //! the same thread.
 
 use super::body::{poll_incoming, IdleTimeout, Stall};
-use super::config::ProxyConfig;
+use crate::config::proxy::ProxyConfig;
 use crate::handlers::BoxError;
 use crate::metrics::BUFFERS;
 use bytes::Bytes;

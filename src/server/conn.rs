@@ -32,16 +32,12 @@ pub async fn serve(
     // certificates while open ones keep their session.
     let tls = {
         let snapshot = shared.snapshot.load();
-        snapshot
-            .config
-            .listener(&listener)
-            .and_then(|l| l.tls.as_ref())
-            .map(|t| {
-                (
-                    t.acceptor.clone(),
-                    snapshot.config.server.header_read_timeout,
-                )
-            })
+        snapshot.acceptor(&listener).map(|t| {
+            (
+                t.acceptor.clone(),
+                snapshot.config.server.header_read_timeout,
+            )
+        })
     };
     // Dropped with the connection, unless a tunnel took it over.
     let slot = ConnSlot::new(guard);

@@ -1,10 +1,9 @@
 //! The per-request pipeline: find the host, route it, run the handler, write the access log.
 
 use super::Shared;
-use crate::config::RouteAction;
 use crate::handlers::{self, Body, RequestContext};
 use crate::log::{self, Remote};
-use crate::router::{normalize_host, Lookup};
+use crate::router::{normalize_host, Handler, Lookup};
 use http::{header, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -100,7 +99,7 @@ pub async fn handle(
                 Some(&site.no_route),
             ),
             Lookup::Route(route, site) => {
-                if matches!(route.config.action, RouteAction::Proxy(_)) {
+                if matches!(route.handler, Handler::Proxy(_)) {
                     // An upstream may pause mid-body; a held tail would wait with it.
                     client_closes = false;
                 }
@@ -115,7 +114,7 @@ pub async fn handle(
                     upstream: &upstream,
                     connection: &ctx.slot,
                 };
-                let response = handlers::dispatch(&route.config, req, &cx).await;
+                let response = handlers::dispatch(route, req, &cx).await;
                 (
                     site.tls
                         .finish(ctx.tls, handlers::apply_error_page(site, response)),

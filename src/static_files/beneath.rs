@@ -12,7 +12,7 @@
 //! place inside the root. The kernel's refusals that the policy allows (absolute links
 //! into the root, EXDEV) take this walk too, so both ways answer alike.
 
-use super::config::FollowSymlinks;
+use crate::config::static_files::FollowSymlinks;
 use std::borrow::Cow;
 use std::ffi::{CStr, CString};
 use std::fs::File;

@@ -3,8 +3,6 @@
 //! beneath the root → directory handling / SPA fallback → representation (precompressed
 //! sibling or on-the-fly compression) → preconditions → range → headers → body.
 
-pub mod config;
-
 mod beneath;
 mod body;
 mod cache;
@@ -15,13 +13,13 @@ mod negotiate;
 pub mod path;
 mod range;
 
-pub use config::{RawStatic, StaticConfig};
+pub use crate::config::static_files::StaticConfig;
 
+use crate::config::static_files::Encoding;
 use crate::handlers::{self, Body};
 use body::{FileBody, ReaderBody};
 use bytes::Bytes;
 use conditional::{Precondition, Validators};
-use config::Encoding;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -36,9 +34,41 @@ use std::path::{Path, PathBuf};
 /// Files up to this size are read in one go; larger ones stream in bounded chunks.
 const READ_WHOLE_MAX: u64 = 128 * 1024;
 
+/// A `static` route as it serves: its validated settings, the open root and the cache of
+/// small files, built once per configuration generation.
+pub struct StaticRoute {
+    pub config: StaticConfig,
+    root_dir: path::RootDir,
+    /// Small hot files of this route, validated on every request.
+    cache: cache::FileCache,
+}
+
+impl StaticRoute {
+    pub fn new(config: StaticConfig) -> StaticRoute {
+        StaticRoute {
+            root_dir: path::RootDir::new(config.root.clone()),
+            cache: Default::default(),
+            config,
+        }
+    }
+}
+
+impl std::fmt::Debug for StaticRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl std::ops::Deref for StaticRoute {
+    type Target = StaticConfig;
+    fn deref(&self) -> &StaticConfig {
+        &self.config
+    }
+}
+
 /// `path` is the request's canonical path (see `request_path`): decoded once already.
 pub async fn serve(
-    cfg: &StaticConfig,
+    cfg: &StaticRoute,
     route_path: &str,
     path: &str,
     req: Request<Incoming>,
@@ -55,7 +85,7 @@ pub async fn serve(
 }
 
 fn handle(
-    cfg: &StaticConfig,
+    cfg: &StaticRoute,
     route_path: &str,
     url_path: &str,
     method: &Method,
@@ -132,7 +162,7 @@ enum Found {
 
 /// Opens `rel` beneath the root, or takes it from the cache when the probe shows the cached
 /// copy is still that file.
-fn open_source(cfg: &StaticConfig, rel: &Path) -> Result<Found, OpenError> {
+fn open_source(cfg: &StaticRoute, rel: &Path) -> Result<Found, OpenError> {
     let hit = std::cell::RefCell::new(None);
     let known = |meta: &Stat| {
         let cached = cfg.cache.get(rel, meta);
@@ -140,7 +170,7 @@ fn open_source(cfg: &StaticConfig, rel: &Path) -> Result<Found, OpenError> {
         *hit.borrow_mut() = cached;
         found
     };
-    match path::open_unless_known(&cfg.root, rel, cfg.follow_symlinks, &known)? {
+    match path::open_unless_known(&cfg.root_dir, rel, cfg.follow_symlinks, &known)? {
         Opened::Known(meta) => match hit.into_inner() {
             Some(bytes) => Ok(Found::File(Source::Cached(bytes), meta)),
             None => Err(OpenError::NotFound),
@@ -154,14 +184,11 @@ fn open_source(cfg: &StaticConfig, rel: &Path) -> Result<Found, OpenError> {
 const ERROR_PAGE_MAX: u64 = 1 << 20;
 
 /// Reads the site's error page `page` (a URL path below `route_path`): its bytes and type.
-pub fn error_page(
-    cfg: &StaticConfig,
-    route_path: &str,
-    page: &str,
-) -> Option<(Bytes, HeaderValue)> {
+pub fn error_page(cfg: &StaticRoute, route_path: &str, page: &str) -> Option<(Bytes, HeaderValue)> {
     let below = page.strip_prefix(route_path)?.trim_start_matches('/');
     let rel = path::check(below, cfg.serve_hidden).ok()?;
-    let Ok(Opened::File(file, meta)) = path::open(&cfg.root, &rel.path, cfg.follow_symlinks) else {
+    let Ok(Opened::File(file, meta)) = path::open(&cfg.root_dir, &rel.path, cfg.follow_symlinks)
+    else {
         tracing::warn!(page, "error page not found");
         return None;
     };
@@ -206,7 +233,7 @@ struct Representation {
 }
 
 fn serve_file(
-    cfg: &StaticConfig,
+    cfg: &StaticRoute,
     method: &Method,
     headers: &HeaderMap,
     rel: &Path,
@@ -331,7 +358,7 @@ fn serve_file(
 
 /// The first acceptable precompressed sibling that exists (`app.js.br`, …).
 fn choose_precompressed(
-    cfg: &StaticConfig,
+    cfg: &StaticRoute,
     rel: &Path,
     accept: Option<&str>,
 ) -> Option<Representation> {
@@ -355,7 +382,7 @@ fn choose_precompressed(
 }
 
 fn file_body(
-    cfg: &StaticConfig,
+    cfg: &StaticRoute,
     rel: &Path,
     rep: Representation,
     start: u64,

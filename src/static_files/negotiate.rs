@@ -1,6 +1,6 @@
 //! Accept-Encoding negotiation (RFC 9110 §12.5.3) among the encodings a route offers.
 
-use super::config::Encoding;
+use crate::config::static_files::Encoding;
 
 /// The offered encodings the client accepts, best first: by q-value, then by the order the
 /// route lists them. Identity is always the implicit last resort.

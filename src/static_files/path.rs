@@ -10,7 +10,7 @@
 
 pub use super::beneath::Stat;
 use super::beneath::{self, RootFd};
-use super::config::FollowSymlinks;
+use crate::config::static_files::FollowSymlinks;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;

@@ -1,10 +1,9 @@
 //! The rustls server side of a TLS listener: certificate choice by SNI, ALPN, protocol
 //! versions, and the handshake itself (run in the connection task, bounded in time).
 
-use super::certs::LoadedCert;
-use super::config::{PendingListenerTls, SiteCert};
 use crate::acme::challenge::{self, ACME_TLS_ALPN};
 use crate::acme::ManagedCert;
+use crate::config::tls::{ListenerTlsConfig, SiteCert};
 use crate::config::{HostPattern, SiteConfig};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -23,35 +22,14 @@ use tokio_rustls::TlsAcceptor;
 /// swaps certificates for new connections while open ones keep their session.
 #[derive(Clone)]
 pub struct ListenerTls {
-    /// The listener's own certificate: for clients without SNI and unknown names. `None`
-    /// with `tls = "acme"`: its first ACME site's certificate stands in.
-    pub default: Option<Arc<LoadedCert>>,
-    pub strict_sni: bool,
-    /// Every certificate file this listener may present (default first), for expiry
-    /// warnings; ACME certificates report through their manager instead.
-    pub certs: Vec<Arc<LoadedCert>>,
     pub acceptor: TlsAcceptor,
 }
 
 impl fmt::Debug for ListenerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListenerTls")
-            .field("default", &self.default)
-            .field("strict_sni", &self.strict_sni)
-            .field("certs", &self.certs.len())
-            .finish()
+        f.debug_struct("ListenerTls").finish_non_exhaustive()
     }
 }
-
-impl PartialEq for ListenerTls {
-    fn eq(&self, other: &Self) -> bool {
-        self.default == other.default
-            && self.strict_sni == other.strict_sni
-            && self.certs == other.certs
-    }
-}
-
-impl Eq for ListenerTls {}
 
 /// A certificate as the resolver holds it: fixed for this configuration generation, or
 /// managed by ACME and swapped in place on renewal.
@@ -139,27 +117,27 @@ fn offers_only_acme_alpn(hello: &ClientHello<'_>) -> bool {
 
 /// Builds the listener's rustls configuration from its own certificate and the certificates
 /// of the sites it serves. Hosts of sites without `tls` map to the listener's certificate,
-/// so `strict_sni` accepts them.
+/// so `strict_sni` accepts them. `managed` holds each site's ACME certificate, aligned with
+/// `sites`.
 pub fn build(
-    pending: PendingListenerTls,
+    pending: &ListenerTlsConfig,
     listener: &str,
     sites: &[SiteConfig],
+    managed: &[Option<Arc<ManagedCert>>],
     acme_alpn: bool,
 ) -> Result<ListenerTls, String> {
     let on_listener = || {
-        sites.iter().filter(|s| {
+        sites.iter().zip(managed).filter(|(s, _)| {
             s.listeners
                 .as_ref()
                 .is_none_or(|ls| ls.iter().any(|l| l == listener))
         })
     };
+    // Validation made sure a `tls = "acme"` listener has an ACME site.
     let default_key = match &pending.default {
         Some(c) => CertSource::Fixed(c.certified.clone()),
         None => on_listener()
-            .find_map(|s| match &s.tls {
-                Some(SiteCert::Acme(m)) => Some(CertSource::Managed(m.clone())),
-                _ => None,
-            })
+            .find_map(|(_, m)| m.clone().map(CertSource::Managed))
             .ok_or_else(|| {
                 format!("listener {listener:?} has tls = \"acme\" but none of its sites has")
             })?,
@@ -172,21 +150,15 @@ pub fn build(
         strict: pending.strict_sni,
         acme_alpn: false,
     };
-    let mut certs: Vec<Arc<LoadedCert>> = pending.default.iter().cloned().collect();
-    let mut managed = false;
-    for site in on_listener() {
-        let key = match &site.tls {
-            Some(SiteCert::Files(c)) => {
-                if !certs.iter().any(|have| Arc::ptr_eq(have, c)) {
-                    certs.push(c.clone());
-                }
-                CertSource::Fixed(c.certified.clone())
-            }
-            Some(SiteCert::Acme(m)) => {
-                managed = true;
+    let mut any_managed = false;
+    for (site, managed) in on_listener() {
+        let key = match (&site.tls, managed) {
+            (Some(SiteCert::Files(c)), _) => CertSource::Fixed(c.certified.clone()),
+            (Some(SiteCert::Acme(_)), Some(m)) => {
+                any_managed = true;
                 CertSource::Managed(m.clone())
             }
-            None => default_key.clone(),
+            _ => default_key.clone(),
         };
         for host in &site.hosts {
             match host {
@@ -207,7 +179,7 @@ pub fn build(
         .suffixes
         .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     // Validations are answered only where a managed certificate is served.
-    resolver.acme_alpn = acme_alpn && managed;
+    resolver.acme_alpn = acme_alpn && any_managed;
     let alpn_acme = resolver.acme_alpn;
 
     let mut config = ServerConfig::builder_with_provider(Arc::new(super::provider()))
@@ -226,9 +198,6 @@ pub fn build(
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
     Ok(ListenerTls {
-        default: pending.default,
-        strict_sni: pending.strict_sni,
-        certs,
         acceptor: TlsAcceptor::from(Arc::new(config)),
     })
 }

@@ -6,20 +6,15 @@
 //! the built acceptors, so a reload swaps certificates for new connections only.
 
 pub mod acceptor;
-pub mod certs;
-pub mod config;
 pub mod redirect;
 
+pub use crate::certs::LoadedCert;
 pub use acceptor::{handshake, handshake_tcp, ListenerTls};
-pub use certs::LoadedCert;
 pub use redirect::SitePolicy;
 
 use std::time::SystemTime;
 
-/// The crypto provider: ring (builds faster than aws-lc-rs and needs no cmake).
-pub fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
+pub use crate::certs::provider;
 
 /// Logs [`warnings`] to the journal; called whenever a configuration is put to use.
 pub fn log_warnings(config: &crate::config::Config) {
@@ -43,14 +38,14 @@ pub async fn watch_warnings(shared: std::sync::Arc<crate::server::Shared>) {
 /// One line per problem with a certificate in use: it expires within 14 days (or has
 /// expired), or its key file is world-readable.
 pub fn warnings(config: &crate::config::Config, now: SystemTime) -> Vec<String> {
-    let mut seen: Vec<&std::path::Path> = Vec::new();
+    let mut seen: Vec<std::path::PathBuf> = Vec::new();
     let mut out = Vec::new();
-    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-        for cert in &tls.certs {
-            if seen.contains(&cert.cert_path.as_path()) {
+    for listener in config.listeners.iter().filter(|l| l.tls.is_some()) {
+        for cert in &config.listener_certs(&listener.name) {
+            if seen.contains(&cert.cert_path) {
                 continue;
             }
-            seen.push(&cert.cert_path);
+            seen.push(cert.cert_path.clone());
             out.extend(cert.expiry_warning(now));
             out.extend(cert.key_warning());
         }

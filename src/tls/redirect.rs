@@ -17,14 +17,15 @@ pub struct SitePolicy {
 }
 
 impl SitePolicy {
-    pub fn for_site(site: &crate::config::SiteConfig) -> SitePolicy {
+    /// `acme` is the site's managed certificate, if it has one.
+    pub fn for_site(
+        site: &crate::config::SiteConfig,
+        acme: Option<std::sync::Arc<crate::acme::ManagedCert>>,
+    ) -> SitePolicy {
         SitePolicy {
             redirect_https: site.redirect_https,
             hsts: site.hsts.clone(),
-            acme: match &site.tls {
-                Some(super::config::SiteCert::Acme(m)) => Some(m.clone()),
-                _ => None,
-            },
+            acme,
         }
     }
 

@@ -1,7 +1,10 @@
 //! The `tls`, `redirect_https` and `hsts` keys: their file format, where credential paths
 //! point, and validation into loaded certificates with positions for every error.
+//!
+//! Validation reads the certificate and key files (so `gatehouse check` refuses a broken or
+//! mismatched pair); the acceptors that present them are built by `snapshot`.
 
-use super::certs::{self, LoadedCert};
+use crate::certs::{self, LoadedCert};
 use crate::config::ErrorSink;
 use http::HeaderValue;
 use serde::Deserialize;
@@ -52,9 +55,10 @@ pub struct RawTlsFiles {
     pub strict_sni: Option<Spanned<bool>>,
 }
 
-/// A listener's TLS settings before its SNI table (which needs the sites) is built.
-#[derive(Debug, Clone)]
-pub struct PendingListenerTls {
+/// A listener's TLS settings; its SNI table (which needs the sites) is built with the
+/// snapshot (`tls::acceptor::build`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTlsConfig {
     /// `None` for `tls = "acme"`: the listener presents its sites' ACME certificates.
     pub default: Option<Arc<LoadedCert>>,
     pub strict_sni: bool,
@@ -64,7 +68,9 @@ pub struct PendingListenerTls {
 #[derive(Debug, Clone)]
 pub enum SiteCert {
     Files(Arc<LoadedCert>),
-    Acme(Arc<crate::acme::ManagedCert>),
+    /// `tls = "acme"`: the DNS names to order it for (the site's hosts). The certificate
+    /// itself is the snapshot's (`acme::managed`).
+    Acme(Vec<String>),
 }
 
 /// A site's `tls` before `[acme]` is known: files are loaded, "acme" is resolved later.
@@ -141,7 +147,7 @@ fn load_files(files: &RawTlsFiles, sink: &mut ErrorSink) -> Option<Arc<LoadedCer
 }
 
 /// A `[[listener]]`'s `tls`.
-pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<PendingListenerTls> {
+pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<ListenerTlsConfig> {
     let span = raw.span();
     match raw.get_ref() {
         RawTls::Auto(word) if word == "auto" => {
@@ -154,7 +160,7 @@ pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Pendi
                 return None;
             };
             match certs::load(&dir.join(AUTO_CERT), &dir.join(AUTO_KEY)) {
-                Ok(c) => Some(PendingListenerTls {
+                Ok(c) => Some(ListenerTlsConfig {
                     default: Some(Arc::new(c)),
                     strict_sni: false,
                 }),
@@ -168,7 +174,7 @@ pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Pendi
                 }
             }
         }
-        RawTls::Auto(word) if word == "acme" => Some(PendingListenerTls {
+        RawTls::Auto(word) if word == "acme" => Some(ListenerTlsConfig {
             default: None,
             strict_sni: false,
         }),
@@ -182,7 +188,7 @@ pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Pendi
         }
         RawTls::Files(files) => {
             let strict_sni = files.strict_sni.as_ref().is_some_and(|s| *s.get_ref());
-            load_files(files, sink).map(|default| PendingListenerTls {
+            load_files(files, sink).map(|default| ListenerTlsConfig {
                 default: Some(default),
                 strict_sni,
             })

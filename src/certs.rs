@@ -15,6 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// A certificate chain with its key, loaded and checked.
+/// The crypto provider: ring (builds faster than aws-lc-rs and needs no cmake).
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 #[derive(Clone)]
 pub struct LoadedCert {
     pub cert_path: PathBuf,
@@ -129,7 +134,7 @@ fn check_pair(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<Checked, String> {
-    let provider = super::provider();
+    let provider = provider();
     let signing = provider
         .key_provider
         .load_private_key(key)

@@ -496,7 +496,6 @@ proxy = { upstreams = ["unix:/run/app1/gunicorn.sock", "http://127.0.0.1:8001"],
         let crate::config::RouteAction::Proxy(p) = &c.sites[0].routes[0].action else {
             panic!("not a proxy route");
         };
-        let p = &p.config;
         assert_eq!(p.upstreams.len(), 2);
         assert_eq!(p.balance, Balance::LeastConn);
         assert_eq!(p.connect_timeout, Duration::from_secs(2));

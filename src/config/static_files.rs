@@ -1,4 +1,5 @@
-//! The `static` route's config section.
+//! The `static` route's config section: its file format and validation into plain values
+//! (`static_files::StaticRoute` adds the open root and the file cache).
 
 use crate::config::ErrorSink;
 use globset::{Glob, GlobMatcher};
@@ -86,9 +87,8 @@ pub struct CacheRule {
 
 #[derive(Debug, Clone)]
 pub struct StaticConfig {
-    pub root: super::path::RootDir,
-    /// Small hot files of this route, validated on every request.
-    pub cache: super::cache::FileCache,
+    /// The document root (absolute).
+    pub root: PathBuf,
     pub index: Vec<String>,
     pub precompressed: Vec<Encoding>,
     pub spa_fallback: Option<String>,
@@ -104,8 +104,7 @@ impl StaticConfig {
     /// Defaults for `serve --root DIR`.
     pub fn for_root(root: PathBuf) -> StaticConfig {
         StaticConfig {
-            root: super::path::RootDir::new(root),
-            cache: Default::default(),
+            root,
             index: vec!["index.html".into()],
             precompressed: Vec::new(),
             spa_fallback: None,
