@@ -1,7 +1,7 @@
 //! The admin endpoints, served only on `role = "admin"` listeners: /metrics (Prometheus
 //! text), /status (JSON), /healthz. No site or route can reach them.
 
-use crate::handlers::{self, Body};
+use crate::http_base::{self, Body};
 use crate::lifecycle::status;
 use crate::server::Shared;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -10,10 +10,10 @@ use hyper::body::Incoming;
 pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/status" | "/healthz") {
-        return handlers::error(StatusCode::NOT_FOUND);
+        return http_base::error(StatusCode::NOT_FOUND);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = handlers::error(StatusCode::METHOD_NOT_ALLOWED);
+        let mut resp = http_base::error(StatusCode::METHOD_NOT_ALLOWED);
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
@@ -35,7 +35,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             let report = status::collect(shared);
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => text(StatusCode::OK, json + "\n", "application/json"),
-                Err(_) => handlers::error(StatusCode::INTERNAL_SERVER_ERROR),
+                Err(_) => http_base::error(StatusCode::INTERNAL_SERVER_ERROR),
             }
         }
         _ => {
@@ -53,7 +53,7 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
-    let mut resp = Response::new(handlers::full(body.into()));
+    let mut resp = Response::new(http_base::full(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -5,7 +5,7 @@
 //! Process-wide tables, since the manager publishes and the serving tasks read; entries are
 //! removed when their order ends ([`Published`] on drop).
 
-use crate::handlers::{self, Body};
+use crate::http_base::{self, Body};
 use http::{header, HeaderValue, Response};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::sign::CertifiedKey;
@@ -29,7 +29,7 @@ pub fn http01_response(path: &str) -> Option<Response<Body>> {
         .unwrap_or_else(|e| e.into_inner())
         .get(token)?
         .clone();
-    let mut resp = Response::new(handlers::full(bytes::Bytes::from(key_authorization)));
+    let mut resp = Response::new(http_base::full(bytes::Bytes::from(key_authorization)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

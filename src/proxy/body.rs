@@ -12,7 +12,7 @@
 
 use super::balance::{ms_of, now_ms, InFlight};
 use super::spool::{Replay, Spooled};
-use crate::handlers::BoxError;
+use crate::http_base::BoxError;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
@@ -96,7 +96,7 @@ impl ClientBodyError {
     /// What the access log records: 400, or 499 for an abort.
     pub fn status(&self) -> http::StatusCode {
         if self.is_abort() {
-            crate::handlers::client_closed_request()
+            crate::http_base::client_closed_request()
         } else {
             http::StatusCode::BAD_REQUEST
         }

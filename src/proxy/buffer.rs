@@ -23,7 +23,7 @@ use super::balance::InFlight;
 use super::body::{poll_incoming, DownBody, Stall};
 use super::spool::{self, TempFile};
 use crate::config::proxy::ProxyConfig;
-use crate::handlers::{Body, BoxError};
+use crate::http_base::{Body, BoxError};
 use crate::metrics::BUFFERS;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};

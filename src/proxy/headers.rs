@@ -88,7 +88,7 @@ fn connection_names_only_standard(headers: &HeaderMap) -> bool {
 /// Anything else goes upstream as a plain request: a tunnel escapes routing, header
 /// rewriting and the access log (`h2c` would carry requests for any path).
 pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
-    if allowed.is_empty() || !crate::handlers::connection_lists(headers, "upgrade") {
+    if allowed.is_empty() || !crate::http_base::connection_lists(headers, "upgrade") {
         return None;
     }
     let offered = headers.get(header::UPGRADE)?.to_str().ok()?;

@@ -20,7 +20,7 @@ pub mod upgrade;
 pub use crate::config::proxy::ProxyConfig;
 pub use health::Background;
 
-use crate::handlers::{self, Body, RequestContext};
+use crate::http_base::{self, Body, RequestContext};
 use balance::{InFlight, Pool, UpstreamState};
 use body::{caused_by, Activity, BodyTooLarge, Reclaim, UpBody};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -135,7 +135,7 @@ fn prepare(
 ) -> Prepared {
     let cfg = &route.config;
     if let Err(status) = headers::check_framing(req.headers()) {
-        return Prepared::Answer(closing(handlers::error(status)));
+        return Prepared::Answer(closing(http_base::error(status)));
     }
     let declared = req
         .headers()
@@ -146,7 +146,7 @@ fn prepare(
         if declared.is_some_and(|n| n > max) {
             // Before reading anything: a client that sent Expect: 100-continue never gets
             // the 100 and need not send the body.
-            return Prepared::Answer(closing(handlers::error(StatusCode::PAYLOAD_TOO_LARGE)));
+            return Prepared::Answer(closing(http_base::error(StatusCode::PAYLOAD_TOO_LARGE)));
         }
     }
     let upgrade_proto = headers::allowed_upgrade(req.headers(), &cfg.upgrades)
@@ -165,7 +165,7 @@ fn prepare(
         Some(pq) if !cfg.strip_prefix && cx.path == parts.uri.path() => pq.clone(),
         _ => match upstream_target(prefix, cfg.strip_prefix, cx.path, parts.uri.query()) {
             Ok(p) => p,
-            Err(_) => return Prepared::Answer(handlers::error(StatusCode::BAD_REQUEST)),
+            Err(_) => return Prepared::Answer(http_base::error(StatusCode::BAD_REQUEST)),
         },
     };
     let mut head = parts.headers;
@@ -251,7 +251,7 @@ async fn forward(
             Err(spool::ReadError::Client(e)) => {
                 return client_fault(&body::ClientBodyError(e), None, cx)
             }
-            Err(e) => return closing(handlers::error(e.status())),
+            Err(e) => return closing(http_base::error(e.status())),
         }
     } else {
         (None, Some(Arc::new(Mutex::new(Some(body)))))
@@ -349,14 +349,14 @@ async fn forward(
                 if caused_by::<BodyTooLarge>(&e) {
                     return closing(tag(
                         cx.upstream,
-                        handlers::error(StatusCode::PAYLOAD_TOO_LARGE),
+                        http_base::error(StatusCode::PAYLOAD_TOO_LARGE),
                         &u.label,
                     ));
                 }
                 if caused_by::<body::IdleTimeout>(&e) {
                     return closing(tag(
                         cx.upstream,
-                        handlers::error(StatusCode::REQUEST_TIMEOUT),
+                        http_base::error(StatusCode::REQUEST_TIMEOUT),
                         &u.label,
                     ));
                 }
@@ -503,7 +503,7 @@ fn respond(
         .is_some_and(|p| headers::upgrade_allowed(p.trim(), &cfg.upgrades));
     let body = match (upstream_upgrade, client_upgrade) {
         (Some(_), Some(_)) if !allowed => {
-            return tag(used, handlers::error(StatusCode::BAD_GATEWAY), &u.label);
+            return tag(used, http_base::error(StatusCode::BAD_GATEWAY), &u.label);
         }
         (Some(up), Some(client)) => {
             if let Some(proto) = upgrade_to {
@@ -514,11 +514,11 @@ fn respond(
             // open count and under max_connections.
             let connection = cx.connection.take();
             upgrade::spawn_tunnel(client, up, idle, u.label.to_string(), in_flight, connection);
-            handlers::full(bytes::Bytes::new())
+            http_base::full(bytes::Bytes::new())
         }
         // 101 to a request that asked for no upgrade: nothing sane to forward.
         (Some(_), None) => {
-            return tag(used, handlers::error(StatusCode::BAD_GATEWAY), &u.label);
+            return tag(used, http_base::error(StatusCode::BAD_GATEWAY), &u.label);
         }
         _ => buffer::response_body(body, &mut headers, cfg, in_flight),
     };
@@ -540,8 +540,8 @@ fn failed(
     (status, idx): (StatusCode, Option<usize>),
 ) -> Response<Body> {
     match idx.and_then(|i| pool.upstreams.get(i)) {
-        Some(u) => tag(used, handlers::error(status), &u.label),
-        None => tag(used, handlers::error(status), &Arc::from("-")),
+        Some(u) => tag(used, http_base::error(status), &u.label),
+        None => tag(used, http_base::error(status), &Arc::from("-")),
     }
 }
 
@@ -553,7 +553,7 @@ fn client_fault(
     cx: &RequestContext<'_>,
 ) -> Response<Body> {
     tracing::debug!(error = %e_chain(fault), "request body failed");
-    let resp = closing(handlers::error(fault.status()));
+    let resp = closing(http_base::error(fault.status()));
     match upstream {
         Some(label) => tag(cx.upstream, resp, label),
         None => resp,

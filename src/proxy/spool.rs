@@ -9,7 +9,7 @@
 
 use super::body::{poll_incoming, IdleTimeout, Stall};
 use crate::config::proxy::ProxyConfig;
-use crate::handlers::BoxError;
+use crate::http_base::BoxError;
 use crate::metrics::BUFFERS;
 use bytes::Bytes;
 use http::header::{HeaderMap, CONTENT_TYPE};

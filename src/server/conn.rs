@@ -1,12 +1,12 @@
 //! One client connection: HTTP/1.1 (keep-alive) or HTTP/2 (ALPN or prior knowledge, told by
 //! its first bytes), served until the client leaves or a drain asks it to finish.
 
-use super::connections::{ConnGuard, ConnSlot};
 use super::fin_merge::HoldTail;
 use super::listener::Stream;
 use super::read_ahead::{FirstRead, Protocol};
 use super::request;
 use super::Shared;
+use crate::connections::{ConnGuard, ConnSlot};
 use crate::log::Remote;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -176,7 +176,7 @@ async fn serve_io<I>(
 async fn first_bytes<I: AsyncRead + Unpin>(
     io: &mut ClientIo<I>,
     timeout: Duration,
-    mut drain: Pin<&mut super::connections::DrainWait<'_>>,
+    mut drain: Pin<&mut crate::connections::DrainWait<'_>>,
 ) -> Option<Protocol> {
     let deadline = tokio::time::Instant::now() + timeout;
     let ClientIo {
@@ -215,7 +215,7 @@ async fn first_bytes<I: AsyncRead + Unpin>(
 async fn drive<C>(
     conn: impl FnOnce() -> C,
     shutdown: impl FnOnce(Pin<&mut C>),
-    mut drain: Pin<&mut super::connections::DrainWait<'_>>,
+    mut drain: Pin<&mut crate::connections::DrainWait<'_>>,
     ctx: &request::ConnContext,
     timers: (Duration, Option<Duration>),
 ) where

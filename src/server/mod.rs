@@ -1,11 +1,12 @@
-//! The serving side: listeners and their accept loops, connection accounting, one hyper
-//! connection per client, and the per-request pipeline (host → route → handler → access log).
+//! The serving side: listeners and their accept loops, one hyper connection per client, and
+//! the per-request pipeline (host → route → handler → access log). Connection accounting is
+//! `crate::connections`; the configuration generation it serves, `crate::snapshot`.
 //!
 //! A request's path: `listener::accept_loop` → `conn::serve` → `request::handle` →
-//! `router::Router::route` → `handlers::respond` (or a later route kind).
+//! `router::Router::route` → `handlers::dispatch` → `respond`, `static_files::serve` or
+//! `proxy::handle`.
 
 pub mod conn;
-pub mod connections;
 mod fin_merge;
 pub mod listener;
 mod read_ahead;
@@ -13,12 +14,12 @@ pub mod request;
 mod watch;
 
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::lifecycle::liveness::Liveness;
 use crate::lifecycle::status::ReloadOutcome;
 use crate::metrics::Metrics;
 pub use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
-use connections::Connections;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 

@@ -1,7 +1,8 @@
 //! The per-request pipeline: find the host, route it, run the handler, write the access log.
 
 use super::Shared;
-use crate::handlers::{self, Body, RequestContext};
+use crate::handlers;
+use crate::http_base::{self, Body, RequestContext};
 use crate::log::{self, Remote};
 use crate::router::{normalize_host, Handler, Lookup};
 use http::{header, Method, Request, Response, StatusCode, Version};
@@ -27,7 +28,7 @@ pub struct ConnContext {
     /// The connection is TLS.
     pub tls: bool,
     /// The connection's place in the count; a WebSocket tunnel takes it over.
-    pub slot: super::connections::ConnSlot,
+    pub slot: crate::connections::ConnSlot,
     /// What the connection's send and idle timers look at (see `watch`).
     pub watch: Arc<super::watch::ConnWatch>,
 }
@@ -77,9 +78,9 @@ pub async fn handle(
             crate::tls::redirect::redirect_https(host, &uri),
             Some(&router.no_site),
         ),
-        (_, None, None) => (handlers::error(StatusCode::NOT_FOUND), None),
+        (_, None, None) => (http_base::error(StatusCode::NOT_FOUND), None),
         (Err(status), Some(router), None) => {
-            let mut response = handlers::error(*status);
+            let mut response = http_base::error(*status);
             if *status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
                 // As hyper does for its own 431: the rest of this head was never read.
                 response.headers_mut().insert(
@@ -90,7 +91,7 @@ pub async fn handle(
             (response, Some(&router.no_site))
         }
         (Ok(_), Some(router), None) if path.is_err() => (
-            handlers::error(StatusCode::BAD_REQUEST),
+            http_base::error(StatusCode::BAD_REQUEST),
             Some(&router.no_site),
         ),
         (Ok(host), Some(router), None) => match router.route(host, canonical(&path)) {
@@ -124,12 +125,12 @@ pub async fn handle(
             Lookup::NoRoute(site) => (
                 site.tls.finish(
                     ctx.tls,
-                    handlers::apply_error_page(site, handlers::error(StatusCode::NOT_FOUND)),
+                    handlers::apply_error_page(site, http_base::error(StatusCode::NOT_FOUND)),
                 ),
                 Some(&site.no_route),
             ),
             Lookup::NoSite => (
-                handlers::error(StatusCode::NOT_FOUND),
+                http_base::error(StatusCode::NOT_FOUND),
                 Some(&router.no_site),
             ),
         },
@@ -189,7 +190,7 @@ struct Unanswered<'a> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        let status = handlers::client_closed_request();
+        let status = http_base::client_closed_request();
         // An error status: `access_log_sample` never drops it.
         if !self.armed || !log::access_wanted(self.access_log, 1, status) {
             return;
@@ -209,8 +210,8 @@ impl Drop for Unanswered<'_> {
 /// Whether hyper closes the connection once it has answered `req` (RFC 9112 §9.3).
 fn closes_connection(req: &Request<Incoming>) -> bool {
     match req.version() {
-        Version::HTTP_11 => handlers::connection_lists(req.headers(), "close"),
-        Version::HTTP_10 => !handlers::connection_lists(req.headers(), "keep-alive"),
+        Version::HTTP_11 => http_base::connection_lists(req.headers(), "close"),
+        Version::HTTP_10 => !http_base::connection_lists(req.headers(), "keep-alive"),
         _ => false,
     }
 }

@@ -9,7 +9,7 @@
 //! began, and `watch`, one timer per connection, looks at the notes.
 
 use super::request::{self, ConnContext};
-use crate::handlers::{self, Body};
+use crate::http_base::{self, Body};
 use crate::proxy::balance::now_ms;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -186,7 +186,7 @@ pub struct WatchedBody {
 
 impl hyper::body::Body for WatchedBody {
     type Data = Bytes;
-    type Error = handlers::BoxError;
+    type Error = http_base::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -253,7 +253,7 @@ pub async fn serve_stream(
 
 /// 503 for a stream beyond the budget: the client may retry once others have finished.
 fn refuse(req: Request<Incoming>, ctx: &ConnContext) -> Response<Body> {
-    let mut response = handlers::error(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = http_base::error(StatusCode::SERVICE_UNAVAILABLE);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -2,7 +2,7 @@
 //! hyper asks for the next chunk only once the previous one is written, so memory per
 //! connection stays at about one chunk however large the file or slow the client.
 
-use crate::handlers::BoxError;
+use crate::http_base::BoxError;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;

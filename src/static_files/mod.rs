@@ -16,7 +16,7 @@ mod range;
 pub use crate::config::static_files::StaticConfig;
 
 use crate::config::static_files::Encoding;
-use crate::handlers::{self, Body};
+use crate::http_base::{self, Body};
 use body::{FileBody, ReaderBody};
 use bytes::Bytes;
 use conditional::{Precondition, Validators};
@@ -93,7 +93,7 @@ fn handle(
     headers: &HeaderMap,
 ) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
-        let mut resp = handlers::error(StatusCode::METHOD_NOT_ALLOWED);
+        let mut resp = http_base::error(StatusCode::METHOD_NOT_ALLOWED);
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
@@ -104,8 +104,8 @@ fn handle(
         .trim_start_matches('/');
     let rel = match path::check(below, cfg.serve_hidden) {
         Ok(rel) => rel,
-        Err(Reject::BadRequest) => return handlers::error(StatusCode::BAD_REQUEST),
-        Err(Reject::NotFound) => return handlers::error(StatusCode::NOT_FOUND),
+        Err(Reject::BadRequest) => return http_base::error(StatusCode::BAD_REQUEST),
+        Err(Reject::NotFound) => return http_base::error(StatusCode::NOT_FOUND),
     };
     match open_source(cfg, &rel.path) {
         Ok(Found::File(source, meta)) => serve_file(cfg, method, headers, &rel.path, source, meta),
@@ -126,7 +126,7 @@ fn handle(
                     Err(e) => tracing::warn!(error = %e, "cannot list directory"),
                 }
             }
-            handlers::error(StatusCode::FORBIDDEN)
+            http_base::error(StatusCode::FORBIDDEN)
         }
         Err(OpenError::NotFound) => match &cfg.spa_fallback {
             Some(fallback) if !rel.has_extension => {
@@ -135,15 +135,15 @@ fn handle(
                     Ok(Found::File(source, meta)) => {
                         serve_file(cfg, method, headers, fallback, source, meta)
                     }
-                    _ => handlers::error(StatusCode::NOT_FOUND),
+                    _ => http_base::error(StatusCode::NOT_FOUND),
                 }
             }
-            _ => handlers::error(StatusCode::NOT_FOUND),
+            _ => http_base::error(StatusCode::NOT_FOUND),
         },
-        Err(OpenError::Forbidden) => handlers::error(StatusCode::FORBIDDEN),
+        Err(OpenError::Forbidden) => http_base::error(StatusCode::FORBIDDEN),
         Err(OpenError::Io(e)) => {
             tracing::warn!(error = %e, path = %rel.path.display(), "static file error");
-            handlers::error(StatusCode::INTERNAL_SERVER_ERROR)
+            http_base::error(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
 }
@@ -208,7 +208,7 @@ fn redirect_to_slash(canonical: &str, query: Option<&str>) -> Response<Body> {
         Some(q) => format!("{path}/?{q}"),
         None => format!("{path}/"),
     };
-    let mut resp = handlers::error(StatusCode::MOVED_PERMANENTLY);
+    let mut resp = http_base::error(StatusCode::MOVED_PERMANENTLY);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -216,7 +216,7 @@ fn redirect_to_slash(canonical: &str, query: Option<&str>) -> Response<Body> {
 }
 
 fn html_response(html: String) -> Response<Body> {
-    let mut resp = Response::new(handlers::full(html.into()));
+    let mut resp = Response::new(http_base::full(html.into()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -288,10 +288,10 @@ fn serve_file(
         Precondition::NotModified => {
             return builder
                 .status(StatusCode::NOT_MODIFIED)
-                .body(handlers::empty())
-                .unwrap_or_else(|_| handlers::error(StatusCode::INTERNAL_SERVER_ERROR));
+                .body(http_base::empty())
+                .unwrap_or_else(|_| http_base::error(StatusCode::INTERNAL_SERVER_ERROR));
         }
-        Precondition::Failed => return handlers::error(StatusCode::PRECONDITION_FAILED),
+        Precondition::Failed => return http_base::error(StatusCode::PRECONDITION_FAILED),
     }
 
     builder = builder.header(header::CONTENT_TYPE, content_type);
@@ -304,14 +304,14 @@ fn serve_file(
     if let Some(enc) = on_the_fly {
         // Length unknown in advance, so no ranges on a compressed stream.
         let body = if head {
-            handlers::empty()
+            http_base::empty()
         } else {
             compressed_body(rep.source, enc)
         };
         return builder
             .status(StatusCode::OK)
             .body(body)
-            .unwrap_or_else(|_| handlers::error(StatusCode::INTERNAL_SERVER_ERROR));
+            .unwrap_or_else(|_| http_base::error(StatusCode::INTERNAL_SERVER_ERROR));
     }
 
     let len = rep.meta.size();
@@ -331,7 +331,7 @@ fn serve_file(
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
         RangeRequest::Unsatisfiable => {
-            let mut resp = handlers::error(StatusCode::RANGE_NOT_SATISFIABLE);
+            let mut resp = http_base::error(StatusCode::RANGE_NOT_SATISFIABLE);
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
             }
@@ -339,13 +339,13 @@ fn serve_file(
         }
     };
     let body = if head {
-        handlers::empty()
+        http_base::empty()
     } else {
         match file_body(cfg, rel, rep, start, count) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, path = %rel.display(), "cannot read file");
-                return handlers::error(StatusCode::INTERNAL_SERVER_ERROR);
+                return http_base::error(StatusCode::INTERNAL_SERVER_ERROR);
             }
         }
     };
@@ -353,7 +353,7 @@ fn serve_file(
         .status(status)
         .header(header::CONTENT_LENGTH, count)
         .body(body)
-        .unwrap_or_else(|_| handlers::error(StatusCode::INTERNAL_SERVER_ERROR))
+        .unwrap_or_else(|_| http_base::error(StatusCode::INTERNAL_SERVER_ERROR))
 }
 
 /// The first acceptable precompressed sibling that exists (`app.js.br`, …).
@@ -423,7 +423,7 @@ fn file_body(
         .unwrap_or(usize::MAX)
         .min(whole.len());
     let begin = usize::try_from(start).unwrap_or(usize::MAX).min(end);
-    Ok(handlers::full(whole.slice(begin..end)))
+    Ok(http_base::full(whole.slice(begin..end)))
 }
 
 fn compressed_body(source: Source, enc: Encoding) -> Body {

@@ -1,6 +1,6 @@
 //! Plain-HTTP → HTTPS redirects (`redirect_https`) and HSTS (`hsts`), applied per request.
 
-use crate::handlers::{self, Body};
+use crate::http_base::{self, Body};
 use http::{header, HeaderValue, Response, StatusCode, Uri};
 
 /// What a site asks of the request pipeline about TLS; resolved once per configuration.
@@ -55,15 +55,15 @@ impl SitePolicy {
 pub fn redirect_https(host: &str, uri: &Uri) -> Response<Body> {
     if host.is_empty() {
         // HTTP/1.0 without Host: there is no name to send the client to.
-        return handlers::error(StatusCode::BAD_REQUEST);
+        return http_base::error(StatusCode::BAD_REQUEST);
     }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     // An IPv6 literal arrives normalised as "[::1]", already bracketed for a URL.
     let location = format!("https://{host}{path}");
     let Ok(value) = HeaderValue::from_str(&location) else {
-        return handlers::error(StatusCode::BAD_REQUEST);
+        return http_base::error(StatusCode::BAD_REQUEST);
     };
-    let mut resp = Response::new(handlers::full(bytes::Bytes::from(format!(
+    let mut resp = Response::new(http_base::full(bytes::Bytes::from(format!(
         "308 Permanent Redirect: {location}\n"
     ))));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
@@ -103,12 +103,12 @@ mod tests {
             hsts: Some(HeaderValue::from_static("max-age=60")),
             acme: None,
         };
-        let plain = p.finish(false, handlers::error(StatusCode::OK));
+        let plain = p.finish(false, http_base::error(StatusCode::OK));
         assert!(plain
             .headers()
             .get(header::STRICT_TRANSPORT_SECURITY)
             .is_none());
-        let tls = p.finish(true, handlers::error(StatusCode::OK));
+        let tls = p.finish(true, http_base::error(StatusCode::OK));
         assert_eq!(
             tls.headers()[header::STRICT_TRANSPORT_SECURITY],
             "max-age=60"

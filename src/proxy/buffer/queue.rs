@@ -3,7 +3,7 @@
 //! and how the body ended. The pump and the client's body share it behind a mutex, each
 //! waking the other (the client when bytes arrive, the pump when room is made).
 
-use crate::handlers::BoxError;
+use crate::http_base::BoxError;
 use crate::proxy::spool::TempFile;
 use bytes::Bytes;
 use http::header::HeaderMap;
