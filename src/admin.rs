@@ -2,8 +2,8 @@
 //! text), /status (JSON), /healthz. No site or route can reach them.
 
 use crate::http_base::{self, Body};
-use crate::lifecycle::status;
-use crate::server::Shared;
+use crate::shared::Shared;
+use crate::status;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub start_time: SystemTime,
 }
 
+// The statics from here on are process-wide (see `crate::shared`): fed from deep in the
+// proxy, logging and ACME code, which holds no `Metrics`; `Metrics::new` registers them.
+
 /// Per-upstream series live for the whole process: proxy pools are rebuilt by every reload,
 /// and a counter must never go back to zero.
 struct UpstreamFamilies {

@@ -15,6 +15,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+// Process-wide (see `crate::shared`): the order task writes them, the port-80 request path
+// and every TLS listener's certificate resolver read them.
 static HTTP01: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Default::default);
 static TLS_ALPN01: LazyLock<Mutex<HashMap<String, Arc<CertifiedKey>>>> =
     LazyLock::new(Default::default);
@@ -103,7 +105,7 @@ pub fn self_signed(params: rcgen::CertificateParams) -> Result<CertifiedKey, Str
     let cert = params
         .self_signed(&key)
         .map_err(|e| format!("self-signing: {e}"))?;
-    let signing = crate::tls::provider()
+    let signing = crate::certs::provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .map_err(|e| format!("key: {e}"))?;

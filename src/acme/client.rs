@@ -37,7 +37,7 @@ fn http_client(settings: &AcmeSettings) -> Result<Box<dyn HttpClient>, String> {
                     .map_err(|e| format!("ca_roots: unusable root certificate: {}", chain(&e)))?;
             }
             let config =
-                rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))
+                rustls::ClientConfig::builder_with_provider(Arc::new(crate::certs::provider()))
                     .with_safe_default_protocol_versions()
                     .map_err(|e| format!("TLS client setup: {}", chain(&e)))?
                     .with_root_certificates(store)

@@ -3,7 +3,6 @@
 //! exponential backoff, and persists what it gets before serving it.
 
 use super::{ari, client, store, AcmeSettings, ManagedCert, Validity};
-use crate::server::Shared;
 use instant_acme::Account;
 use rustls::sign::CertifiedKey;
 use std::collections::{HashMap, HashSet};
@@ -12,8 +11,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-/// Signalled when the configuration changes, so a new site is ordered at once.
-pub static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
+/// Signalled when the configuration changes, so a new site is ordered at once. Process-wide
+/// (see `crate::shared`).
+pub(super) static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
 
 /// One attempt (account, order, validation, download) may take this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -74,17 +74,15 @@ fn leaf_names(certified: &CertifiedKey) -> Vec<String> {
 }
 
 /// Runs for the life of the server when any site has `tls = "acme"` (or may get one by a
-/// reload: the loop is idle without managed certificates).
-pub async fn run(shared: Arc<Shared>) {
+/// reload: the loop is idle without managed certificates). `serving` returns the settings
+/// and certificates of the configuration generation being served, each time it is asked.
+pub async fn run(serving: impl Fn() -> (Option<AcmeSettings>, Vec<Arc<ManagedCert>>)) {
     // Accounts stay loaded between attempts: loading one asks the CA for its directory.
     let mut accounts: HashMap<PathBuf, Account> = HashMap::new();
     // CAs whose directory has no renewalInfo: not asked again by this process.
     let mut no_ari: HashSet<PathBuf> = HashSet::new();
     loop {
-        let (settings, certs) = {
-            let snapshot = shared.snapshot.load();
-            (snapshot.config.acme.clone(), snapshot.managed_certs.clone())
-        };
+        let (settings, certs) = serving();
         let labels: Vec<String> = certs.iter().map(|c| c.label()).collect();
         crate::metrics::retain_certificates(&labels);
         let mut wake_at = SystemTime::now() + RECHECK;

@@ -134,6 +134,7 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 type RegistryKey = (PathBuf, Vec<String>);
 
+/// Process-wide (see `crate::shared`): outlives configuration generations.
 static REGISTRY: LazyLock<Mutex<HashMap<RegistryKey, Arc<ManagedCert>>>> =
     LazyLock::new(Default::default);
 

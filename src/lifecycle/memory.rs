@@ -6,7 +6,7 @@
 //! the allocator holds notably more free memory than after the last trim (idle upstream
 //! connections are closed a while after the clients left), so busy servers never pay for it.
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 

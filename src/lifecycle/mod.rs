@@ -2,19 +2,18 @@
 //! stop on SIGTERM/SIGINT or idleness (STOPPING, drain), and the watchdog.
 
 mod fd_limit;
-pub mod liveness;
 mod memory;
 mod reload;
 pub mod reload_status;
 mod standby;
-pub mod status;
 
 use crate::config::{Config, ConfigOrigin};
+use crate::liveness::Liveness;
 use crate::log::{self, LogTarget};
 use crate::server::listener::{self, ListenerSet, OpenListener};
-use crate::server::Shared;
+use crate::shared::Shared;
+use crate::status;
 use crate::systemd::{self, notify, PassedSocket};
-use liveness::Liveness;
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -219,8 +218,17 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
     notify::ready(&status::line(&status::collect(&shared)));
     let status_task = tokio::spawn(refresh_status(shared.clone()));
     let trim_task = tokio::spawn(memory::trim_when_idle(shared.clone()));
-    let expiry_task = tokio::spawn(crate::tls::watch_warnings(shared.clone()));
-    let acme_task = tokio::spawn(crate::acme::manager::run(shared.clone()));
+    let expiry_task = tokio::spawn(crate::tls::watch_warnings({
+        let shared = shared.clone();
+        move || crate::tls::log_warnings(&shared.snapshot.load().config)
+    }));
+    let acme_task = tokio::spawn(crate::acme::manager::run({
+        let shared = shared.clone();
+        move || {
+            let snapshot = shared.snapshot.load();
+            (snapshot.config.acme.clone(), snapshot.managed_certs.clone())
+        }
+    }));
     let noise_task = tokio::spawn(log::summarize_peer_noise());
     let watchdog_task = watchdog.map(|interval| {
         let liveness = shared.liveness.clone();

@@ -1,10 +1,11 @@
 //! SIGHUP: re-read the configuration and swap it in without dropping a connection.
 //! A configuration that fails validation or whose new sockets cannot be bound changes nothing.
 
-use super::status::{self, ReloadOutcome};
 use crate::config::{BindAddr, Config, ConfigOrigin};
 use crate::server::listener::{self, ListenerSet, OpenListener, Origin};
-use crate::server::Shared;
+use crate::shared::ReloadOutcome;
+use crate::shared::Shared;
+use crate::status;
 use crate::systemd::notify;
 use std::collections::HashSet;
 use std::sync::Arc;

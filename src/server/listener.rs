@@ -1,9 +1,10 @@
 //! Listening sockets — passed by systemd or bound by us — and their accept loops.
 
-use super::{conn, Shared};
+use super::conn;
 use crate::config::{BindAddr, Config};
-use crate::lifecycle::liveness::Heartbeat;
+use crate::liveness::Heartbeat;
 use crate::log::Remote;
+use crate::shared::Shared;
 use crate::systemd::{PassedListener, PassedSocket};
 use std::fmt;
 use std::io;

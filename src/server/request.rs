@@ -1,10 +1,10 @@
 //! The per-request pipeline: find the host, route it, run the handler, write the access log.
 
-use super::Shared;
 use crate::handlers;
 use crate::http_base::{self, Body, RequestContext};
 use crate::log::{self, Remote};
 use crate::router::{normalize_host, Handler, Lookup};
+use crate::shared::Shared;
 use http::{header, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;

@@ -23,15 +23,16 @@ pub fn log_warnings(config: &crate::config::Config) {
     }
 }
 
-/// Repeats [`log_warnings`] daily, so a server that runs for weeks still warns in the journal
-/// once a certificate enters the 14-day window (STATUS= recomputes on every refresh anyway).
-pub async fn watch_warnings(shared: std::sync::Arc<crate::server::Shared>) {
+/// Calls `log_warnings_now` (which runs [`log_warnings`] on the configuration being served)
+/// daily, so a server that runs for weeks still warns in the journal once a certificate
+/// enters the 14-day window (STATUS= recomputes on every refresh anyway).
+pub async fn watch_warnings(log_warnings_now: impl Fn()) {
     let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
     // The first tick is immediate; startup already warned.
     daily.tick().await;
     loop {
         daily.tick().await;
-        log_warnings(&shared.snapshot.load().config);
+        log_warnings_now();
     }
 }
 

@@ -1,16 +1,10 @@
 //! One view of the server's state, shown three ways from the same counters: the STATUS=
 //! line (`systemctl status`), /status (JSON) and `gatehouse status`.
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
-
-#[derive(Debug, Clone)]
-pub struct ReloadOutcome {
-    pub at: SystemTime,
-    pub error: Option<String>,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {

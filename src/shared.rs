@@ -1,0 +1,71 @@
+//! State of the whole process, in one place.
+//!
+//! [`Shared`] is what every task of the server holds: the serving configuration generation
+//! (swapped by reload), connection accounting, counters, liveness for the watchdog.
+//!
+//! A few things are process-wide statics instead, because they must outlive any one
+//! generation or are reached from code that holds no `Shared`. Each stays next to the code
+//! that owns it (moving it here would make this module import theirs) and is listed here,
+//! with a pointer back, so none is a surprise:
+//!
+//! - `acme::REGISTRY`: the managed certificates by CA and names, so a reload that keeps a
+//!   site keeps its certificate and renewal schedule.
+//! - `acme::challenge::{HTTP01, TLS_ALPN01}`: answers to pending ACME validations; the
+//!   order task writes them, the request path (port 80) and the TLS resolver read them.
+//! - `acme::manager::WAKE`: wakes the certificate manager after a reload.
+//! - `metrics::{UPSTREAMS, PROTOCOL_ERRORS, BUFFERS, ACME}`: metric families fed from deep
+//!   in the proxy, logging and ACME code, which hold no `Metrics`; `Metrics::new` registers them.
+//! - `log::access::{SINK, PENDING}`, `log::SAMPLED`, `log::peer_noise::{HELD, LATEST}`: the
+//!   access log's journal socket, batching and sampling.
+//! - `systemd::notify::{NOTIFIER, SEND_FAILED}`: the `$NOTIFY_SOCKET`, taken once at start.
+
+use crate::config::Config;
+use crate::connections::Connections;
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// How the last reload ended; shown by STATUS= and /status.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: SystemTime,
+    pub error: Option<String>,
+}
+
+/// State shared by every task of the server.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub conns: Arc<Connections>,
+    pub requests: AtomicU64,
+    pub liveness: Liveness,
+    pub metrics: Metrics,
+    pub last_reload: Mutex<Option<ReloadOutcome>>,
+}
+
+impl Shared {
+    /// The first generation is built here, with this server's registry; see
+    /// [`Snapshot::build`] for how it can fail.
+    pub fn new(config: Config, liveness: Liveness) -> Result<Arc<Shared>, String> {
+        let metrics = Metrics::new();
+        let snapshot = Snapshot::build(config, &metrics)?;
+        let server = &snapshot.config.server;
+        let conns = Connections::new(server.max_connections, server.admin_max_connections);
+        Ok(Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            conns: Arc::new(conns),
+            requests: AtomicU64::new(0),
+            liveness,
+            metrics,
+            last_reload: Mutex::new(None),
+        }))
+    }
+
+    /// A new configuration generation, with counters from this server's registry.
+    pub fn snapshot_for(&self, config: Config) -> Result<Snapshot, String> {
+        Snapshot::build(config, &self.metrics)
+    }
+}
