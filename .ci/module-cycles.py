@@ -7,14 +7,20 @@ roots, are left out). Its dependencies are the other top-level modules it names 
 `use crate::{x, y::{..}}`, inline `crate::x::f()`, and `super::x` written in a file directly
 under src/ (where `super` is the crate). Comments and string literals are ignored.
 
-Usage: .ci/module-cycles.py [SRC_DIR]  prints each module's dependencies, then every cycle;
-exits 1 if there is one.
+With --layers FILE it also checks the layer diagram in FILE (README.md's Layout section):
+the indented lines after the line holding LAYERS_MARKER, one layer per line, modules before
+an em dash. Every module must be on exactly one line and use only modules on lines below
+its own.
+
+Usage: .ci/module-cycles.py [--layers README.md] [SRC_DIR]  prints each module's
+dependencies, then every cycle and layer violation; exits 1 if there is one.
 """
 import os
 import re
 import sys
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+LAYERS_MARKER = "module-cycles.py checks this diagram"
 
 
 def strip_comments_and_strings(text):
@@ -158,8 +164,48 @@ def cycles(mods):
     return found
 
 
+def read_layers(path):
+    """{module: line number in the diagram}; 0 is the top layer."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    start = next((i for i, l in enumerate(lines) if LAYERS_MARKER in l), None)
+    if start is None:
+        sys.exit(f"{path}: no line holds {LAYERS_MARKER!r}")
+    layers, depth = {}, 0
+    for line in lines[start + 1:]:
+        if not line.strip() and depth == 0:
+            continue
+        if not line.startswith("    ") or "\u2014" not in line:
+            break
+        for name in re.findall(IDENT, line.split("\u2014")[0]):
+            if name in layers:
+                sys.exit(f"{path}: module {name} is on two layers")
+            layers[name] = depth
+        depth += 1
+    return layers
+
+
+def layer_violations(mods, layers):
+    problems = []
+    for name in sorted(mods):
+        if name not in layers:
+            problems.append(f"module {name} is not in the layer diagram")
+    for name in sorted(layers):
+        if name not in mods:
+            problems.append(f"the layer diagram names {name}, which is not a module")
+    for a in sorted(mods):
+        for b in sorted(mods[a]):
+            if a in layers and b in layers and layers[b] <= layers[a]:
+                problems.append(f"{a} uses {b}, which is not on a lower layer")
+    return problems
+
+
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
+    args = sys.argv[1:]
+    layers_file = None
+    if args[:1] == ["--layers"]:
+        layers_file, args = args[1], args[2:]
+    root = args[0] if args else os.path.join(os.path.dirname(__file__), "..", "src")
     mods = graph(root)
     for name in sorted(mods):
         print(f"{name} -> {' '.join(sorted(mods[name]))}")
@@ -167,9 +213,12 @@ def main():
     for comp in bad:
         edges = [f"{a}->{b}" for a in comp for b in sorted(mods[a]) if b in comp]
         print(f"CYCLE among: {' '.join(comp)}  ({', '.join(edges)})")
-    if bad:
+    problems = layer_violations(mods, read_layers(layers_file)) if layers_file else []
+    for p in problems:
+        print(f"LAYERS ({layers_file}): {p}")
+    if bad or problems:
         sys.exit(1)
-    print("no import cycles between top-level modules")
+    print("no import cycles between top-level modules" + (f"; {layers_file}'s layers hold" if layers_file else ""))
 
 
 if __name__ == "__main__":
