@@ -97,7 +97,8 @@ enum SendError {
 /// Forwards one request. The head is checked and rewritten synchronously first: done
 /// inside the async part, the request, its parts and its header map would each keep a slot
 /// in the future (a moved-from local keeps its room across awaits), and hyper reserves the
-/// handler's future in every client connection, idle or not.
+/// handler's future in every client connection, idle or not (`server::future_sizes` asserts
+/// that future's size).
 pub fn handle<'a>(
     route: &'a ProxyRoute,
     prefix: &str,

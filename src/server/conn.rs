@@ -45,7 +45,8 @@ pub async fn serve(
         (Stream::Tcp(s), None) => serve_io(shared, s, remote, listener, None, slot).await,
         (Stream::Unix(s), None) => serve_io(shared, s, remote, listener, None, slot).await,
         // A TLS session is kilobytes. Boxed, the whole TLS path leaves a plaintext
-        // connection's task (sized for the largest future it may hold) small.
+        // connection's task (sized for the largest future it may hold) small
+        // (asserted by `server::future_sizes`).
         (Stream::Tcp(s), Some((acceptor, timeout))) => {
             Box::pin(async move {
                 let handshake = crate::tls::handshake_tcp(&acceptor, s, timeout, &listener);
