@@ -1,12 +1,16 @@
-//! The per-request pipeline: find the host, route it, run the handler, write the access log.
+//! The per-request pipeline: decide what the request gets (`decide`: host, refusals,
+//! redirects, route), run it, then finish every answer the same way (`finish`: error pages,
+//! HSTS, counters, the access log).
 
 use crate::handlers;
 use crate::http_base::{self, Body, RequestContext};
 use crate::log::{self, Remote};
-use crate::router::{normalize_host, Handler, Lookup};
+use crate::metrics::RouteCounters;
+use crate::router::{normalize_host, Handler, Lookup, Route, Router, Site};
 use crate::shared::Shared;
-use http::{header, Method, Request, Response, StatusCode, Version};
+use http::{header, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +37,59 @@ pub struct ConnContext {
     pub watch: Arc<super::watch::ConnWatch>,
 }
 
+/// What a request gets, decided before anything runs: every refusal and the routing, in the
+/// order they apply. [`handle`] then runs it and finishes the answer in one place.
+enum Decision<'a> {
+    /// The CA's HTTP-01 check: answered before every route and redirect.
+    AcmeAnswer(Response<Body>),
+    /// 308 to https (the listener's `redirect_https`, or the site's), counted here.
+    RedirectHttps(&'a str, &'a RouteCounters),
+    /// Refused before routing: a bad or missing host, an oversized head, a refused method
+    /// (400, 405, 431), or a path that cannot be made canonical (400).
+    BadRequest(StatusCode, &'a RouteCounters),
+    /// A route of the site for this host; the host, normalised.
+    Route(&'a Route, &'a Site, &'a str),
+    /// The site exists but none of its routes matches the path: 404 (or its error page).
+    NoRoute(&'a Site),
+    /// No site claims the host: 404. `None`: the listener has no router (no site at all).
+    NoSite(Option<&'a RouteCounters>),
+}
+
+/// Decides what `uri` gets. `host` is the request's normalised host, or why it has none;
+/// `path` its canonical path (see `request_path`).
+fn decide<'a>(
+    uri: &Uri,
+    host: &'a Result<String, StatusCode>,
+    path: &'a Result<Cow<'_, str>, crate::request_path::Invalid>,
+    router: Option<&'a Router>,
+    tls: bool,
+) -> Decision<'a> {
+    if let Some(answer) = crate::acme::challenge::http01_response(uri.path()) {
+        return Decision::AcmeAnswer(answer);
+    }
+    let Some(router) = router else {
+        return Decision::NoSite(None);
+    };
+    let host = match host {
+        Ok(host) => host,
+        Err(status) => return Decision::BadRequest(*status, &router.no_site),
+    };
+    if !tls && router.redirect_https && router.https_ready(host) {
+        return Decision::RedirectHttps(host, &router.no_site);
+    }
+    let Ok(path) = path else {
+        return Decision::BadRequest(StatusCode::BAD_REQUEST, &router.no_site);
+    };
+    match router.route(host, path) {
+        Lookup::Route(_, site) | Lookup::NoRoute(site) if site.tls.redirects(tls) => {
+            Decision::RedirectHttps(host, &site.no_route)
+        }
+        Lookup::Route(route, site) => Decision::Route(route, site, host),
+        Lookup::NoRoute(site) => Decision::NoRoute(site),
+        Lookup::NoSite => Decision::NoSite(Some(&router.no_site)),
+    }
+}
+
 pub async fn handle(
     req: Request<Incoming>,
     ctx: &ConnContext,
@@ -55,12 +112,8 @@ pub async fn handle(
     // The handler consumes the request; keep what the access log needs (cheap clones).
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let router = snapshot.router(&ctx.listener);
-    let listener_redirect = !ctx.tls && router.is_some_and(|r| r.redirect_https);
     // The one path routing and every handler use (see `request_path`).
     let path = crate::request_path::canonicalize(uri.path());
-    // The CA's HTTP-01 check comes before every route and redirect.
-    let acme_answer = crate::acme::challenge::http01_response(uri.path());
     let upstream = std::sync::OnceLock::new();
     let mut unanswered = Unanswered {
         method: &method,
@@ -72,99 +125,116 @@ pub async fn handle(
         access_log: snapshot.config.server.access_log,
         armed: true,
     };
-    let (response, counters) = match (&host, router, acme_answer) {
-        (_, _, Some(answer)) => (answer, None),
-        (Ok(host), Some(router), None) if listener_redirect && router.https_ready(host) => (
+    let decision = decide(&uri, &host, &path, snapshot.router(&ctx.listener), ctx.tls);
+    // The answer, and the site (for its error pages and HSTS) and counters it belongs to.
+    let (response, site, counters) = match decision {
+        Decision::AcmeAnswer(answer) => (answer, None, None),
+        Decision::RedirectHttps(host, counters) => (
             crate::tls::redirect::redirect_https(host, &uri),
-            Some(&router.no_site),
+            None,
+            Some(counters),
         ),
-        (_, None, None) => (http_base::error(StatusCode::NOT_FOUND), None),
-        (Err(status), Some(router), None) => {
-            let mut response = http_base::error(*status);
-            if *status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
-                // As hyper does for its own 431: the rest of this head was never read.
-                response.headers_mut().insert(
-                    header::CONNECTION,
-                    header::HeaderValue::from_static("close"),
-                );
+        Decision::BadRequest(status, counters) => (bad_request(status), None, Some(counters)),
+        Decision::Route(route, site, host) => {
+            if matches!(route.handler, Handler::Proxy(_)) {
+                // An upstream may pause mid-body; a held tail would wait with it.
+                client_closes = false;
             }
-            (response, Some(&router.no_site))
+            let cx = RequestContext {
+                remote: ctx.remote,
+                remote_text: &ctx.remote_text,
+                listener: &ctx.listener,
+                host,
+                path: canonical(&path),
+                tls: ctx.tls,
+                started: start,
+                upstream: &upstream,
+                connection: &ctx.slot,
+            };
+            let response = handlers::dispatch(route, req, &cx).await;
+            (response, Some(site), Some(&route.counters))
         }
-        (Ok(_), Some(router), None) if path.is_err() => (
-            http_base::error(StatusCode::BAD_REQUEST),
-            Some(&router.no_site),
+        Decision::NoRoute(site) => (
+            http_base::error(StatusCode::NOT_FOUND),
+            Some(site),
+            Some(&site.no_route),
         ),
-        (Ok(host), Some(router), None) => match router.route(host, canonical(&path)) {
-            Lookup::Route(_, site) | Lookup::NoRoute(site) if site.tls.redirects(ctx.tls) => (
-                crate::tls::redirect::redirect_https(host, &uri),
-                Some(&site.no_route),
-            ),
-            Lookup::Route(route, site) => {
-                if matches!(route.handler, Handler::Proxy(_)) {
-                    // An upstream may pause mid-body; a held tail would wait with it.
-                    client_closes = false;
-                }
-                let cx = RequestContext {
-                    remote: ctx.remote,
-                    remote_text: &ctx.remote_text,
-                    listener: &ctx.listener,
-                    host,
-                    path: canonical(&path),
-                    tls: ctx.tls,
-                    started: start,
-                    upstream: &upstream,
-                    connection: &ctx.slot,
-                };
-                let response = handlers::dispatch(route, req, &cx).await;
-                (
-                    site.tls
-                        .finish(ctx.tls, handlers::apply_error_page(site, response)),
-                    Some(&route.counters),
-                )
-            }
-            Lookup::NoRoute(site) => (
-                site.tls.finish(
-                    ctx.tls,
-                    handlers::apply_error_page(site, http_base::error(StatusCode::NOT_FOUND)),
-                ),
-                Some(&site.no_route),
-            ),
-            Lookup::NoSite => (
-                http_base::error(StatusCode::NOT_FOUND),
-                Some(&router.no_site),
-            ),
-        },
+        Decision::NoSite(counters) => (http_base::error(StatusCode::NOT_FOUND), None, counters),
     };
+    let server = &snapshot.config.server;
+    let finished = Finished {
+        site,
+        counters,
+        client_closes,
+    };
+    Ok(finish(ctx, server, response, finished, &mut unanswered))
+}
 
+/// What the finishing step needs to know about how a request was answered.
+struct Finished<'a> {
+    /// The site whose error pages and HSTS apply (none for redirects and refusals).
+    site: Option<&'a Site>,
+    counters: Option<&'a RouteCounters>,
+    /// The client asked to close the connection after this response.
+    client_closes: bool,
+}
+
+/// The one finishing step of every answer: the site's error page and HSTS, the connection's
+/// last-response flag, the counters, the duration histogram and the access log.
+fn finish(
+    ctx: &ConnContext,
+    server: &crate::config::ServerSettings,
+    response: Response<Body>,
+    how: Finished<'_>,
+    unanswered: &mut Unanswered<'_>,
+) -> Response<Body> {
+    let response = match how.site {
+        Some(site) => site
+            .tls
+            .finish(ctx.tls, handlers::apply_error_page(site, response)),
+        None => response,
+    };
     // (Responses that say `Connection: close` themselves are rare errors: not worth a
     // header lookup on every response.)
-    if client_closes {
+    if how.client_closes {
         ctx.last_response.store(true, Ordering::Relaxed);
     }
     ctx.shared.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(c) = counters {
+    if let Some(c) = how.counters {
         c.count(response.status().as_u16());
     }
-    let elapsed = start.elapsed();
+    let elapsed = unanswered.start.elapsed();
     ctx.shared.metrics.duration.observe(elapsed.as_secs_f64());
     unanswered.armed = false;
-    let server = &snapshot.config.server;
     if log::access_wanted(
         server.access_log,
         server.access_log_sample,
         response.status(),
     ) {
         log::access(
-            &method,
-            uri.path(),
-            host.as_deref().unwrap_or("-"),
+            unanswered.method,
+            unanswered.path,
+            unanswered.host.as_deref().unwrap_or("-"),
             response.status(),
-            upstream.get().map(|u| &**u),
+            unanswered.upstream.get().map(|u| &**u),
             elapsed,
-            &ctx.remote_text,
+            unanswered.remote,
         );
     }
-    Ok(response)
+    response
+}
+
+/// gatehouse's own answer to a request refused before routing.
+fn bad_request(status: StatusCode) -> Response<Body> {
+    let mut response = http_base::error(status);
+    if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+        // As hyper does for its own 431: the rest of this head was never read.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// The canonical path once it is known to be valid.
