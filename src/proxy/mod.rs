@@ -14,6 +14,8 @@ pub mod connector;
 pub mod headers;
 pub mod health;
 pub mod pool;
+mod replay;
+mod retry;
 pub mod spool;
 pub mod upgrade;
 
@@ -22,12 +24,14 @@ pub use health::Background;
 
 use crate::http_base::{self, Body, RequestContext};
 use balance::{InFlight, Pool, UpstreamState};
-use body::{caused_by, Activity, BodyTooLarge, Reclaim, UpBody};
+use body::{caused_by, Activity, BodyTooLarge, UpBody};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body as _, Incoming};
-use std::sync::{Arc, Mutex, OnceLock};
+use hyper::body::Incoming;
+use replay::RequestBody;
+use retry::{Attempts, Failure, Next, Pick};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -66,9 +70,6 @@ pub fn start(routes: &[Arc<ProxyRoute>]) -> Background {
     }
     bg
 }
-
-/// Re-sends of one idempotent request whose connection died before any response byte.
-const MAX_RESENDS: u32 = 8;
 
 /// Every upstream of the generation's proxy routes with whether it is up, for /metrics.
 pub fn upstream_health(routes: &[Arc<ProxyRoute>]) -> Vec<(String, bool)> {
@@ -227,72 +228,22 @@ async fn forward(
         declared,
         client_upgrade,
     } = request;
+    let body =
+        match RequestBody::prepare(body, declared, client_upgrade.is_some(), &mut out, cfg, cx)
+            .await
+        {
+            Ok(body) => body,
+            Err(answer) => return answer,
+        };
     // A request without a body is sent as it came: the time request::handle read then
     // serves the timers and the pool (no clock read of its own).
-    let bodiless = body.is_end_stream();
-    let activity = if bodiless {
-        Activity::sent_at(cx.started)
-    } else {
-        Activity::tracked()
-    };
-    // A body read whole first (see `spool`) can be sent again after a failed connect. Others
-    // stream, parked in `reclaim` between attempts (see `UpBody`).
-    let (full, reclaim): (Option<spool::Spooled>, Option<Reclaim>) = if bodiless {
-        (Some(spool::Spooled::Memory(Vec::new())), None)
-    } else if let Some(memory) =
-        spool::reads_first(cfg, declared, client_upgrade.is_some(), &out.headers)
-    {
-        match spool::read_request(body, cfg, memory).await {
-            Ok(full) => {
-                activity.touch();
-                out.headers
-                    .insert(header::CONTENT_LENGTH, full.len().into());
-                (Some(full), None)
-            }
-            Err(spool::ReadError::Client(e)) => {
-                return client_fault(&body::ClientBodyError(e), None, cx)
-            }
-            Err(e) => return closing(http_base::error(e.status())),
-        }
-    } else {
-        (None, Some(Arc::new(Mutex::new(Some(body)))))
-    };
-    let take_body = || match (&full, &reclaim) {
-        (Some(full), _) => Some(UpBody::spooled(full, activity.clone())),
-        (None, Some(slot)) => slot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .map(|body| {
-                UpBody::new(
-                    body,
-                    cfg.max_body,
-                    cfg.idle_timeout,
-                    activity.clone(),
-                    slot.clone(),
-                )
-            }),
-        (None, None) => None,
-    };
-    // Whether the body can still be sent: buffered, or streamed but never read.
-    let body_back = || {
-        full.is_some()
-            || reclaim
-                .as_ref()
-                .is_some_and(|s| s.lock().map(|b| b.is_some()).unwrap_or(false))
-    };
-    let mut ready_at = if bodiless {
+    let mut ready_at = if body.bodiless {
         cx.started
     } else {
         std::time::Instant::now()
     };
-    let deadline = Instant::from_std(ready_at) + cfg.retry_connect_for;
-    let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
+    let mut attempts = Attempts::new(Instant::from_std(ready_at) + cfg.retry_connect_for);
     let mut first_attempt = true;
-    let mut backoff = Duration::from_millis(20);
-    let mut resends = 0;
-    // What to answer if every attempt fails: status, and the upstream tried last.
-    let mut failure: (StatusCode, Option<usize>) = (StatusCode::BAD_GATEWAY, None);
 
     loop {
         if !first_attempt {
@@ -300,25 +251,17 @@ async fn forward(
             ready_at = std::time::Instant::now();
         }
         first_attempt = false;
-        let idx = match route.pool.pick(&tried) {
-            Some(i) => i,
-            None => {
-                // Every upstream failed this round: back off and go again until
-                // retry_connect_for is used up (an app restarting, a socket coming back).
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return failed(&route.pool, cx.upstream, failure);
-                }
-                tokio::time::sleep(backoff.min(remaining)).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-                tried.clear();
+        let idx = match attempts.pick(&route.pool) {
+            Pick::Upstream(i) => i,
+            Pick::Wait(pause) => {
+                tokio::time::sleep(pause).await;
                 continue;
             }
+            Pick::GiveUp => return failed(&route.pool, cx.upstream, attempts.failure),
         };
-        tried.push(idx);
         let u = &route.pool.upstreams[idx];
-        let Some(up_body) = take_body() else {
-            return failed(&route.pool, cx.upstream, failure);
+        let Some(up_body) = body.take(cfg) else {
+            return failed(&route.pool, cx.upstream, attempts.failure);
         };
         let req = match out.build(u, up_body) {
             Ok(r) => r,
@@ -332,7 +275,15 @@ async fn forward(
         };
         let in_flight = InFlight::new(u);
         u.counters.requests.inc();
-        match send(u, req, cfg.response_header_timeout, &activity, ready_at).await {
+        match send(
+            u,
+            req,
+            cfg.response_header_timeout,
+            &body.activity,
+            ready_at,
+        )
+        .await
+        {
             Ok(resp) => {
                 u.mark_ok();
                 return respond(resp, u, cfg, in_flight, client_upgrade, cx);
@@ -347,59 +298,30 @@ async fn forward(
                 );
             }
             Err(SendError::Client(e)) => {
-                if caused_by::<BodyTooLarge>(&e) {
-                    return closing(tag(
-                        cx.upstream,
-                        http_base::error(StatusCode::PAYLOAD_TOO_LARGE),
-                        &u.label,
-                    ));
-                }
-                if caused_by::<body::IdleTimeout>(&e) {
-                    return closing(tag(
-                        cx.upstream,
-                        http_base::error(StatusCode::REQUEST_TIMEOUT),
-                        &u.label,
-                    ));
-                }
-                if let Some(fault) = body::cause::<body::ClientBodyError>(&e) {
-                    return client_fault(fault, Some(&u.label), cx);
+                if let Some(answer) = clients_fault(&e, &u.label, cx) {
+                    return answer;
                 }
                 // From here on the upstream failed, not the client.
                 u.counters.errors.inc();
-                let body_back = body_back();
-                if e.is_connect() {
+                let body_back = body.can_resend();
+                let failure = if e.is_connect() {
                     let timed_out = matches!(
                         e,
                         pool::SendError::Connect(connector::ConnectError::Timeout(_))
                     );
                     u.eject(cfg.eject_for, &e_chain(&e));
                     tracing::debug!(upstream = %u.label, error = %e_chain(&e), "connect failed");
-                    let status = if timed_out {
-                        StatusCode::GATEWAY_TIMEOUT
-                    } else {
-                        StatusCode::BAD_GATEWAY
-                    };
-                    failure = (status, Some(idx));
-                    if body_back {
-                        continue;
+                    Failure::Connect { timed_out }
+                } else {
+                    tracing::debug!(upstream = %u.label, error = %e_chain(&e), "upstream failed before responding");
+                    Failure::BeforeResponse {
+                        idempotent: pool::is_idempotent(&out.method),
                     }
-                    return failed(&route.pool, cx.upstream, failure);
+                };
+                match attempts.after(idx, failure, body_back) {
+                    Next::Retry => continue,
+                    Next::GiveUp => return failed(&route.pool, cx.upstream, attempts.failure),
                 }
-                // Sent, but the connection died before a response head. Sent again only when
-                // the method is idempotent (RFC 9110 §9.2.2) and the body can be replayed:
-                // buffered, empty, or never read. More than once: an app that exits
-                // gracefully closes all its idle keep-alive connections at the same moment,
-                // and the re-send may pick another of those from the pool; each fails at
-                // once, so a few more tries cost nothing (nginx's proxy_next_upstream does
-                // the same for idempotent requests).
-                tracing::debug!(upstream = %u.label, error = %e_chain(&e), "upstream failed before responding");
-                failure = (StatusCode::BAD_GATEWAY, Some(idx));
-                if resends < MAX_RESENDS && body_back && pool::is_idempotent(&out.method) {
-                    resends += 1;
-                    tried.clear();
-                    continue;
-                }
-                return failed(&route.pool, cx.upstream, failure);
             }
         }
     }
@@ -530,6 +452,28 @@ fn respond(
 }
 
 /// Records the upstream that answered `resp` (the access log's UPSTREAM).
+/// The answer when a failed send was the client's doing: a body over `max_body` (413), one
+/// that stalled (408), or one the client broke off.
+fn clients_fault(
+    e: &pool::SendError,
+    upstream: &Arc<str>,
+    cx: &RequestContext<'_>,
+) -> Option<Response<Body>> {
+    let status = if caused_by::<BodyTooLarge>(e) {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else if caused_by::<body::IdleTimeout>(e) {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        return body::cause::<body::ClientBodyError>(e)
+            .map(|fault| client_fault(fault, Some(upstream), cx));
+    };
+    Some(closing(tag(
+        cx.upstream,
+        http_base::error(status),
+        upstream,
+    )))
+}
+
 fn tag(used: &OnceLock<Arc<str>>, resp: Response<Body>, label: &Arc<str>) -> Response<Body> {
     let _ = used.set(label.clone());
     resp

@@ -1,0 +1,95 @@
+//! A forwarded request's body, kept so that a failed attempt can send it again.
+
+use super::body::{self, Activity, Reclaim, UpBody};
+use super::{client_fault, closing, spool, Outgoing};
+use crate::config::proxy::ProxyConfig;
+use crate::http_base::{self, Body, RequestContext};
+use http::{header, Response};
+use hyper::body::{Body as _, Incoming};
+use std::sync::{Arc, Mutex};
+
+/// The request body of one forwarded request, kept so that a failed attempt can send it
+/// again: read whole first (see `spool`), or streamed and parked in `reclaim` between
+/// attempts until its first byte is read (see `UpBody`).
+pub(super) struct RequestBody {
+    full: Option<spool::Spooled>,
+    reclaim: Option<Reclaim>,
+    pub(super) activity: Activity,
+    /// The client sent no body.
+    pub(super) bodiless: bool,
+}
+
+impl RequestBody {
+    /// Reads the body whole when `spool` says so (setting Content-Length on `out`); an
+    /// `Err` is the answer when that fails.
+    pub(super) async fn prepare(
+        body: Incoming,
+        declared: Option<u64>,
+        upgrade: bool,
+        out: &mut Outgoing,
+        cfg: &ProxyConfig,
+        cx: &RequestContext<'_>,
+    ) -> Result<RequestBody, Response<Body>> {
+        let bodiless = body.is_end_stream();
+        let activity = if bodiless {
+            Activity::sent_at(cx.started)
+        } else {
+            Activity::tracked()
+        };
+        let (full, reclaim) = if bodiless {
+            (Some(spool::Spooled::Memory(Vec::new())), None)
+        } else if let Some(memory) = spool::reads_first(cfg, declared, upgrade, &out.headers) {
+            match spool::read_request(body, cfg, memory).await {
+                Ok(full) => {
+                    activity.touch();
+                    out.headers
+                        .insert(header::CONTENT_LENGTH, full.len().into());
+                    (Some(full), None)
+                }
+                Err(spool::ReadError::Client(e)) => {
+                    return Err(client_fault(&body::ClientBodyError(e), None, cx))
+                }
+                Err(e) => return Err(closing(http_base::error(e.status()))),
+            }
+        } else {
+            (None, Some(Arc::new(Mutex::new(Some(body)))))
+        };
+        Ok(RequestBody {
+            full,
+            reclaim,
+            activity,
+            bodiless,
+        })
+    }
+
+    /// The body for the next attempt; `None` once a streamed body has been read from.
+    pub(super) fn take(&self, cfg: &ProxyConfig) -> Option<UpBody> {
+        match (&self.full, &self.reclaim) {
+            (Some(full), _) => Some(UpBody::spooled(full, self.activity.clone())),
+            (None, Some(slot)) => {
+                slot.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .map(|body| {
+                        UpBody::new(
+                            body,
+                            cfg.max_body,
+                            cfg.idle_timeout,
+                            self.activity.clone(),
+                            slot.clone(),
+                        )
+                    })
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Whether the body can still be sent: buffered, or streamed but never read.
+    pub(super) fn can_resend(&self) -> bool {
+        self.full.is_some()
+            || self
+                .reclaim
+                .as_ref()
+                .is_some_and(|s| s.lock().map(|b| b.is_some()).unwrap_or(false))
+    }
+}
