@@ -13,9 +13,12 @@
 pub mod acme;
 mod builtin;
 mod error;
+mod listener;
 mod model;
 pub mod proxy;
 mod raw;
+mod server;
+mod site;
 pub mod static_files;
 pub mod tls;
 mod units;
