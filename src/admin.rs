@@ -7,7 +7,7 @@ use crate::status;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/status" | "/healthz") {
         return http_base::error(StatusCode::NOT_FOUND);
@@ -61,11 +61,11 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 }
 
 /// Where `gatehouse status` looks by default (the packaged admin socket).
-pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gatehouse/admin.sock";
+pub(crate) const DEFAULT_ADMIN_SOCKET: &str = "/run/gatehouse/admin.sock";
 
 /// `gatehouse status`: GET /status from the admin listener at `addr` ("/path",
 /// "unix:/path" or "IP:PORT") and return the human summary.
-pub fn query_status(addr: &str) -> Result<String, String> {
+pub(crate) fn query_status(addr: &str) -> Result<String, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -12,25 +12,25 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Warn when a certificate expires within this long.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+pub(crate) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// A certificate chain with its key, loaded and checked.
 /// The crypto provider: ring (builds faster than aws-lc-rs and needs no cmake).
-pub fn provider() -> rustls::crypto::CryptoProvider {
+pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
 #[derive(Clone)]
-pub struct LoadedCert {
-    pub cert_path: PathBuf,
-    pub key_path: PathBuf,
-    pub certified: Arc<CertifiedKey>,
+pub(crate) struct LoadedCert {
+    pub(crate) cert_path: PathBuf,
+    pub(crate) key_path: PathBuf,
+    pub(crate) certified: Arc<CertifiedKey>,
     /// The leaf's notAfter.
-    pub not_after: SystemTime,
+    pub(crate) not_after: SystemTime,
     /// The leaf's DNS names (SAN), or its CN when it has none; for messages.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Set when anyone on the machine may read the key file.
-    pub key_world_readable: bool,
+    pub(crate) key_world_readable: bool,
 }
 
 impl fmt::Debug for LoadedCert {
@@ -57,7 +57,7 @@ impl Eq for LoadedCert {}
 
 impl LoadedCert {
     /// A short name for messages: the first DNS name, else the certificate file.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         self.names
             .first()
             .cloned()
@@ -65,7 +65,7 @@ impl LoadedCert {
     }
 
     /// `Some(message)` when every user of the machine may read the private key.
-    pub fn key_warning(&self) -> Option<String> {
+    pub(crate) fn key_warning(&self) -> Option<String> {
         self.key_world_readable.then(|| {
             format!(
                 "TLS private key {} is readable by every user (chmod o-r, or use LoadCredential=)",
@@ -75,7 +75,7 @@ impl LoadedCert {
     }
 
     /// `Some(message)` when the certificate expires within [`EXPIRY_WARNING`] of `now`.
-    pub fn expiry_warning(&self, now: SystemTime) -> Option<String> {
+    pub(crate) fn expiry_warning(&self, now: SystemTime) -> Option<String> {
         match self.not_after.duration_since(now) {
             Ok(left) if left >= EXPIRY_WARNING => None,
             Ok(left) => Some(format!(
@@ -105,7 +105,7 @@ fn days(d: Duration) -> String {
 
 /// Loads `cert_path` (PEM chain, leaf first) and `key_path` (PEM PKCS#8, PKCS#1 or SEC1 key)
 /// and checks that the key belongs to the leaf.
-pub fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
+pub(crate) fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
     let chain = read_chain(&mut open(cert_path, "certificate")?, cert_path)?;
     let key = read_key(&mut open(key_path, "private key")?, key_path)?;
     let (certified, not_after, names) = check_pair(chain, key, cert_path, key_path)?;
@@ -120,7 +120,7 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
 }
 
 /// [`load`] for PEM text in memory (key and chain in one text); `origin` names it in errors.
-pub fn from_pem(pem: &[u8], origin: &Path) -> Result<(CertifiedKey, SystemTime), String> {
+pub(crate) fn from_pem(pem: &[u8], origin: &Path) -> Result<(CertifiedKey, SystemTime), String> {
     let chain = read_chain(&mut &pem[..], origin)?;
     let key = read_key(&mut &pem[..], origin)?;
     check_pair(chain, key, origin, origin).map(|(c, not_after, _)| (c, not_after))
@@ -210,18 +210,18 @@ fn read_key(
 }
 
 /// Unix seconds (as X.509 and ACME give them) as a SystemTime; before 1970 counts as 1970.
-pub fn from_unix_seconds(ts: i64) -> SystemTime {
+pub(crate) fn from_unix_seconds(ts: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).unwrap_or(0))
 }
 
 /// notBefore of a DER certificate.
-pub fn not_before(der: &[u8]) -> Result<SystemTime, String> {
+pub(crate) fn not_before(der: &[u8]) -> Result<SystemTime, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     Ok(from_unix_seconds(cert.validity().not_before.timestamp()))
 }
 
 /// notAfter and DNS names of a DER certificate.
-pub fn leaf_info(der: &[u8]) -> Result<(SystemTime, Vec<String>), String> {
+pub(crate) fn leaf_info(der: &[u8]) -> Result<(SystemTime, Vec<String>), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let not_after = from_unix_seconds(cert.validity().not_after.timestamp());
     let mut names = Vec::new();

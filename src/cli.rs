@@ -34,21 +34,21 @@ const AFTER_HELP: &str = concat!(
 
 #[derive(Debug, Parser)]
 #[command(name = "gatehouse", version, about = ABOUT, after_help = AFTER_HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 
     /// Log filter, e.g. "info", "debug", "gatehouse=debug,hyper=info" [default: RUST_LOG, then info]
     #[arg(long, global = true, value_name = "FILTER")]
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
 
     /// Where logs go: the journal's native protocol or plain lines on stderr
     #[arg(long, global = true, value_enum, default_value_t = LogTarget::Auto)]
-    pub log_target: LogTarget,
+    pub(crate) log_target: LogTarget,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the server (sockets from systemd, or bound from the configuration)
     Serve(ServeArgs),
     /// Validate the configuration, print every error with file:line:column; exit 78 if invalid
@@ -72,7 +72,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Generated {
+pub(crate) enum Generated {
     Man,
     Bash,
     Zsh,
@@ -80,52 +80,52 @@ pub enum Generated {
 }
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Configuration file [default: /etc/gatehouse/gatehouse.toml, or the built-in welcome
     /// page when that file does not exist]
     #[arg(short, long, value_name = "PATH", conflicts_with_all = ["listen", "root", "proxy"])]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Quick mode: listen on ADDR (IP:PORT or unix:/path); repeatable. Used only when systemd
     /// passed no socket.
     #[arg(long, value_name = "ADDR", value_parser = parse_bind)]
-    pub listen: Vec<BindAddr>,
+    pub(crate) listen: Vec<BindAddr>,
 
     /// Quick mode: serve the files of DIR at / (index.html, no listing)
     #[arg(long, value_name = "DIR")]
-    pub root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
 
     /// Quick mode: proxy PREFIX to UPSTREAM (http://HOST:PORT or unix:/path); repeatable,
     /// a prefix given twice balances over both upstreams
     #[arg(long, value_name = "PREFIX=UPSTREAM", value_parser = config::parse_proxy_arg)]
-    pub proxy: Vec<(String, Upstream)>,
+    pub(crate) proxy: Vec<(String, Upstream)>,
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Configuration file [default: /etc/gatehouse/gatehouse.toml]
     #[arg(short, long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Names of the sockets systemd will pass (FileDescriptorName=), comma-separated: each
     /// must be claimed by a [[listener]], as `serve` requires
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
-    pub fd_names: Vec<String>,
+    pub(crate) fd_names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct ReloadArgs {
+pub(crate) struct ReloadArgs {
     /// The server's pid (ExecReload=... --pid $MAINPID)
     #[arg(long)]
-    pub pid: i32,
+    pub(crate) pid: i32,
 
     /// The configuration file the server uses [default: as `serve`]
     #[arg(short, long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// How long to wait for the server's outcome
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
-    pub timeout: std::time::Duration,
+    pub(crate) timeout: std::time::Duration,
 }
 
 fn parse_bind(s: &str) -> Result<BindAddr, String> {

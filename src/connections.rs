@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-pub struct Connections {
+pub(crate) struct Connections {
     open: AtomicUsize,
     accepted: AtomicU64,
     /// Milliseconds since `epoch` of the last open or close.
@@ -68,7 +68,7 @@ impl Budget {
 }
 
 impl Connections {
-    pub fn new(max: usize, admin_max: usize) -> Connections {
+    pub(crate) fn new(max: usize, admin_max: usize) -> Connections {
         Connections {
             open: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
@@ -85,7 +85,7 @@ impl Connections {
     /// Waits for room under `max_connections` (`admin_max_connections` for an admin
     /// listener). Until then the accept loop does not call accept(), so extra clients wait
     /// in the kernel backlog rather than being refused.
-    pub async fn reserve(&self, admin: bool) -> OwnedSemaphorePermit {
+    pub(crate) async fn reserve(&self, admin: bool) -> OwnedSemaphorePermit {
         match admin {
             false => self.limit.reserve().await,
             true => self.admin_limit.reserve().await,
@@ -94,7 +94,7 @@ impl Connections {
 
     /// Room for one more HTTP/2 stream on a connection that has one open already, if there
     /// is any: each can hold a file or an upstream connection, as a connection does.
-    pub fn try_reserve_stream(&self, admin: bool) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_reserve_stream(&self, admin: bool) -> Option<OwnedSemaphorePermit> {
         let budget = if admin {
             &self.admin_limit
         } else {
@@ -104,12 +104,12 @@ impl Connections {
     }
 
     /// Applies a new `max_connections` and `admin_max_connections` after a reload.
-    pub fn set_limit(&self, new: usize, admin: usize) {
+    pub(crate) fn set_limit(&self, new: usize, admin: usize) {
         self.limit.set(new);
         self.admin_limit.set(admin);
     }
 
-    pub fn opened(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnGuard {
+    pub(crate) fn opened(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnGuard {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.touch();
@@ -122,7 +122,7 @@ impl Connections {
 
     /// An admin connection: limited like any other, but invisible to the open count, idle
     /// exit and drain, so a metrics scraper neither keeps the server up nor holds a stop.
-    pub fn opened_admin(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnGuard {
+    pub(crate) fn opened_admin(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnGuard {
         ConnGuard {
             conns: self.clone(),
             counted: false,
@@ -130,20 +130,20 @@ impl Connections {
         }
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
-    pub fn accepted(&self) -> u64 {
+    pub(crate) fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
 
     /// How long there has been no open connection; `None` while one is open.
-    pub fn idle_for(&self) -> Option<Duration> {
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
         if self.open() > 0 {
             return None;
         }
@@ -157,13 +157,13 @@ impl Connections {
     }
 
     /// Asks every connection to finish its current request and close.
-    pub fn start_drain(&self) {
+    pub(crate) fn start_drain(&self) {
         self.draining.store(true, Ordering::Release);
         self.drain_started.notify_waiters();
     }
 
     /// Resolves once a drain has started (at once if one has).
-    pub fn drain_wait(&self) -> DrainWait<'_> {
+    pub(crate) fn drain_wait(&self) -> DrainWait<'_> {
         DrainWait {
             // Created before the flag is read: a drain that starts in between still wakes it.
             notified: self.drain_started.notified(),
@@ -173,7 +173,7 @@ impl Connections {
     }
 
     /// Resolves once no connection is open.
-    pub async fn all_closed(&self) {
+    pub(crate) async fn all_closed(&self) {
         loop {
             let notified = self.all_closed.notified();
             if self.open() == 0 {
@@ -188,7 +188,7 @@ pin_project_lite::pin_project! {
     /// A connection's wait for the drain. It is polled each time its connection's task is,
     /// so after its first poll has left the task's waker with the `Notify`, a poll reads one
     /// flag instead of taking the `Notify`'s lock (a watch channel's `changed()` did that).
-    pub struct DrainWait<'a> {
+    pub(crate) struct DrainWait<'a> {
         // Pinned in place with the connection's future: no allocation per connection.
         #[pin]
         notified: Notified<'a>,
@@ -218,21 +218,21 @@ impl Future for DrainWait<'_> {
 /// A connection's place in the open count and under `max_connections`, kept in its context
 /// so that an upgraded connection can take it over: a WebSocket tunnel outlives hyper's
 /// connection, and must count for idle exit, drain, `max_connections` and STATUS alike.
-pub struct ConnSlot(Mutex<Option<ConnGuard>>);
+pub(crate) struct ConnSlot(Mutex<Option<ConnGuard>>);
 
 impl ConnSlot {
-    pub fn new(guard: ConnGuard) -> ConnSlot {
+    pub(crate) fn new(guard: ConnGuard) -> ConnSlot {
         ConnSlot(Mutex::new(Some(guard)))
     }
 
     /// Hands the place over (to a tunnel); the connection then holds none.
-    pub fn take(&self) -> Option<ConnGuard> {
+    pub(crate) fn take(&self) -> Option<ConnGuard> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
 /// Held by a connection task (or its tunnel) for as long as the connection is open.
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     conns: Arc<Connections>,
     counted: bool,
     _permit: OwnedSemaphorePermit,

@@ -9,7 +9,7 @@ use crate::router::{Handler, Route};
 use http::{header, Request, Response};
 use hyper::body::Incoming;
 
-pub async fn dispatch(
+pub(crate) async fn dispatch(
     route: &Route,
     req: Request<Incoming>,
     cx: &RequestContext<'_>,
@@ -33,7 +33,10 @@ fn respond(r: &RespondConfig, _req: Request<Incoming>) -> Response<Body> {
 
 /// Replaces gatehouse's own error response with the site's page for that status, if the
 /// page is served by one of the site's `static` routes.
-pub fn apply_error_page(site: &crate::router::Site, response: Response<Body>) -> Response<Body> {
+pub(crate) fn apply_error_page(
+    site: &crate::router::Site,
+    response: Response<Body>,
+) -> Response<Body> {
     if response.extensions().get::<GeneratedError>().is_none() {
         return response;
     }

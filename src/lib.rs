@@ -1,28 +1,35 @@
 //! gatehouse: a systemd-native front web server.
 //!
-//! Follow a request: `lifecycle` starts everything and owns signals; `server::listener`
-//! accepts; `server::conn` runs hyper; `server::request` finds the route via `router` and
-//! calls `handlers`; `log` writes the access log. Only `systemd` speaks systemd's protocols.
+//! Only `cli` is public: `main.rs` calls it, nothing else uses the library, so every other
+//! module is private and `pub(crate)` is the widest visibility inside (the compiler then
+//! finds dead code). Which module may use which: the layer diagram in README.md's Layout
+//! section, checked by `.ci/module-cycles.py --layers README.md`.
+//!
+//! Follow a request: `server::listener` accepts; `server::conn` runs hyper;
+//! `server::request` decides with the `snapshot`'s `router` and calls `handlers`, then
+//! finishes the answer and writes the access log (`log`). Follow a configuration: `config`
+//! validates it, `snapshot` builds its runtime objects, `lifecycle` starts them and swaps
+//! them on reload. Only `systemd` speaks systemd's protocols.
 
-pub mod acme;
-pub mod admin;
-pub mod certs;
+mod acme;
+mod admin;
+mod certs;
 pub mod cli;
-pub mod config;
-pub mod connections;
-pub mod handlers;
-pub mod http_base;
-pub mod lifecycle;
-pub mod liveness;
-pub mod log;
-pub mod metrics;
-pub mod proxy;
-pub mod request_path;
-pub mod router;
-pub mod server;
-pub mod shared;
-pub mod snapshot;
-pub mod static_files;
-pub mod status;
-pub mod systemd;
-pub mod tls;
+mod config;
+mod connections;
+mod handlers;
+mod http_base;
+mod lifecycle;
+mod liveness;
+mod log;
+mod metrics;
+mod proxy;
+mod request_path;
+mod router;
+mod server;
+mod shared;
+mod snapshot;
+mod static_files;
+mod status;
+mod systemd;
+mod tls;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     inner: Arc<Inner>,
 }
 
@@ -20,7 +20,7 @@ struct Inner {
 
 impl Liveness {
     /// `period`: how often registered loops beat.
-    pub fn new(period: Duration) -> Liveness {
+    pub(crate) fn new(period: Duration) -> Liveness {
         Liveness {
             inner: Arc::new(Inner {
                 epoch: Instant::now(),
@@ -32,14 +32,14 @@ impl Liveness {
     }
 
     /// The beat period that lets a watchdog of `interval` notice a stuck loop in time.
-    pub fn period_for(watchdog: Option<Duration>) -> Duration {
+    pub(crate) fn period_for(watchdog: Option<Duration>) -> Duration {
         match watchdog {
             Some(w) => (w / 4).max(Duration::from_millis(10)),
             None => Duration::from_secs(3600),
         }
     }
 
-    pub fn register(&self, what: String) -> Heartbeat {
+    pub(crate) fn register(&self, what: String) -> Heartbeat {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let last = Arc::new(AtomicU64::new(self.inner.now_ms()));
         self.inner.lock().insert(id, (what, last.clone()));
@@ -51,7 +51,7 @@ impl Liveness {
     }
 
     /// Ok when the runtime ran a probe task within `max_age` and every loop beat within it.
-    pub async fn check(&self, max_age: Duration) -> Result<(), String> {
+    pub(crate) async fn check(&self, max_age: Duration) -> Result<(), String> {
         let probe = tokio::spawn(async {});
         if tokio::time::timeout(max_age, probe).await.is_err() {
             return Err(format!(
@@ -81,18 +81,18 @@ impl Inner {
 }
 
 /// Held by a loop that must keep running; unregisters itself when dropped.
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     id: u64,
     last: Arc<AtomicU64>,
     inner: Arc<Inner>,
 }
 
 impl Heartbeat {
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.last.store(self.inner.now_ms(), Ordering::Release);
     }
 
-    pub fn period(&self) -> Duration {
+    pub(crate) fn period(&self) -> Duration {
         self.inner.period
     }
 }

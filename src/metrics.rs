@@ -14,42 +14,42 @@ use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     /// The site's first host pattern ("*", "example.com"); "-" when no site matched.
-    pub site: String,
+    pub(crate) site: String,
     /// Route kind ("respond", "static", "proxy"); "none" when no route matched.
-    pub kind: String,
+    pub(crate) kind: String,
     /// "1xx" … "5xx".
-    pub class: String,
+    pub(crate) class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabels {
-    pub upstream: String,
+pub(crate) struct UpstreamLabels {
+    pub(crate) upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: String,
+pub(crate) struct ResultLabels {
+    pub(crate) result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabels {
-    pub version: String,
+pub(crate) struct VersionLabels {
+    pub(crate) version: String,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    pub duration: Histogram,
-    pub open_connections: Gauge,
-    pub connections_accepted: Counter,
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
+    pub(crate) duration: Histogram,
+    pub(crate) open_connections: Gauge,
+    pub(crate) connections_accepted: Counter,
+    pub(crate) bytes_in: Counter,
+    pub(crate) bytes_out: Counter,
     reloads: Family<ResultLabels, Counter>,
-    pub last_reload_success: Gauge,
-    pub last_reload_timestamp: Gauge,
-    pub start_time: SystemTime,
+    pub(crate) last_reload_success: Gauge,
+    pub(crate) last_reload_timestamp: Gauge,
+    pub(crate) start_time: SystemTime,
 }
 
 // The statics from here on are process-wide (see `crate::shared`): fed from deep in the
@@ -71,26 +71,26 @@ static UPSTREAMS: LazyLock<UpstreamFamilies> = LazyLock::new(|| UpstreamFamilies
 
 /// Protocol errors that a peer caused and a library logged (see `log::peer_noise`); counted
 /// before there is a `Metrics`, from the logging layer.
-pub static PROTOCOL_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub(crate) static PROTOCOL_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
+pub(crate) struct DirectionLabels {
     /// "request" (client → upstream) or "response".
-    pub direction: String,
+    pub(crate) direction: String,
 }
 
 /// Proxy buffering (`proxy::buffer`), process-wide like the upstream series.
-pub struct BufferMetrics {
-    pub requests: Counter,
-    pub responses: Counter,
-    pub spilled_request_bytes: Counter,
-    pub spilled_response_bytes: Counter,
+pub(crate) struct BufferMetrics {
+    pub(crate) requests: Counter,
+    pub(crate) responses: Counter,
+    pub(crate) spilled_request_bytes: Counter,
+    pub(crate) spilled_response_bytes: Counter,
     /// Bytes in temporary files right now.
-    pub temp_file_bytes: Gauge,
+    pub(crate) temp_file_bytes: Gauge,
     spilled: Family<DirectionLabels, Counter>,
 }
 
-pub static BUFFERS: LazyLock<BufferMetrics> = LazyLock::new(|| {
+pub(crate) static BUFFERS: LazyLock<BufferMetrics> = LazyLock::new(|| {
     let spilled = Family::<DirectionLabels, Counter>::default();
     let direction = |d: &str| {
         spilled
@@ -110,9 +110,9 @@ pub static BUFFERS: LazyLock<BufferMetrics> = LazyLock::new(|| {
 });
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CertLabels {
+pub(crate) struct CertLabels {
     /// The certificate's first name, "+N" when it has more.
-    pub certificate: String,
+    pub(crate) certificate: String,
 }
 
 /// ACME certificates outlive configuration generations like upstreams do.
@@ -129,7 +129,7 @@ static ACME: LazyLock<AcmeFamilies> = LazyLock::new(|| AcmeFamilies {
     labels: Default::default(),
 });
 
-pub fn set_certificate_expiry(certificate: &str, not_after: SystemTime) {
+pub(crate) fn set_certificate_expiry(certificate: &str, not_after: SystemTime) {
     ACME.labels
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -141,7 +141,7 @@ pub fn set_certificate_expiry(certificate: &str, not_after: SystemTime) {
         .set(unix_seconds(not_after));
 }
 
-pub fn count_acme_failure(certificate: &str) {
+pub(crate) fn count_acme_failure(certificate: &str) {
     ACME.failures
         .get_or_create(&CertLabels {
             certificate: certificate.to_owned(),
@@ -151,7 +151,7 @@ pub fn count_acme_failure(certificate: &str) {
 
 /// Drops the expiry series of certificates no longer served (a site removed or renamed by a
 /// reload), so an expiry alert never fires for a certificate nobody uses.
-pub fn retain_certificates(current: &[String]) {
+pub(crate) fn retain_certificates(current: &[String]) {
     let mut set = ACME.labels.lock().unwrap_or_else(|e| e.into_inner());
     set.retain(|certificate| {
         let keep = current.contains(certificate);
@@ -166,12 +166,12 @@ pub fn retain_certificates(current: &[String]) {
 
 /// The request and error counters of one upstream ("unix:/run/app.sock", "http://h:p").
 #[derive(Clone, Debug)]
-pub struct UpstreamCounters {
-    pub requests: Counter,
-    pub errors: Counter,
+pub(crate) struct UpstreamCounters {
+    pub(crate) requests: Counter,
+    pub(crate) errors: Counter,
 }
 
-pub fn upstream_counters(label: &str) -> UpstreamCounters {
+pub(crate) fn upstream_counters(label: &str) -> UpstreamCounters {
     let labels = UpstreamLabels {
         upstream: label.to_owned(),
     };
@@ -182,7 +182,7 @@ pub fn upstream_counters(label: &str) -> UpstreamCounters {
 }
 
 /// Replaces the up/down series with the upstreams of the running configuration.
-pub fn set_upstreams_up(current: impl Iterator<Item = (String, bool)>) {
+pub(crate) fn set_upstreams_up(current: impl Iterator<Item = (String, bool)>) {
     UPSTREAMS.up.clear();
     for (upstream, up) in current {
         UPSTREAMS
@@ -193,7 +193,7 @@ pub fn set_upstreams_up(current: impl Iterator<Item = (String, bool)>) {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("gatehouse");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -329,7 +329,7 @@ impl Metrics {
     }
 
     /// The five status-class counters of one (site, kind).
-    pub fn route_counters(&self, site: &str, kind: &str) -> RouteCounters {
+    pub(crate) fn route_counters(&self, site: &str, kind: &str) -> RouteCounters {
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
             self.requests
                 .get_or_create(&RequestLabels {
@@ -342,7 +342,7 @@ impl Metrics {
         RouteCounters(classes)
     }
 
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads
             .get_or_create(&ResultLabels {
@@ -354,7 +354,7 @@ impl Metrics {
             .set(unix_seconds(SystemTime::now()));
     }
 
-    pub fn reloads(&self, ok: bool) -> u64 {
+    pub(crate) fn reloads(&self, ok: bool) -> u64 {
         let result = if ok { "ok" } else { "failed" };
         self.reloads
             .get_or_create(&ResultLabels {
@@ -364,7 +364,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -388,10 +388,10 @@ fn unix_seconds(t: SystemTime) -> i64 {
 
 /// Request counters of one route (or of "no route"), indexed by status class.
 #[derive(Clone, Debug)]
-pub struct RouteCounters([Counter<u64, AtomicU64>; 5]);
+pub(crate) struct RouteCounters([Counter<u64, AtomicU64>; 5]);
 
 impl RouteCounters {
-    pub fn count(&self, status: u16) {
+    pub(crate) fn count(&self, status: u16) {
         let idx = usize::from((status / 100).clamp(1, 5) - 1);
         self.0[idx].inc();
     }

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 /// Why a path has no canonical form; answered with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Invalid {
+pub(crate) enum Invalid {
     /// `..` would climb above `/`.
     AboveRoot,
     /// `%` not followed by two hex digits.
@@ -29,7 +29,7 @@ pub enum Invalid {
 
 /// The canonical form of `raw` (a request's path as sent, still percent-encoded). Borrows
 /// `raw` when it is canonical already, as nearly every request's path is.
-pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, Invalid> {
+pub(crate) fn canonicalize(raw: &str) -> Result<Cow<'_, str>, Invalid> {
     // `*` (OPTIONS) and the empty path of authority-form requests are no paths: no route
     // matches them.
     if !raw.starts_with('/') || is_canonical(raw) {
@@ -104,7 +104,7 @@ fn is_path_char(b: u8) -> bool {
 
 /// A canonical path as a request target for an upstream: the canonical path percent-encoded
 /// where it must be, so that decoding it once gives the canonical path back.
-pub fn encode(canonical: &str) -> Cow<'_, str> {
+pub(crate) fn encode(canonical: &str) -> Cow<'_, str> {
     if canonical.bytes().all(is_path_char) {
         return Cow::Borrowed(canonical);
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// What a route does, built once per configuration generation and shared by the routers
 /// of every listener the site is on.
 #[derive(Debug, Clone)]
-pub enum Handler {
+pub(crate) enum Handler {
     Respond(RespondConfig),
     /// The open root and file cache of a `static` route.
     Static(Arc<StaticRoute>),
@@ -23,7 +23,7 @@ pub enum Handler {
 }
 
 impl Handler {
-    pub fn new(action: &RouteAction) -> Handler {
+    pub(crate) fn new(action: &RouteAction) -> Handler {
         match action {
             RouteAction::Respond(r) => Handler::Respond(r.clone()),
             RouteAction::Static(s) => Handler::Static(Arc::new(StaticRoute::new(s.clone()))),
@@ -31,8 +31,8 @@ impl Handler {
         }
     }
 
-    /// Short name used in logs and metrics (`RouteAction::kind`).
-    pub fn kind(&self) -> &'static str {
+    /// Short name used in logs and metrics.
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Handler::Respond(_) => "respond",
             Handler::Static(_) => "static",
@@ -43,16 +43,19 @@ impl Handler {
 
 /// A site's runtime parts, built by `snapshot` and aligned with `Config::sites`.
 #[derive(Debug, Clone, Default)]
-pub struct SiteParts {
+pub(crate) struct SiteParts {
     /// Aligned with the site's `routes`.
-    pub handlers: Vec<Handler>,
+    pub(crate) handlers: Vec<Handler>,
     /// The site's ACME certificate (`tls = "acme"`).
-    pub acme: Option<Arc<ManagedCert>>,
+    pub(crate) acme: Option<Arc<ManagedCert>>,
 }
 
 impl SiteParts {
     /// Builds the handlers of `site`'s routes.
-    pub fn new(site: &crate::config::SiteConfig, acme: Option<Arc<ManagedCert>>) -> SiteParts {
+    pub(crate) fn new(
+        site: &crate::config::SiteConfig,
+        acme: Option<Arc<ManagedCert>>,
+    ) -> SiteParts {
         SiteParts {
             handlers: site
                 .routes
@@ -65,48 +68,48 @@ impl SiteParts {
 }
 
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     exact: HashMap<String, usize>,
     /// `(".example.com", site)`, longest suffix first.
     suffixes: Vec<(String, usize)>,
     any: Option<usize>,
     sites: Vec<Site>,
     /// Requests no site claimed.
-    pub no_site: RouteCounters,
+    pub(crate) no_site: RouteCounters,
     /// The listener's `redirect_https`, looked up once per configuration.
-    pub redirect_https: bool,
+    pub(crate) redirect_https: bool,
 }
 
 #[derive(Debug)]
-pub struct Site {
+pub(crate) struct Site {
     /// Longest path first, so the first match is the longest prefix.
     routes: Vec<Route>,
     error_pages: Vec<(u16, String)>,
     /// Requests for this site that no route matched.
-    pub no_route: RouteCounters,
+    pub(crate) no_route: RouteCounters,
     /// `redirect_https` and `hsts`.
-    pub tls: crate::tls::SitePolicy,
+    pub(crate) tls: crate::tls::SitePolicy,
 }
 
 /// A route with its handler and request counters, resolved once per configuration.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// Path prefix; always starts with '/'.
-    pub path: String,
-    pub handler: Handler,
-    pub counters: RouteCounters,
+    pub(crate) path: String,
+    pub(crate) handler: Handler,
+    pub(crate) counters: RouteCounters,
 }
 
 impl Site {
     /// The custom page for `status`, if the site has one.
-    pub fn error_page(&self, status: u16) -> Option<&str> {
+    pub(crate) fn error_page(&self, status: u16) -> Option<&str> {
         self.error_pages
             .iter()
             .find(|(s, _)| *s == status)
             .map(|(_, p)| p.as_str())
     }
 
-    pub fn route(&self, path: &str) -> Option<&Route> {
+    pub(crate) fn route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| prefix_matches(&r.path, path))
     }
 }
@@ -114,7 +117,7 @@ impl Site {
 impl Router {
     /// The router for connections arriving on listener `listener`; `parts` is aligned with
     /// `config.sites`.
-    pub fn for_listener(
+    pub(crate) fn for_listener(
         config: &Config,
         parts: &[SiteParts],
         listener: &str,
@@ -173,7 +176,7 @@ impl Router {
 
     /// False while the site for `host` waits for its first ACME certificate: the
     /// listener's `redirect_https` holds back until https works.
-    pub fn https_ready(&self, host: &str) -> bool {
+    pub(crate) fn https_ready(&self, host: &str) -> bool {
         match self.route(host, "/") {
             Lookup::Route(_, site) | Lookup::NoRoute(site) => site.tls.https_ready(),
             Lookup::NoSite => true,
@@ -181,7 +184,7 @@ impl Router {
     }
 
     /// `host` must already be normalised by [`normalize_host`].
-    pub fn route(&self, host: &str, path: &str) -> Lookup<'_> {
+    pub(crate) fn route(&self, host: &str, path: &str) -> Lookup<'_> {
         let site = self
             .exact
             .get(host)
@@ -212,7 +215,7 @@ fn site_label(hosts: &[HostPattern]) -> String {
     }
 }
 
-pub enum Lookup<'a> {
+pub(crate) enum Lookup<'a> {
     Route(&'a Route, &'a Site),
     /// No site claims this host (and there is no `*` site).
     NoSite,
@@ -231,7 +234,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Lower-cases a Host value and strips the port and a trailing dot; `None` if it is not a
 /// valid host (RFC 3986 reg-name or IP literal).
-pub fn normalize_host(raw: &str) -> Option<String> {
+pub(crate) fn normalize_host(raw: &str) -> Option<String> {
     // The usual Host ("example.com", "127.0.0.1:8080"), already lower case, skips the
     // Authority parse (this runs on every request); anything else takes the full path.
     // A byte search: str::split_once(char) goes through the generic char searcher.

@@ -31,25 +31,25 @@ use std::time::SystemTime;
 
 /// How the last reload ended; shown by STATUS= and /status.
 #[derive(Debug, Clone)]
-pub struct ReloadOutcome {
-    pub at: SystemTime,
-    pub error: Option<String>,
+pub(crate) struct ReloadOutcome {
+    pub(crate) at: SystemTime,
+    pub(crate) error: Option<String>,
 }
 
 /// State shared by every task of the server.
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub conns: Arc<Connections>,
-    pub requests: AtomicU64,
-    pub liveness: Liveness,
-    pub metrics: Metrics,
-    pub last_reload: Mutex<Option<ReloadOutcome>>,
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) conns: Arc<Connections>,
+    pub(crate) requests: AtomicU64,
+    pub(crate) liveness: Liveness,
+    pub(crate) metrics: Metrics,
+    pub(crate) last_reload: Mutex<Option<ReloadOutcome>>,
 }
 
 impl Shared {
     /// The first generation is built here, with this server's registry; see
     /// [`Snapshot::build`] for how it can fail.
-    pub fn new(config: Config, liveness: Liveness) -> Result<Arc<Shared>, String> {
+    pub(crate) fn new(config: Config, liveness: Liveness) -> Result<Arc<Shared>, String> {
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(config, &metrics)?;
         let server = &snapshot.config.server;
@@ -65,7 +65,7 @@ impl Shared {
     }
 
     /// A new configuration generation, with counters from this server's registry.
-    pub fn snapshot_for(&self, config: Config) -> Result<Snapshot, String> {
+    pub(crate) fn snapshot_for(&self, config: Config) -> Result<Snapshot, String> {
         Snapshot::build(config, &self.metrics)
     }
 }

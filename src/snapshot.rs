@@ -17,23 +17,21 @@ use crate::tls::ListenerTls;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// Everything one configuration generation needs to serve requests. Swapped atomically on
 /// reload; requests in flight keep the generation they started with.
-pub struct Snapshot {
-    pub config: Config,
+pub(crate) struct Snapshot {
+    pub(crate) config: Config,
     /// By listener name. A handful at most: a scan is cheaper than hashing the name.
     routers: Vec<(String, Router)>,
     /// TLS listeners' acceptors, by listener name.
     acceptors: Vec<(String, ListenerTls)>,
     /// The ACME certificates this generation serves, each once.
-    pub managed_certs: Vec<Arc<ManagedCert>>,
+    pub(crate) managed_certs: Vec<Arc<ManagedCert>>,
     /// Every proxy route, each once (a site on several listeners shares its pool).
-    pub proxy_routes: Vec<Arc<ProxyRoute>>,
+    pub(crate) proxy_routes: Vec<Arc<ProxyRoute>>,
     /// hyper's connection builders, carrying this generation's limits and timeouts.
-    pub http: HttpBuilders,
-    pub loaded_at: SystemTime,
+    pub(crate) http: HttpBuilders,
     /// This generation's proxy health checks; dropping the snapshot stops them.
     _proxy_tasks: crate::proxy::Background,
 }
@@ -42,7 +40,7 @@ impl Snapshot {
     /// Builds the runtime objects of a validated configuration. Fails only where building
     /// can (an ACME placeholder certificate, rustls setup); every mistake in the file was
     /// reported by validation already.
-    pub fn build(config: Config, metrics: &Metrics) -> Result<Snapshot, String> {
+    pub(crate) fn build(config: Config, metrics: &Metrics) -> Result<Snapshot, String> {
         let mut managed_certs: Vec<Arc<ManagedCert>> = Vec::new();
         let mut parts = Vec::with_capacity(config.sites.len());
         for site in &config.sites {
@@ -86,12 +84,11 @@ impl Snapshot {
             managed_certs,
             proxy_routes,
             http,
-            loaded_at: SystemTime::now(),
         })
     }
 
     /// The router for a listener; in quick mode every passed socket uses the one listener.
-    pub fn router(&self, listener: &str) -> Option<&Router> {
+    pub(crate) fn router(&self, listener: &str) -> Option<&Router> {
         let named = self.routers.iter().find(|(name, _)| name == listener);
         named
             .or_else(|| {
@@ -105,7 +102,7 @@ impl Snapshot {
     }
 
     /// The acceptor of a TLS listener.
-    pub fn acceptor(&self, listener: &str) -> Option<&ListenerTls> {
+    pub(crate) fn acceptor(&self, listener: &str) -> Option<&ListenerTls> {
         self.acceptors
             .iter()
             .find(|(name, _)| name == listener)
@@ -136,9 +133,9 @@ fn acceptors(config: &Config, parts: &[SiteParts]) -> Result<Vec<(String, Listen
 const READ_BUF_MAX: usize = 64 * 1024;
 
 /// One builder per protocol; `conn` picks one per connection (ALPN, or the HTTP/2 preface).
-pub struct HttpBuilders {
-    pub h1: http1::Builder,
-    pub h2: http2::Builder<TokioExecutor>,
+pub(crate) struct HttpBuilders {
+    pub(crate) h1: http1::Builder,
+    pub(crate) h2: http2::Builder<TokioExecutor>,
 }
 
 fn http_builders(config: &Config) -> HttpBuilders {

@@ -7,45 +7,45 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    pub version: String,
-    pub pid: u32,
-    pub started_at: String,
-    pub uptime_seconds: u64,
-    pub draining: bool,
-    pub config: String,
+pub(crate) struct Report {
+    pub(crate) version: String,
+    pub(crate) pid: u32,
+    pub(crate) started_at: String,
+    pub(crate) uptime_seconds: u64,
+    pub(crate) draining: bool,
+    pub(crate) config: String,
     /// Standby: why the configuration could not be loaded (every request gets 503).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_error: Option<String>,
-    pub open_connections: usize,
-    pub connections_accepted: u64,
-    pub requests_total: u64,
-    pub received_bytes: u64,
-    pub sent_bytes: u64,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_reload: Option<LastReload>,
+    pub(crate) config_error: Option<String>,
+    pub(crate) open_connections: usize,
+    pub(crate) connections_accepted: u64,
+    pub(crate) requests_total: u64,
+    pub(crate) received_bytes: u64,
+    pub(crate) sent_bytes: u64,
+    pub(crate) reloads_ok: u64,
+    pub(crate) reloads_failed: u64,
+    pub(crate) last_reload: Option<LastReload>,
     /// Proxy upstreams up / configured; absent without proxy routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstreams: Option<Upstreams>,
+    pub(crate) upstreams: Option<Upstreams>,
     /// TLS certificates in use that expire within 14 days.
     #[serde(default)]
-    pub tls_warnings: Vec<String>,
+    pub(crate) tls_warnings: Vec<String>,
     /// Certificates managed by ACME.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub acme: Vec<AcmeCert>,
+    pub(crate) acme: Vec<AcmeCert>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AcmeCert {
-    pub names: Vec<String>,
+pub(crate) struct AcmeCert {
+    pub(crate) names: Vec<String>,
     /// "valid", "pending" (placeholder served) or "renewal failing".
-    pub state: String,
+    pub(crate) state: String,
     /// RFC 3339; absent while the placeholder is served.
-    pub expires: Option<String>,
-    pub next_attempt: String,
-    pub failures: u32,
-    pub last_error: Option<String>,
+    pub(crate) expires: Option<String>,
+    pub(crate) next_attempt: String,
+    pub(crate) failures: u32,
+    pub(crate) last_error: Option<String>,
 }
 
 fn acme_certs(snapshot: &crate::snapshot::Snapshot) -> Vec<AcmeCert> {
@@ -74,19 +74,19 @@ fn acme_certs(snapshot: &crate::snapshot::Snapshot) -> Vec<AcmeCert> {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Upstreams {
-    pub up: usize,
-    pub total: usize,
+pub(crate) struct Upstreams {
+    pub(crate) up: usize,
+    pub(crate) total: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LastReload {
-    pub at: String,
-    pub ok: bool,
-    pub error: Option<String>,
+pub(crate) struct LastReload {
+    pub(crate) at: String,
+    pub(crate) ok: bool,
+    pub(crate) error: Option<String>,
 }
 
-pub fn collect(shared: &Shared) -> Report {
+pub(crate) fn collect(shared: &Shared) -> Report {
     let m = &shared.metrics;
     let last = shared
         .last_reload
@@ -124,7 +124,7 @@ pub fn collect(shared: &Shared) -> Report {
 }
 
 /// The STATUS= line: short, since systemctl shows one line.
-pub fn line(r: &Report) -> String {
+pub(crate) fn line(r: &Report) -> String {
     let mut s = match &r.config_error {
         Some(e) => format!(
             "CONFIGURATION INVALID, answering 503 until it is fixed: {}; ",
@@ -176,7 +176,7 @@ fn first_line(error: &str) -> String {
 }
 
 /// `gatehouse status`: a few human lines.
-pub fn human(r: &Report) -> String {
+pub(crate) fn human(r: &Report) -> String {
     let mut s = format!(
         "gatehouse {} (pid {}), up {}, started {}{}\n",
         r.version,

@@ -120,6 +120,7 @@ fn without_sockets_from_systemd_a_broken_config_still_exits_78() {
 fn mkfifo(dir: &Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     path
 }
@@ -131,6 +132,7 @@ fn writer_once_read(fifo: &Path) -> std::fs::File {
     loop {
         // Without a reader, a non-blocking open for writing fails (ENXIO). CLOEXEC: a child
         // spawned meanwhile (by any test) must not keep the writer open.
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
         let fd = unsafe {
             libc::open(
                 c.as_ptr(),
@@ -138,6 +140,7 @@ fn writer_once_read(fifo: &Path) -> std::fs::File {
             )
         };
         if fd >= 0 {
+            // SAFETY: open(2) just returned `fd`, and nothing else owns it.
             let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
             return file;
         }

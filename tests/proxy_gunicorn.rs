@@ -110,6 +110,7 @@ impl Gunicorn {
 impl Drop for Gunicorn {
     fn drop(&mut self) {
         // SIGINT: quick shutdown of the arbiter and its worker.
+        // SAFETY: kill(2) takes plain integers; the pid is our own child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

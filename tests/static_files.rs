@@ -93,6 +93,7 @@ fn build_docroot(base: &Path) -> PathBuf {
     symlink("index.html", root.join("in")).unwrap();
     symlink(root.join("index.html"), root.join("abs_in")).unwrap();
     let fifo = std::ffi::CString::new(root.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     root
 }
@@ -164,8 +165,10 @@ static = {{ root = "{r}", compress = ["gzip"], compress_min_size = 100 }}
 }
 
 fn openat2_works_here() -> bool {
+    // SAFETY: open_how is plain integers, for which all-zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    // SAFETY: openat2 reads `how` (of the size passed) and a NUL-terminated path.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
@@ -176,6 +179,7 @@ fn openat2_works_here() -> bool {
         )
     };
     if fd >= 0 {
+        // SAFETY: `fd` is the descriptor openat2 just opened, closed once.
         unsafe { libc::close(fd as i32) };
     }
     fd >= 0
@@ -562,6 +566,7 @@ fn device_nodes_are_never_opened(mode: Mode) {
     let node =
         std::ffi::CString::new(site.root.join("zero").as_os_str().as_encoded_bytes()).unwrap();
     // /dev/zero's numbers (1, 5); needs root, like mknod(1).
+    // SAFETY: `node` is a NUL-terminated path that outlives the call.
     if unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 5)) } != 0 {
         eprintln!("SKIPPED: mknod needs root");
         return;

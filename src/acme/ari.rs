@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 /// How often to ask again when the CA gives no usable Retry-After.
 const DEFAULT_RECHECK: Duration = Duration::from_secs(6 * 3600);
 
-pub enum Answer {
+pub(crate) enum Answer {
     /// Renew at this time (a random point in the suggested window), ask again after the
     /// duration.
     Window(SystemTime, Duration),
@@ -41,7 +41,7 @@ fn identifier(certified: &CertifiedKey) -> Option<CertificateIdentifier<'static>
     )
 }
 
-pub async fn ask(
+pub(crate) async fn ask(
     account: &Account,
     certified: &CertifiedKey,
     jitter: f64,
@@ -72,7 +72,7 @@ pub async fn ask(
 
 /// A uniformly random point in [start, end] (`jitter` in [0, 1)), so that a CA's window is
 /// not hit by every client at its first second. An inverted window means its start.
-pub fn pick(start: SystemTime, end: SystemTime, jitter: f64) -> SystemTime {
+pub(crate) fn pick(start: SystemTime, end: SystemTime, jitter: f64) -> SystemTime {
     match end.duration_since(start) {
         Ok(width) => start + width.mul_f64(jitter.clamp(0.0, 1.0)),
         Err(_) => start,

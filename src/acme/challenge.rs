@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 // Process-wide (see `crate::shared`): the order task writes them, the port-80 request path
 // and every TLS listener's certificate resolver read them.
@@ -24,7 +24,7 @@ static TLS_ALPN01: LazyLock<Mutex<HashMap<String, Arc<CertifiedKey>>>> =
 /// The answer to an HTTP-01 check, if `path` asks for a token of a pending order. Other
 /// paths under the prefix fall through to the routes (a site may serve its own files there).
 /// Every request asks: a path outside the prefix costs one comparison, no lock.
-pub fn http01_response(path: &str) -> Option<Response<Body>> {
+pub(crate) fn http01_response(path: &str) -> Option<Response<Body>> {
     let token = path.strip_prefix(HTTP01_PREFIX)?;
     let key_authorization = HTTP01
         .lock()
@@ -40,7 +40,7 @@ pub fn http01_response(path: &str) -> Option<Response<Body>> {
 }
 
 /// The TLS-ALPN-01 certificate for `server_name`, if its order is pending.
-pub fn tls_alpn01_cert(server_name: &str) -> Option<Arc<CertifiedKey>> {
+pub(crate) fn tls_alpn01_cert(server_name: &str) -> Option<Arc<CertifiedKey>> {
     let name = server_name.trim_end_matches('.').to_ascii_lowercase();
     TLS_ALPN01
         .lock()
@@ -51,13 +51,13 @@ pub fn tls_alpn01_cert(server_name: &str) -> Option<Arc<CertifiedKey>> {
 
 /// What one order published; dropping it withdraws every entry.
 #[derive(Default)]
-pub struct Published {
+pub(crate) struct Published {
     tokens: Vec<String>,
     names: Vec<String>,
 }
 
 impl Published {
-    pub fn http01(&mut self, token: &str, key_authorization: &str) {
+    pub(crate) fn http01(&mut self, token: &str, key_authorization: &str) {
         HTTP01
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -66,7 +66,7 @@ impl Published {
     }
 
     /// `digest` is SHA-256 of the key authorization, carried in the acmeIdentifier extension.
-    pub fn tls_alpn01(&mut self, name: &str, digest: &[u8]) -> Result<(), String> {
+    pub(crate) fn tls_alpn01(&mut self, name: &str, digest: &[u8]) -> Result<(), String> {
         let cert = challenge_cert(name, digest)?;
         let name = name.to_ascii_lowercase();
         TLS_ALPN01
@@ -100,7 +100,7 @@ fn challenge_cert(name: &str, digest: &[u8]) -> Result<CertifiedKey, String> {
 }
 
 /// A self-signed ECDSA P-256 certificate for `params`, as rustls wants it.
-pub fn self_signed(params: rcgen::CertificateParams) -> Result<CertifiedKey, String> {
+pub(crate) fn self_signed(params: rcgen::CertificateParams) -> Result<CertifiedKey, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| format!("key generation: {e}"))?;
     let cert = params
         .self_signed(&key)

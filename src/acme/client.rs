@@ -20,9 +20,9 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
 
-pub struct Issued {
-    pub chain_pem: String,
-    pub key_pem: String,
+pub(crate) struct Issued {
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: String,
 }
 
 /// HTTPS to the CA: the system's trust store, or only `ca_roots` for a private CA.
@@ -55,7 +55,7 @@ fn http_client(settings: &AcmeSettings) -> Result<Box<dyn HttpClient>, String> {
 }
 
 /// The stored account for this CA, if there is one (loading it fetches the CA's directory).
-pub async fn stored_account(settings: &AcmeSettings) -> Result<Option<Account>, String> {
+pub(crate) async fn stored_account(settings: &AcmeSettings) -> Result<Option<Account>, String> {
     let path = settings.ca_dir.join(store::ACCOUNT_FILE);
     let stored = store::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let Some(bytes) = stored else {
@@ -72,7 +72,7 @@ pub async fn stored_account(settings: &AcmeSettings) -> Result<Option<Account>, 
 
 /// The account for this CA: the stored one, or a new one (stored before it is used, so a
 /// crash right after registering does not register again on the next start).
-pub async fn account(settings: &AcmeSettings) -> Result<Account, String> {
+pub(crate) async fn account(settings: &AcmeSettings) -> Result<Account, String> {
     if let Some(account) = stored_account(settings).await? {
         return Ok(account);
     }
@@ -106,7 +106,7 @@ pub async fn account(settings: &AcmeSettings) -> Result<Account, String> {
 }
 
 /// Orders a certificate for `names` and waits for it.
-pub async fn order(
+pub(crate) async fn order(
     account: &Account,
     names: &[String],
     challenge: Challenge,

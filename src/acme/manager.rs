@@ -29,7 +29,7 @@ const RETRY_BASE: Duration = Duration::from_secs(120);
 const RATE_LIMITED_WAIT: Duration = Duration::from_secs(3600);
 
 /// The stored certificate for `names`, if there is one that covers all of them.
-pub fn load_stored(
+pub(crate) fn load_stored(
     path: &Path,
     names: &[String],
 ) -> Result<Option<(Arc<CertifiedKey>, Validity)>, String> {
@@ -76,7 +76,7 @@ fn leaf_names(certified: &CertifiedKey) -> Vec<String> {
 /// Runs for the life of the server when any site has `tls = "acme"` (or may get one by a
 /// reload: the loop is idle without managed certificates). `serving` returns the settings
 /// and certificates of the configuration generation being served, each time it is asked.
-pub async fn run(serving: impl Fn() -> (Option<AcmeSettings>, Vec<Arc<ManagedCert>>)) {
+pub(crate) async fn run(serving: impl Fn() -> (Option<AcmeSettings>, Vec<Arc<ManagedCert>>)) {
     // Accounts stay loaded between attempts: loading one asks the CA for its directory.
     let mut accounts: HashMap<PathBuf, Account> = HashMap::new();
     // CAs whose directory has no renewalInfo: not asked again by this process.
@@ -297,7 +297,7 @@ fn jitter() -> f64 {
 /// 2 min, 4, 8 … capped at 6 h (1 h while no valid certificate is installed), but never
 /// more than a quarter of the validity left, so a short-lived certificate is retried often
 /// enough to be renewed in time; at least 1 s; then ±25 % jitter (`jitter` in [0, 1)).
-pub fn retry_delay(
+pub(crate) fn retry_delay(
     failures: u32,
     issued: Option<Validity>,
     now: SystemTime,

@@ -15,12 +15,12 @@
 //! that keeps a site keeps its certificate and its renewal schedule.
 
 mod ari;
-pub mod challenge;
+pub(crate) mod challenge;
 mod client;
-pub mod manager;
+pub(crate) mod manager;
 mod store;
 
-pub use crate::config::acme::{AcmeSettings, Challenge};
+pub(crate) use crate::config::acme::{AcmeSettings, Challenge};
 
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
@@ -32,14 +32,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The start and end of an issued certificate's validity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Validity {
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
+pub(crate) struct Validity {
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
 }
 
 impl Validity {
     /// Renew when two thirds of the lifetime have passed (Let's Encrypt's 90 days → 30 left).
-    pub fn renew_at(&self) -> SystemTime {
+    pub(crate) fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
             .duration_since(self.not_before)
@@ -50,20 +50,20 @@ impl Validity {
 
 /// Where a managed certificate stands; shown by /status and STATUS=.
 #[derive(Debug, Clone)]
-pub struct CertState {
+pub(crate) struct CertState {
     /// `None` while the placeholder is served.
-    pub issued: Option<Validity>,
+    pub(crate) issued: Option<Validity>,
     /// Failed attempts since the last success.
-    pub failures: u32,
-    pub last_error: Option<String>,
-    pub next_attempt: SystemTime,
+    pub(crate) failures: u32,
+    pub(crate) last_error: Option<String>,
+    pub(crate) next_attempt: SystemTime,
     /// When to ask the CA's renewal information (ARI) about the installed certificate.
-    pub ari_check: SystemTime,
+    pub(crate) ari_check: SystemTime,
 }
 
-pub struct ManagedCert {
+pub(crate) struct ManagedCert {
     /// Lower-case, sorted, no duplicates: the certificate's SANs.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Key and chain, one PEM file under the CA's state directory.
     path: PathBuf,
     current: ArcSwap<CertifiedKey>,
@@ -84,22 +84,22 @@ impl std::fmt::Debug for ManagedCert {
 
 impl ManagedCert {
     /// What the TLS listeners present now.
-    pub fn certified(&self) -> Arc<CertifiedKey> {
+    pub(crate) fn certified(&self) -> Arc<CertifiedKey> {
         self.current.load_full()
     }
 
     /// A certificate has been issued (the placeholder is gone): `redirect_https` may send
     /// clients to https. An expired one still counts: turning redirects off would quietly
     /// move a site to plain HTTP while renewals fail.
-    pub fn is_issued(&self) -> bool {
+    pub(crate) fn is_issued(&self) -> bool {
         self.valid_until.load(Ordering::Acquire) != 0
     }
 
-    pub fn state(&self) -> CertState {
+    pub(crate) fn state(&self) -> CertState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self.names.as_slice() {
             [one] => one.clone(),
             [first, rest @ ..] => format!("{first} (+{})", rest.len()),
@@ -141,7 +141,10 @@ static REGISTRY: LazyLock<Mutex<HashMap<RegistryKey, Arc<ManagedCert>>>> =
 /// The managed certificate for `names` at this CA: the one already running, else the one
 /// stored on disk, else a placeholder due for issuance now. Called while a configuration is
 /// validated; reads the state directory, never writes it.
-pub fn managed(settings: &AcmeSettings, names: &[String]) -> Result<Arc<ManagedCert>, String> {
+pub(crate) fn managed(
+    settings: &AcmeSettings,
+    names: &[String],
+) -> Result<Arc<ManagedCert>, String> {
     let mut names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
     names.sort();
     names.dedup();
@@ -207,6 +210,6 @@ fn placeholder(names: &[String]) -> Result<CertifiedKey, String> {
 }
 
 /// Wakes the manager, e.g. after a reload added a site.
-pub fn config_changed() {
+pub(crate) fn config_changed() {
     manager::WAKE.notify_one();
 }

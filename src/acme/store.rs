@@ -7,11 +7,11 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub const ACCOUNT_FILE: &str = "account.json";
+pub(crate) const ACCOUNT_FILE: &str = "account.json";
 
 /// One certificate's file: `<ca_dir>/<stem>.pem`, the private key followed by the chain
 /// (leaf first). One file, so key and certificate are replaced together, atomically.
-pub fn cert_path(ca_dir: &Path, names: &[String]) -> PathBuf {
+pub(crate) fn cert_path(ca_dir: &Path, names: &[String]) -> PathBuf {
     ca_dir.join(format!("{}.pem", file_stem(names)))
 }
 
@@ -31,7 +31,7 @@ fn file_stem(names: &[String]) -> String {
 }
 
 /// Creates the directory (and parents) owner-only.
-pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -39,7 +39,7 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `path` so that readers see the old or the new file, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_dir(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
@@ -63,7 +63,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads a state file; a missing one is `Ok(None)`.
-pub fn read(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) fn read(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -6,31 +6,32 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::path::{Path, PathBuf};
 
-pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+pub(crate) const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub(crate) const LETSENCRYPT_STAGING: &str =
+    "https://acme-staging-v02.api.letsencrypt.org/directory";
 /// The rule: a renewal that still fails a week before expiry is an error.
-pub const DEFAULT_ERROR_BEFORE_EXPIRY: std::time::Duration =
+pub(crate) const DEFAULT_ERROR_BEFORE_EXPIRY: std::time::Duration =
     std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawAcme {
+pub(crate) struct RawAcme {
     /// The CA's directory URL, or "letsencrypt" / "letsencrypt-staging".
-    pub directory: Option<Spanned<String>>,
+    pub(crate) directory: Option<Spanned<String>>,
     /// Contact for expiry and policy mail from the CA.
-    pub email: Option<Spanned<String>>,
+    pub(crate) email: Option<Spanned<String>>,
     /// PEM file with the roots that sign the CA's own HTTPS certificate (a private CA).
-    pub ca_roots: Option<Spanned<String>>,
-    pub challenge: Option<Spanned<String>>,
+    pub(crate) ca_roots: Option<Spanned<String>>,
+    pub(crate) challenge: Option<Spanned<String>>,
     /// Where accounts and certificates are kept; default `$STATE_DIRECTORY/acme`.
-    pub state_dir: Option<Spanned<String>>,
+    pub(crate) state_dir: Option<Spanned<String>>,
     /// Renewal failures are logged at error level (not warning) this close to expiry.
-    pub error_before_expiry: Option<Spanned<crate::config::HumanDuration>>,
+    pub(crate) error_before_expiry: Option<Spanned<crate::config::HumanDuration>>,
 }
 
 /// How the CA checks that we control a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     /// A file under /.well-known/acme-challenge/ on port 80.
     Http01,
     /// A special certificate on port 443, chosen by the ALPN protocol "acme-tls/1".
@@ -38,7 +39,7 @@ pub enum Challenge {
 }
 
 impl Challenge {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Challenge::Http01 => "http-01",
             Challenge::TlsAlpn01 => "tls-alpn-01",
@@ -47,16 +48,16 @@ impl Challenge {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcmeSettings {
-    pub directory: String,
-    pub email: Option<String>,
+pub(crate) struct AcmeSettings {
+    pub(crate) directory: String,
+    pub(crate) email: Option<String>,
     /// The roots for the CA's HTTPS, already parsed; `None` = the system's trust store.
-    pub ca_roots: Option<Vec<CertificateDer<'static>>>,
-    pub challenge: Challenge,
+    pub(crate) ca_roots: Option<Vec<CertificateDer<'static>>>,
+    pub(crate) challenge: Challenge,
     /// `<state_dir>/<CA>`: this CA's account and certificates. Another CA (staging vs
     /// production) never sees them.
-    pub ca_dir: PathBuf,
-    pub error_before_expiry: std::time::Duration,
+    pub(crate) ca_dir: PathBuf,
+    pub(crate) error_before_expiry: std::time::Duration,
 }
 
 /// The first path of `$STATE_DIRECTORY` (systemd sets one per StateDirectory= entry,
@@ -68,7 +69,7 @@ fn state_directory() -> Option<PathBuf> {
 }
 
 /// A directory URL as a file name: "https://ca.example:14000/dir" → "ca.example_14000_dir".
-pub fn ca_slug(directory: &str) -> String {
+pub(crate) fn ca_slug(directory: &str) -> String {
     let rest = directory
         .split_once("://")
         .map_or(directory, |(_, r)| r)
@@ -86,7 +87,11 @@ pub fn ca_slug(directory: &str) -> String {
 
 /// Validates `[acme]` (or its absence: Let's Encrypt with http-01). `needed` is whether any
 /// site uses `tls = "acme"`; only then must a state directory exist.
-pub fn validate(raw: Option<&RawAcme>, needed: bool, sink: &mut ErrorSink) -> Option<AcmeSettings> {
+pub(crate) fn validate(
+    raw: Option<&RawAcme>,
+    needed: bool,
+    sink: &mut ErrorSink,
+) -> Option<AcmeSettings> {
     let default = RawAcme::default();
     let raw = raw.unwrap_or(&default);
     let directory = match raw.directory.as_ref() {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 const WELCOME_PAGE: &str = include_str!("../../assets/welcome.html");
 
 /// Served by `gatehouse serve` when no config file exists at the default path.
-pub fn builtin_config() -> Config {
+pub(crate) fn builtin_config() -> Config {
     Config {
         source: ConfigSource::Builtin,
         server: ServerSettings::default(),
@@ -46,7 +46,7 @@ const STANDBY_BODY: &str =
 
 /// Standby while the configuration cannot be loaded: one plain listener per socket name
 /// systemd passed, every request answered 503 (see `lifecycle::standby`).
-pub fn standby_config(fd_names: &[&str], origin: String, errors: String) -> Config {
+pub(crate) fn standby_config(fd_names: &[&str], origin: String, errors: String) -> Config {
     let mut config = builtin_config();
     config.source = ConfigSource::Invalid { origin, errors };
     let mut names: Vec<&str> = fd_names.to_vec();
@@ -72,20 +72,20 @@ pub fn standby_config(fd_names: &[&str], origin: String, errors: String) -> Conf
 
 /// `serve --listen ADDR --root DIR --proxy PREFIX=UPSTREAM`, already syntax-checked by clap.
 #[derive(Debug, Clone, Default)]
-pub struct QuickArgs {
-    pub listen: Vec<BindAddr>,
-    pub root: Option<PathBuf>,
-    pub proxy: Vec<(String, Upstream)>,
+pub(crate) struct QuickArgs {
+    pub(crate) listen: Vec<BindAddr>,
+    pub(crate) root: Option<PathBuf>,
+    pub(crate) proxy: Vec<(String, Upstream)>,
 }
 
 impl QuickArgs {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.listen.is_empty() && self.root.is_none() && self.proxy.is_empty()
     }
 }
 
 /// Builds the quick-mode config. Every socket systemd passes is claimed by its one listener.
-pub fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
+pub(crate) fn quick_config(args: &QuickArgs) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut root_route = None;
     if let Some(root) = &args.root {
@@ -151,7 +151,7 @@ fn quick_proxy_routes(proxy: &[(String, Upstream)]) -> Vec<RouteConfig> {
 }
 
 /// Parses `PREFIX=UPSTREAM` for `--proxy`.
-pub fn parse_proxy_arg(s: &str) -> Result<(String, Upstream), String> {
+pub(crate) fn parse_proxy_arg(s: &str) -> Result<(String, Upstream), String> {
     let (prefix, upstream) = s.split_once('=').ok_or_else(|| {
         format!("{s:?}: expected PREFIX=UPSTREAM, e.g. /api/=http://127.0.0.1:8001")
     })?;

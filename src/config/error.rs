@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 
 /// One problem found in a configuration, with its position when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: Option<PathBuf>,
+pub(crate) struct ConfigError {
+    pub(crate) file: Option<PathBuf>,
     /// 1-based line and column.
-    pub position: Option<(usize, usize)>,
-    pub message: String,
-    pub hint: Option<String>,
+    pub(crate) position: Option<(usize, usize)>,
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
 }
 
 impl ConfigError {
-    pub fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         ConfigError {
             file: None,
             position: None,
@@ -24,7 +24,7 @@ impl ConfigError {
         }
     }
 
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+    pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }
@@ -49,7 +49,7 @@ impl fmt::Display for ConfigError {
 
 /// Every error found in one configuration source; never empty.
 #[derive(Debug, Clone)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub(crate) struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,14 +72,14 @@ impl From<ConfigError> for ConfigErrors {
 }
 
 /// Collects errors while validating; each span is resolved to line:column of `source`.
-pub struct ErrorSink<'a> {
+pub(crate) struct ErrorSink<'a> {
     file: Option<&'a Path>,
     source: &'a str,
     errors: Vec<ConfigError>,
 }
 
 impl<'a> ErrorSink<'a> {
-    pub fn new(file: Option<&'a Path>, source: &'a str) -> Self {
+    pub(crate) fn new(file: Option<&'a Path>, source: &'a str) -> Self {
         ErrorSink {
             file,
             source,
@@ -87,7 +87,7 @@ impl<'a> ErrorSink<'a> {
         }
     }
 
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         span: Option<Range<usize>>,
         message: impl Into<String>,
@@ -100,15 +100,15 @@ impl<'a> ErrorSink<'a> {
         self.errors.push(e);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.errors.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.errors.len()
     }
 
-    pub fn finish(self) -> Result<(), ConfigErrors> {
+    pub(crate) fn finish(self) -> Result<(), ConfigErrors> {
         if self.errors.is_empty() {
             Ok(())
         } else {
@@ -118,7 +118,7 @@ impl<'a> ErrorSink<'a> {
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `source`.
-pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;

@@ -10,34 +10,36 @@
 //! whether a `static` root is a directory. It does not read the ACME state directory (the
 //! snapshot does, for the stored certificates) or open any socket.
 
-pub mod acme;
+pub(crate) mod acme;
 mod builtin;
 mod error;
 mod listener;
 mod model;
-pub mod proxy;
+pub(crate) mod proxy;
 mod raw;
 mod server;
 mod site;
-pub mod static_files;
-pub mod tls;
+pub(crate) mod static_files;
+pub(crate) mod tls;
 mod units;
 mod validate;
 
-pub use builtin::{builtin_config, parse_proxy_arg, quick_config, standby_config, QuickArgs};
-pub use error::{line_col, ConfigError, ConfigErrors};
-pub use model::*;
-pub use units::{parse_duration, HumanDuration};
+pub(crate) use builtin::{
+    builtin_config, parse_proxy_arg, quick_config, standby_config, QuickArgs,
+};
+pub(crate) use error::{ConfigError, ConfigErrors};
+pub(crate) use model::*;
+pub(crate) use units::{parse_duration, HumanDuration};
 
-pub use error::ErrorSink;
+pub(crate) use error::ErrorSink;
 use std::path::{Path, PathBuf};
 
 /// Where `serve` and `check` look when no `--config` is given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatehouse/gatehouse.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/gatehouse/gatehouse.toml";
 
 /// Where the running configuration comes from; reload asks it again.
 #[derive(Debug, Clone)]
-pub enum ConfigOrigin {
+pub(crate) enum ConfigOrigin {
     /// `--config PATH`: the file must exist.
     File(PathBuf),
     /// No flags: the default path if a file is there, else the built-in welcome page.
@@ -47,7 +49,7 @@ pub enum ConfigOrigin {
 }
 
 impl ConfigOrigin {
-    pub fn load(&self) -> Result<Config, ConfigErrors> {
+    pub(crate) fn load(&self) -> Result<Config, ConfigErrors> {
         match self {
             ConfigOrigin::File(path) => load_file(path),
             ConfigOrigin::Default => {
@@ -64,7 +66,7 @@ impl ConfigOrigin {
 }
 
 /// Reads and validates a config file.
-pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+pub(crate) fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut err = ConfigError::new(format!("cannot read the configuration: {e}"));
         err.file = Some(path.to_path_buf());
@@ -74,7 +76,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and validates configuration text; positions in errors refer to `text`.
-pub fn parse_str(text: &str, source: ConfigSource) -> Result<Config, ConfigErrors> {
+pub(crate) fn parse_str(text: &str, source: ConfigSource) -> Result<Config, ConfigErrors> {
     let file: Option<PathBuf> = match &source {
         ConfigSource::File(p) => Some(p.clone()),
         _ => None,

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     File(PathBuf),
     /// No file: the embedded welcome page.
     Builtin,
@@ -36,19 +36,19 @@ impl fmt::Display for ConfigSource {
 }
 
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub source: ConfigSource,
-    pub server: ServerSettings,
-    pub listeners: Vec<ListenerConfig>,
-    pub sites: Vec<SiteConfig>,
+pub(crate) struct Config {
+    pub(crate) source: ConfigSource,
+    pub(crate) server: ServerSettings,
+    pub(crate) listeners: Vec<ListenerConfig>,
+    pub(crate) sites: Vec<SiteConfig>,
     /// `[acme]`, validated; `None` when no site needs it (and no state directory is known).
-    pub acme: Option<super::acme::AcmeSettings>,
+    pub(crate) acme: Option<super::acme::AcmeSettings>,
 }
 
 impl Config {
     /// Every certificate file a TLS listener may present (its own first, then its sites'),
     /// each once: for expiry warnings. ACME certificates report through their manager.
-    pub fn listener_certs(&self, name: &str) -> Vec<std::sync::Arc<crate::certs::LoadedCert>> {
+    pub(crate) fn listener_certs(&self, name: &str) -> Vec<std::sync::Arc<crate::certs::LoadedCert>> {
         let own = self.listener(name).and_then(|l| l.tls.as_ref());
         let mut out: Vec<std::sync::Arc<crate::certs::LoadedCert>> =
             own.and_then(|t| t.default.clone()).into_iter().collect();
@@ -67,50 +67,50 @@ impl Config {
         out
     }
 
-    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+    pub(crate) fn listener(&self, name: &str) -> Option<&ListenerConfig> {
         self.listeners.iter().find(|l| l.name == name)
     }
 
-    pub fn is_admin_listener(&self, name: &str) -> bool {
+    pub(crate) fn is_admin_listener(&self, name: &str) -> bool {
         self.listener(name)
             .is_some_and(|l| l.role == ListenerRole::Admin)
     }
 
     /// In quick mode every socket systemd passes is a plain HTTP listener, whatever its name.
-    pub fn claims_every_passed_socket(&self) -> bool {
+    pub(crate) fn claims_every_passed_socket(&self) -> bool {
         self.source == ConfigSource::Quick
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerSettings {
-    pub shutdown_timeout: Duration,
+pub(crate) struct ServerSettings {
+    pub(crate) shutdown_timeout: Duration,
     /// `None` = never exit for idleness.
-    pub idle_exit_after: Option<Duration>,
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub status_interval: Duration,
-    pub max_header_size: usize,
+    pub(crate) idle_exit_after: Option<Duration>,
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) status_interval: Duration,
+    pub(crate) max_header_size: usize,
     /// Runtime threads; 0 = one per CPU this process may use. Read at start only.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Longest a client may take nothing of a response (nginx's `send_timeout`).
-    pub send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     /// Streams an HTTP/2 client may have open at once on one connection.
-    pub http2_max_concurrent_streams: u32,
+    pub(crate) http2_max_concurrent_streams: u32,
     /// Connections at once on `role = "admin"` listeners, apart from `max_connections`.
-    pub admin_max_connections: usize,
+    pub(crate) admin_max_connections: usize,
     /// Which requests get an access-log entry.
-    pub access_log: AccessLog,
+    pub(crate) access_log: AccessLog,
     /// One entry for every this many requests answered below 400 (1 = all of them).
-    pub access_log_sample: u32,
+    pub(crate) access_log_sample: u32,
     /// Access lines to this file (buffered, appended) instead of the journal or stderr;
     /// reopened on every reload, for logrotate.
-    pub access_log_file: Option<std::path::PathBuf>,
+    pub(crate) access_log_file: Option<std::path::PathBuf>,
 }
 
 /// `server.access_log`: which requests get an entry in the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccessLog {
+pub(crate) enum AccessLog {
     #[default]
     All,
     /// Status 400 and above only.
@@ -139,18 +139,18 @@ impl Default for ServerSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub bind: Vec<BindAddr>,
-    pub role: ListenerRole,
+pub(crate) struct ListenerConfig {
+    pub(crate) name: String,
+    pub(crate) bind: Vec<BindAddr>,
+    pub(crate) role: ListenerRole,
     /// Certificates when the listener speaks TLS.
-    pub tls: Option<super::tls::ListenerTlsConfig>,
+    pub(crate) tls: Option<super::tls::ListenerTlsConfig>,
     /// A plain listener that redirects every request to https.
-    pub redirect_https: bool,
+    pub(crate) redirect_https: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ListenerRole {
+pub(crate) enum ListenerRole {
     /// Serves the sites.
     #[default]
     Public,
@@ -160,7 +160,7 @@ pub enum ListenerRole {
 
 /// Where a listener binds when systemd passed no socket for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BindAddr {
+pub(crate) enum BindAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
@@ -190,22 +190,22 @@ impl fmt::Display for BindAddr {
 }
 
 #[derive(Debug, Clone)]
-pub struct SiteConfig {
-    pub hosts: Vec<HostPattern>,
+pub(crate) struct SiteConfig {
+    pub(crate) hosts: Vec<HostPattern>,
     /// Listener names this site answers on; `None` = all.
-    pub listeners: Option<Vec<String>>,
-    pub routes: Vec<RouteConfig>,
+    pub(crate) listeners: Option<Vec<String>>,
+    pub(crate) routes: Vec<RouteConfig>,
     /// Status → URL path of the page shown instead of gatehouse's own error text.
-    pub error_pages: Vec<(u16, String)>,
+    pub(crate) error_pages: Vec<(u16, String)>,
     /// This site's own certificate, picked by SNI on TLS listeners.
-    pub tls: Option<super::tls::SiteCert>,
-    pub redirect_https: bool,
-    pub hsts: Option<HeaderValue>,
+    pub(crate) tls: Option<super::tls::SiteCert>,
+    pub(crate) redirect_https: bool,
+    pub(crate) hsts: Option<HeaderValue>,
 }
 
 /// A `hosts` entry: `*`, `*.example.com` or an exact name; stored lower-case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostPattern {
+pub(crate) enum HostPattern {
     Any,
     /// `*.example.com` stored as `.example.com`.
     Suffix(String),
@@ -259,40 +259,29 @@ impl FromStr for HostPattern {
 }
 
 #[derive(Debug, Clone)]
-pub struct RouteConfig {
+pub(crate) struct RouteConfig {
     /// Path prefix; always starts with '/'.
-    pub path: String,
-    pub action: RouteAction,
+    pub(crate) path: String,
+    pub(crate) action: RouteAction,
 }
 
 #[derive(Debug, Clone)]
-pub enum RouteAction {
+pub(crate) enum RouteAction {
     Respond(RespondConfig),
     Static(super::static_files::StaticConfig),
     Proxy(super::proxy::ProxyConfig),
 }
 
-impl RouteAction {
-    /// Short name used in logs and STATUS.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RouteAction::Respond(_) => "respond",
-            RouteAction::Static(_) => "static",
-            RouteAction::Proxy(_) => "proxy",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
-pub struct RespondConfig {
-    pub status: StatusCode,
-    pub body: Bytes,
-    pub content_type: HeaderValue,
+pub(crate) struct RespondConfig {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
+    pub(crate) content_type: HeaderValue,
 }
 
 /// An upstream address as written in `--proxy` or a `proxy` route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     Http { authority: String },
     Unix(PathBuf),
 }

@@ -9,46 +9,46 @@ use std::time::Duration;
 /// `proxy = { ... }` exactly as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawProxy {
-    pub upstreams: Spanned<Vec<Spanned<String>>>,
-    pub strip_prefix: Option<bool>,
-    pub balance: Option<Spanned<String>>,
-    pub connect_timeout: Option<Spanned<DurationValue>>,
-    pub response_header_timeout: Option<Spanned<DurationValue>>,
-    pub idle_timeout: Option<Spanned<DurationValue>>,
-    pub retry_connect_for: Option<Spanned<DurationValue>>,
-    pub eject_for: Option<Spanned<DurationValue>>,
-    pub keepalive_timeout: Option<Spanned<DurationValue>>,
-    pub max_body: Option<Spanned<SizeValue>>,
-    pub rewrite_host: Option<Spanned<String>>,
+pub(crate) struct RawProxy {
+    pub(crate) upstreams: Spanned<Vec<Spanned<String>>>,
+    pub(crate) strip_prefix: Option<bool>,
+    pub(crate) balance: Option<Spanned<String>>,
+    pub(crate) connect_timeout: Option<Spanned<DurationValue>>,
+    pub(crate) response_header_timeout: Option<Spanned<DurationValue>>,
+    pub(crate) idle_timeout: Option<Spanned<DurationValue>>,
+    pub(crate) retry_connect_for: Option<Spanned<DurationValue>>,
+    pub(crate) eject_for: Option<Spanned<DurationValue>>,
+    pub(crate) keepalive_timeout: Option<Spanned<DurationValue>>,
+    pub(crate) max_body: Option<Spanned<SizeValue>>,
+    pub(crate) rewrite_host: Option<Spanned<String>>,
     #[serde(default)]
-    pub trusted_proxies: Vec<Spanned<String>>,
-    pub http2: Option<bool>,
-    pub health: Option<Spanned<RawHealth>>,
+    pub(crate) trusted_proxies: Vec<Spanned<String>>,
+    pub(crate) http2: Option<bool>,
+    pub(crate) health: Option<Spanned<RawHealth>>,
     /// Keep client header names containing `_` (nginx: `underscores_in_headers`).
-    pub underscores_in_headers: Option<bool>,
+    pub(crate) underscores_in_headers: Option<bool>,
     /// `Upgrade` protocols tunnelled to the upstream; default `["websocket"]`.
-    pub upgrades: Option<Vec<Spanned<String>>>,
-    pub buffer_requests: Option<bool>,
-    pub buffer_responses: Option<bool>,
-    pub buffer_memory: Option<Spanned<SizeValue>>,
-    pub max_temp_file: Option<Spanned<SizeValue>>,
-    pub temp_dir: Option<Spanned<String>>,
+    pub(crate) upgrades: Option<Vec<Spanned<String>>>,
+    pub(crate) buffer_requests: Option<bool>,
+    pub(crate) buffer_responses: Option<bool>,
+    pub(crate) buffer_memory: Option<Spanned<SizeValue>>,
+    pub(crate) max_temp_file: Option<Spanned<SizeValue>>,
+    pub(crate) temp_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
-    pub path: Spanned<String>,
-    pub interval: Option<Spanned<DurationValue>>,
-    pub timeout: Option<Spanned<DurationValue>>,
+pub(crate) struct RawHealth {
+    pub(crate) path: Spanned<String>,
+    pub(crate) interval: Option<Spanned<DurationValue>>,
+    pub(crate) timeout: Option<Spanned<DurationValue>>,
 }
 
 /// A duration as a string ("2s", "250ms") or whole seconds; checked during validation so the
 /// error points at the value.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum DurationValue {
+pub(crate) enum DurationValue {
     Text(String),
     Seconds(i64),
 }
@@ -56,13 +56,13 @@ pub enum DurationValue {
 /// A size as a string ("10MiB", "512k") or bytes.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum SizeValue {
+pub(crate) enum SizeValue {
     Text(String),
     Bytes(i64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
+pub(crate) enum Balance {
     RoundRobin,
     LeastConn,
     /// Two random upstreams, the one with fewer requests in flight wins.
@@ -70,59 +70,59 @@ pub enum Balance {
 }
 
 #[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
+pub(crate) struct HealthConfig {
+    pub(crate) path: String,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// A validated `proxy` route.
 #[derive(Debug, Clone)]
-pub struct ProxyConfig {
-    pub upstreams: Vec<Upstream>,
-    pub strip_prefix: bool,
-    pub balance: Balance,
-    pub connect_timeout: Duration,
-    pub response_header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub retry_connect_for: Duration,
-    pub eject_for: Duration,
+pub(crate) struct ProxyConfig {
+    pub(crate) upstreams: Vec<Upstream>,
+    pub(crate) strip_prefix: bool,
+    pub(crate) balance: Balance,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) retry_connect_for: Duration,
+    pub(crate) eject_for: Duration,
     /// How long an idle upstream connection stays pooled: shorter than the app's own
     /// keep-alive timeout, so gatehouse, not the app, closes it (no request racing a close).
-    pub keepalive_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
     /// `None` = no limit.
-    pub max_body: Option<u64>,
-    pub rewrite_host: Option<http::HeaderValue>,
-    pub trusted_proxies: Vec<Trusted>,
-    pub http2: bool,
-    pub health: Option<HealthConfig>,
-    pub underscores_in_headers: bool,
+    pub(crate) max_body: Option<u64>,
+    pub(crate) rewrite_host: Option<http::HeaderValue>,
+    pub(crate) trusted_proxies: Vec<Trusted>,
+    pub(crate) http2: bool,
+    pub(crate) health: Option<HealthConfig>,
+    pub(crate) underscores_in_headers: bool,
     /// Lower-case protocol names (`websocket`) a client may upgrade to on this route.
-    pub upgrades: Vec<String>,
-    pub buffering: Buffering,
+    pub(crate) upgrades: Vec<String>,
+    pub(crate) buffering: Buffering,
 }
 
 /// How bodies are buffered between a client and the upstream (see `proxy::buffer`).
 #[derive(Debug, Clone)]
-pub struct Buffering {
+pub(crate) struct Buffering {
     /// Read a request body whole before an upstream connection is taken.
-    pub requests: bool,
+    pub(crate) requests: bool,
     /// Read a response ahead of the client, so the upstream is free once it has answered.
-    pub responses: bool,
+    pub(crate) responses: bool,
     /// Bytes of one body held in memory; beyond them it goes to a temporary file.
-    pub memory: usize,
+    pub(crate) memory: usize,
     /// Most bytes of one response held in its temporary file; 0 = memory only. At the cap,
     /// reading from the upstream waits for the client.
-    pub max_temp_file: u64,
+    pub(crate) max_temp_file: u64,
     /// Where temporary files are created (unlinked from birth).
-    pub temp_dir: std::sync::Arc<std::path::Path>,
+    pub(crate) temp_dir: std::sync::Arc<std::path::Path>,
 }
 
 /// The default `max_body`: 1 GiB, like the temporary-file cap of a buffered response
 /// (nginx's `proxy_max_temp_file_size`). Large enough for any upload a web app takes
 /// (nginx's 1 MiB `client_max_body_size` refuses a phone photo), small enough that one
 /// client cannot fill the temporary directory's disk.
-pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
+pub(crate) const DEFAULT_MAX_BODY: u64 = 1 << 30;
 
 impl Default for Buffering {
     fn default() -> Buffering {
@@ -143,7 +143,7 @@ impl Default for Buffering {
 
 impl ProxyConfig {
     /// The defaults, also used by quick mode's `--proxy`.
-    pub fn new(upstreams: Vec<Upstream>) -> ProxyConfig {
+    pub(crate) fn new(upstreams: Vec<Upstream>) -> ProxyConfig {
         ProxyConfig {
             upstreams,
             strip_prefix: false,
@@ -171,7 +171,7 @@ impl ProxyConfig {
 
 /// A `trusted_proxies` entry: an address or CIDR block, or "unix" for unix-socket clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trusted {
+pub(crate) enum Trusted {
     Net { addr: IpAddr, prefix: u8 },
     Unix,
 }
@@ -198,7 +198,7 @@ impl std::str::FromStr for Trusted {
 }
 
 impl Trusted {
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let Trusted::Net { addr, prefix } = self else {
             return false;
         };
@@ -268,7 +268,7 @@ fn size(v: &Spanned<SizeValue>, key: &str, sink: &mut Sink) -> Option<u64> {
 }
 
 /// "10MiB", "512k", "1G", "100" (bytes). k/M/G are powers of 1024 like nginx's.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -287,7 +287,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Validates a `proxy` table; every problem goes to `sink`.
-pub fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<ProxyConfig> {
+pub(crate) fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<ProxyConfig> {
     let sink = &mut Sink {
         inner: sink,
         errors: 0,

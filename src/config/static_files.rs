@@ -9,33 +9,33 @@ use std::path::PathBuf;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStatic {
-    pub root: Spanned<String>,
-    pub index: Option<Vec<Spanned<String>>>,
+pub(crate) struct RawStatic {
+    pub(crate) root: Spanned<String>,
+    pub(crate) index: Option<Vec<Spanned<String>>>,
     #[serde(default)]
-    pub precompressed: Vec<Spanned<String>>,
-    pub spa_fallback: Option<Spanned<String>>,
+    pub(crate) precompressed: Vec<Spanned<String>>,
+    pub(crate) spa_fallback: Option<Spanned<String>>,
     #[serde(default)]
-    pub list_directories: bool,
+    pub(crate) list_directories: bool,
     #[serde(default)]
-    pub cache_control: Vec<Spanned<RawCacheRule>>,
-    pub follow_symlinks: Option<Spanned<String>>,
+    pub(crate) cache_control: Vec<Spanned<RawCacheRule>>,
+    pub(crate) follow_symlinks: Option<Spanned<String>>,
     #[serde(default)]
-    pub serve_hidden: bool,
+    pub(crate) serve_hidden: bool,
     #[serde(default)]
-    pub compress: Vec<Spanned<String>>,
-    pub compress_min_size: Option<Spanned<i64>>,
+    pub(crate) compress: Vec<Spanned<String>>,
+    pub(crate) compress_min_size: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCacheRule {
-    pub pattern: Spanned<String>,
-    pub value: Spanned<String>,
+pub(crate) struct RawCacheRule {
+    pub(crate) pattern: Spanned<String>,
+    pub(crate) value: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     Brotli,
     Zstd,
     Gzip,
@@ -52,7 +52,7 @@ impl Encoding {
     }
 
     /// The Content-Encoding token.
-    pub fn token(self) -> &'static str {
+    pub(crate) fn token(self) -> &'static str {
         match self {
             Encoding::Brotli => "br",
             Encoding::Zstd => "zstd",
@@ -61,7 +61,7 @@ impl Encoding {
     }
 
     /// The precompressed sibling's suffix: `file.css.br`, `.zst`, `.gz`.
-    pub fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             Encoding::Brotli => ".br",
             Encoding::Zstd => ".zst",
@@ -71,7 +71,7 @@ impl Encoding {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FollowSymlinks {
+pub(crate) enum FollowSymlinks {
     /// Follow symlinks whose target stays inside the root (the default).
     InsideRoot,
     Always,
@@ -79,30 +79,29 @@ pub enum FollowSymlinks {
 }
 
 #[derive(Debug, Clone)]
-pub struct CacheRule {
-    pub pattern: String,
-    pub matcher: GlobMatcher,
-    pub value: http::HeaderValue,
+pub(crate) struct CacheRule {
+    pub(crate) matcher: GlobMatcher,
+    pub(crate) value: http::HeaderValue,
 }
 
 #[derive(Debug, Clone)]
-pub struct StaticConfig {
+pub(crate) struct StaticConfig {
     /// The document root (absolute).
-    pub root: PathBuf,
-    pub index: Vec<String>,
-    pub precompressed: Vec<Encoding>,
-    pub spa_fallback: Option<String>,
-    pub list_directories: bool,
-    pub cache_control: Vec<CacheRule>,
-    pub follow_symlinks: FollowSymlinks,
-    pub serve_hidden: bool,
-    pub compress: Vec<Encoding>,
-    pub compress_min_size: u64,
+    pub(crate) root: PathBuf,
+    pub(crate) index: Vec<String>,
+    pub(crate) precompressed: Vec<Encoding>,
+    pub(crate) spa_fallback: Option<String>,
+    pub(crate) list_directories: bool,
+    pub(crate) cache_control: Vec<CacheRule>,
+    pub(crate) follow_symlinks: FollowSymlinks,
+    pub(crate) serve_hidden: bool,
+    pub(crate) compress: Vec<Encoding>,
+    pub(crate) compress_min_size: u64,
 }
 
 impl StaticConfig {
     /// Defaults for `serve --root DIR`.
-    pub fn for_root(root: PathBuf) -> StaticConfig {
+    pub(crate) fn for_root(root: PathBuf) -> StaticConfig {
         StaticConfig {
             root,
             index: vec!["index.html".into()],
@@ -117,7 +116,7 @@ impl StaticConfig {
         }
     }
 
-    pub fn from_raw(raw: &RawStatic, sink: &mut ErrorSink) -> Option<StaticConfig> {
+    pub(crate) fn from_raw(raw: &RawStatic, sink: &mut ErrorSink) -> Option<StaticConfig> {
         let before = sink.len();
         let root = PathBuf::from(raw.root.get_ref());
         if !root.is_absolute() {
@@ -180,7 +179,6 @@ impl StaticConfig {
             let value = http::HeaderValue::from_str(rule.value.get_ref());
             match (glob, value) {
                 (Ok(g), Ok(v)) => cfg.cache_control.push(CacheRule {
-                    pattern: rule.pattern.get_ref().clone(),
                     matcher: g.compile_matcher(),
                     value: v,
                 }),

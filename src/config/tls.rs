@@ -13,13 +13,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The credential names `tls = "auto"` looks for in `$CREDENTIALS_DIRECTORY`.
-pub const AUTO_CERT: &str = "gatehouse.tls.crt";
-pub const AUTO_KEY: &str = "gatehouse.tls.key";
+pub(crate) const AUTO_CERT: &str = "gatehouse.tls.crt";
+pub(crate) const AUTO_KEY: &str = "gatehouse.tls.key";
 const CRED_PREFIX: &str = "cred:";
 
 /// `tls = "auto"` or `tls = { cert = "...", key = "...", strict_sni = false }`.
 #[derive(Debug)]
-pub enum RawTls {
+pub(crate) enum RawTls {
     Auto(String),
     Files(RawTlsFiles),
 }
@@ -48,25 +48,25 @@ impl<'de> Deserialize<'de> for RawTls {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTlsFiles {
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
+pub(crate) struct RawTlsFiles {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
     /// Listener only: refuse the handshake for a server name no site of the listener has.
-    pub strict_sni: Option<Spanned<bool>>,
+    pub(crate) strict_sni: Option<Spanned<bool>>,
 }
 
 /// A listener's TLS settings; its SNI table (which needs the sites) is built with the
 /// snapshot (`tls::acceptor::build`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerTlsConfig {
+pub(crate) struct ListenerTlsConfig {
     /// `None` for `tls = "acme"`: the listener presents its sites' ACME certificates.
-    pub default: Option<Arc<LoadedCert>>,
-    pub strict_sni: bool,
+    pub(crate) default: Option<Arc<LoadedCert>>,
+    pub(crate) strict_sni: bool,
 }
 
 /// Where a site's certificate comes from.
 #[derive(Debug, Clone)]
-pub enum SiteCert {
+pub(crate) enum SiteCert {
     Files(Arc<LoadedCert>),
     /// `tls = "acme"`: the DNS names to order it for (the site's hosts). The certificate
     /// itself is the snapshot's (`acme::managed`).
@@ -74,13 +74,13 @@ pub enum SiteCert {
 }
 
 /// A site's `tls` before `[acme]` is known: files are loaded, "acme" is resolved later.
-pub enum SiteTlsChoice {
+pub(crate) enum SiteTlsChoice {
     Files(Arc<LoadedCert>),
     Acme,
 }
 
 /// What a config error says when `tls` has the wrong shape (serde's untagged message is vague).
-pub const SHAPE_HINT: &str = "`tls` is \"auto\", \"acme\" or { cert = \"/path/or/cred:NAME\", key = \"...\" } (listeners may add strict_sni = true)";
+pub(crate) const SHAPE_HINT: &str = "`tls` is \"auto\", \"acme\" or { cert = \"/path/or/cred:NAME\", key = \"...\" } (listeners may add strict_sni = true)";
 
 /// Where credentials live: `$CREDENTIALS_DIRECTORY`, read at every load so a reload sees
 /// what systemd set up for this service.
@@ -147,7 +147,10 @@ fn load_files(files: &RawTlsFiles, sink: &mut ErrorSink) -> Option<Arc<LoadedCer
 }
 
 /// A `[[listener]]`'s `tls`.
-pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<ListenerTlsConfig> {
+pub(crate) fn listener_tls(
+    raw: &Spanned<RawTls>,
+    sink: &mut ErrorSink,
+) -> Option<ListenerTlsConfig> {
     let span = raw.span();
     match raw.get_ref() {
         RawTls::Auto(word) if word == "auto" => {
@@ -198,7 +201,7 @@ pub fn listener_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<Liste
 
 /// A `[[site]]`'s `tls`: `{ cert, key }` or `"acme"`, the certificate chosen by SNI for its
 /// hosts.
-pub fn site_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<SiteTlsChoice> {
+pub(crate) fn site_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<SiteTlsChoice> {
     match raw.get_ref() {
         RawTls::Files(files) => {
             if let Some(s) = &files.strict_sni {
@@ -223,7 +226,7 @@ pub fn site_tls(raw: &Spanned<RawTls>, sink: &mut ErrorSink) -> Option<SiteTlsCh
 }
 
 /// `hsts = "max-age=31536000; includeSubDomains"`: sent as is on responses over TLS.
-pub fn hsts(raw: &Spanned<String>, sink: &mut ErrorSink) -> Option<HeaderValue> {
+pub(crate) fn hsts(raw: &Spanned<String>, sink: &mut ErrorSink) -> Option<HeaderValue> {
     let v = raw.get_ref();
     let has_max_age = v
         .split(';')

@@ -12,7 +12,11 @@ use super::site::HostSpans;
 use serde_spanned::Spanned;
 use std::collections::{HashMap, HashSet};
 
-pub fn validate(raw: RawConfig, source: ConfigSource, sink: &mut ErrorSink) -> Option<Config> {
+pub(crate) fn validate(
+    raw: RawConfig,
+    source: ConfigSource,
+    sink: &mut ErrorSink,
+) -> Option<Config> {
     let server = super::server::server_settings(&raw.server, sink);
     let wants_acme = |tls: &Option<Spanned<super::tls::RawTls>>| matches!(tls.as_ref().map(|t| t.get_ref()), Some(super::tls::RawTls::Auto(w)) if w == "acme");
     let needs_acme = raw.sites.iter().any(|s| wants_acme(&s.get_ref().tls))

@@ -24,7 +24,7 @@ fn get() -> std::io::Result<libc::rlimit> {
 }
 
 /// Raises the soft limit to the hard one; logs what it could not do.
-pub fn raise() {
+pub(crate) fn raise() {
     let current = match get() {
         Ok(c) => c,
         Err(e) => {
@@ -73,7 +73,7 @@ fn per_connection(config: &Config) -> u64 {
 }
 
 /// Warns when `config`'s max_connections cannot fit under the current limit.
-pub fn check(config: &Config) {
+pub(crate) fn check(config: &Config) {
     let Ok(limit) = get() else { return };
     let per_connection = per_connection(config);
     let max = config.server.max_connections as u64;

@@ -14,7 +14,7 @@ const EVERY: Duration = Duration::from_secs(1);
 /// Free memory beyond what the last trim left that is worth a trim.
 const WORTH: usize = 256 * 1024;
 
-pub async fn trim_when_idle(shared: Arc<Shared>) {
+pub(crate) async fn trim_when_idle(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the last trim could not release (free chunks between live ones).

@@ -4,7 +4,7 @@
 mod fd_limit;
 mod memory;
 mod reload;
-pub mod reload_status;
+pub(crate) mod reload_status;
 mod standby;
 
 use crate::config::{Config, ConfigOrigin};
@@ -22,12 +22,12 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// EX_CONFIG from sysexits.h: the configuration (or the sockets systemd passed) is wrong.
 /// The unit's RestartPreventExitStatus=78 keeps systemd from restarting into the same error.
-pub const EXIT_CONFIG: u8 = 78;
+pub(crate) const EXIT_CONFIG: u8 = 78;
 
-pub struct ServeOptions {
-    pub origin: ConfigOrigin,
-    pub log_level: Option<String>,
-    pub log_target: LogTarget,
+pub(crate) struct ServeOptions {
+    pub(crate) origin: ConfigOrigin,
+    pub(crate) log_level: Option<String>,
+    pub(crate) log_target: LogTarget,
 }
 
 enum Failure {
@@ -35,7 +35,7 @@ enum Failure {
     Runtime(String),
 }
 
-pub fn run(opts: ServeOptions) -> ExitCode {
+pub(crate) fn run(opts: ServeOptions) -> ExitCode {
     // First: SIGHUP's default action would kill a server that is still starting.
     set_hangup_blocked(true);
     // SAFETY: no thread exists yet: clap ran on this thread and the runtime starts below.

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub async fn reload(
+pub(crate) async fn reload(
     origin: &ConfigOrigin,
     shared: &Arc<Shared>,
     listeners: &mut ListenerSet,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 const FILE_NAME: &str = "reload.status";
 
 /// Writes the reload records; a no-op without RUNTIME_DIRECTORY.
-pub struct StatusFile {
+pub(crate) struct StatusFile {
     path: Option<PathBuf>,
     generation: AtomicU64,
     /// When the current generation began (monotonic microseconds).
@@ -27,7 +27,7 @@ pub struct StatusFile {
 }
 
 impl StatusFile {
-    pub fn from_env() -> StatusFile {
+    pub(crate) fn from_env() -> StatusFile {
         let path = std::env::var_os("RUNTIME_DIRECTORY").map(|dirs| {
             // systemd separates several RuntimeDirectory= entries with ':'; ours is the first.
             let first = std::env::split_paths(&dirs).next().unwrap_or_default();
@@ -40,18 +40,18 @@ impl StatusFile {
         }
     }
 
-    pub fn started(&self) {
+    pub(crate) fn started(&self) {
         self.write("started", None);
     }
 
     /// A reload begins (before the configuration is read): a new generation.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         self.since.store(monotonic_usec(), Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.write("reloading", None);
     }
 
-    pub fn reloaded(&self, error: Option<&str>) {
+    pub(crate) fn reloaded(&self, error: Option<&str>) {
         match error {
             None => self.write("ok", None),
             Some(e) => self.write("failed", Some(e)),
@@ -128,7 +128,7 @@ fn answers_request(record: &Record, pid: i32, sent_at: u64, before: Option<&Reco
 }
 
 /// `gatehouse reload --pid PID`: validate, SIGHUP, wait for the outcome.
-pub fn request_reload(pid: i32, origin: &ConfigOrigin, timeout: Duration) -> ExitCode {
+pub(crate) fn request_reload(pid: i32, origin: &ConfigOrigin, timeout: Duration) -> ExitCode {
     if let Err(errors) = origin.load() {
         eprintln!("{errors}");
         eprintln!("reload refused: the configuration is invalid; the server keeps its current one");

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The standby configuration for `passed`, with the errors logged.
-pub fn enter(passed: &[PassedSocket], origin: &ConfigOrigin, errors: &str) -> Config {
+pub(crate) fn enter(passed: &[PassedSocket], origin: &ConfigOrigin, errors: &str) -> Config {
     let origin_text = match origin {
         ConfigOrigin::File(p) => p.display().to_string(),
         ConfigOrigin::Default => config::DEFAULT_CONFIG_PATH.to_owned(),
@@ -29,7 +29,7 @@ pub fn enter(passed: &[PassedSocket], origin: &ConfigOrigin, errors: &str) -> Co
     config::standby_config(&names, origin_text, errors.to_owned())
 }
 
-pub fn is_standby(config: &Config) -> bool {
+pub(crate) fn is_standby(config: &Config) -> bool {
     matches!(config.source, config::ConfigSource::Invalid { .. })
 }
 
@@ -50,7 +50,7 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
 }
 
 /// The configuration file as of its last read, to notice a fix while in standby.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     path: Option<PathBuf>,
     seen: Option<Stamp>,
 }
@@ -59,7 +59,7 @@ const POLL: Duration = Duration::from_secs(1);
 
 impl FileWatch {
     /// Taken before the file is read, so that a change made during the read counts as new.
-    pub fn new(origin: &ConfigOrigin) -> FileWatch {
+    pub(crate) fn new(origin: &ConfigOrigin) -> FileWatch {
         let path = match origin {
             ConfigOrigin::File(p) => Some(p.clone()),
             ConfigOrigin::Default => Some(PathBuf::from(config::DEFAULT_CONFIG_PATH)),
@@ -70,12 +70,12 @@ impl FileWatch {
     }
 
     /// A reload is about to read the file.
-    pub fn reading(&mut self) {
+    pub(crate) fn reading(&mut self) {
         self.seen = self.path.as_deref().and_then(stamp);
     }
 
     /// Resolves once the file differs from its last read (never without a file).
-    pub async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         let Some(path) = &self.path else {
             return std::future::pending().await;
         };

@@ -67,10 +67,10 @@ fn file() -> MutexGuard<'static, Option<std::fs::File>> {
 
 /// The access log's file, opened (appending, created 0640) but not yet in use: a reload
 /// opens it before it commits, so a path it cannot open leaves the old log in place.
-pub struct AccessFile(Option<std::fs::File>);
+pub(crate) struct AccessFile(Option<std::fs::File>);
 
 impl AccessFile {
-    pub fn open(path: Option<&std::path::Path>) -> std::io::Result<AccessFile> {
+    pub(crate) fn open(path: Option<&std::path::Path>) -> std::io::Result<AccessFile> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let Some(path) = path else {
             return Ok(AccessFile(None));
@@ -87,7 +87,7 @@ impl AccessFile {
 /// Entries from now on go to `file` (or, for none, back to the journal or stderr); those
 /// buffered so far go where they were meant to. Reopening the same path after logrotate
 /// moved it starts a new file.
-pub fn use_file(opened: AccessFile) {
+pub(crate) fn use_file(opened: AccessFile) {
     let mut pending = pending();
     if let Some(sink) = SINK.get() {
         write_out(sink, &mut pending);
@@ -119,13 +119,13 @@ pub(super) fn direct() -> bool {
 
 /// One access entry, as its fields appear in the journal.
 pub(super) struct Entry<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub upstream: Option<&'a str>,
-    pub host: &'a str,
-    pub duration_us: u64,
-    pub remote: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
+    pub(crate) upstream: Option<&'a str>,
+    pub(crate) host: &'a str,
+    pub(crate) duration_us: u64,
+    pub(crate) remote: &'a str,
 }
 
 /// Buffers the entry for the sink chosen at start-up.
@@ -221,7 +221,7 @@ fn journal_entry(batch: &mut EntryBatch, message: &mut String, e: &Entry<'_>) {
 
 /// Writes the buffered access entries. Called when a runtime thread parks or stops, before
 /// any other log line (to keep the order), and at exit.
-pub fn flush() {
+pub(crate) fn flush() {
     let sink = SINK.get();
     if sink.is_none() && !TO_FILE.load(Ordering::Relaxed) {
         return;

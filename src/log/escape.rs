@@ -10,7 +10,7 @@ use std::fmt::{self, Write};
 
 /// A character a log line must not carry as it is: C0 and C1 controls, DEL, the line and
 /// paragraph separators, and the bidirectional formatting characters.
-pub fn is_unsafe_char(c: char) -> bool {
+pub(crate) fn is_unsafe_char(c: char) -> bool {
     matches!(c,
         '\u{0}'..='\u{1f}'
         | '\u{7f}'..='\u{9f}'
@@ -23,7 +23,7 @@ pub fn is_unsafe_char(c: char) -> bool {
 /// Whether `s` can be written as it is: printable ASCII other than `\`, the case of nearly
 /// every request's path and host. Checked eight bytes at a time (this runs several times per
 /// access-log line).
-pub fn is_plain(s: &str) -> bool {
+pub(crate) fn is_plain(s: &str) -> bool {
     let mut chunks = s.as_bytes().chunks_exact(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -53,7 +53,7 @@ fn plain_word(x: u64) -> bool {
 
 /// How a value is written.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     Bare,
     /// Inside quotes the caller writes: `"` is escaped too.
     Quoted,
@@ -62,7 +62,7 @@ pub enum Style {
 }
 
 /// Writes `s` with unsafe characters escaped.
-pub fn write_escaped(out: &mut impl Write, s: &str, style: Style) -> fmt::Result {
+pub(crate) fn write_escaped(out: &mut impl Write, s: &str, style: Style) -> fmt::Result {
     let quoted = style == Style::Quoted;
     if is_plain(s) && !(quoted && s.contains('"')) {
         return out.write_str(s);
@@ -92,9 +92,9 @@ pub fn write_escaped(out: &mut impl Write, s: &str, style: Style) -> fmt::Result
 
 /// `fmt::Write` adaptor that escapes everything written through it (for `Debug`/`Display`
 /// values, which arrive in pieces).
-pub struct Escaping<'a, W: Write> {
-    pub out: &'a mut W,
-    pub style: Style,
+pub(crate) struct Escaping<'a, W: Write> {
+    pub(crate) out: &'a mut W,
+    pub(crate) style: Style,
 }
 
 impl<W: Write> Write for Escaping<'_, W> {

@@ -15,7 +15,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-pub struct LineFormat;
+pub(crate) struct LineFormat;
 
 /// A `key=value` value is quoted only when it would otherwise be ambiguous on one line.
 /// A byte scan: cheaper than str::contains with a char array.

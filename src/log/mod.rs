@@ -6,11 +6,11 @@ mod escape;
 mod line_format;
 mod peer_noise;
 
-pub use escape::is_unsafe_char;
+pub(crate) use escape::is_unsafe_char;
 
-pub use access::flush as flush_access;
-pub use access::{use_file as use_access_file, AccessFile};
-pub use peer_noise::summarize as summarize_peer_noise;
+pub(crate) use access::flush as flush_access;
+pub(crate) use access::{use_file as use_access_file, AccessFile};
+pub(crate) use peer_noise::summarize as summarize_peer_noise;
 
 use crate::systemd;
 use std::net::SocketAddr;
@@ -20,7 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     /// journald when systemd connected stderr to the journal (JOURNAL_STREAM), else stderr.
     Auto,
     Journald,
@@ -29,7 +29,7 @@ pub enum LogTarget {
 
 /// Installs the global subscriber. `level` is a tracing filter ("info", "gatehouse=debug");
 /// without it RUST_LOG is used, then "info".
-pub fn init(level: Option<&str>, target: LogTarget) {
+pub(crate) fn init(level: Option<&str>, target: LogTarget) {
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
@@ -86,7 +86,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FlushAccessFirst {
 
 /// Where a request came from, for REMOTE_ADDR.
 #[derive(Debug, Clone, Copy)]
-pub enum Remote {
+pub(crate) enum Remote {
     Tcp(SocketAddr),
     Unix,
 }
@@ -105,7 +105,7 @@ impl std::fmt::Display for Remote {
 impl Remote {
     /// The Display text, once per connection. IPv4 (the common case) is written without
     /// core::fmt, which took ~1.4k instructions of a new connection's ~39k.
-    pub fn text(&self) -> Box<str> {
+    pub(crate) fn text(&self) -> Box<str> {
         if let Remote::Tcp(addr) = self {
             if let std::net::IpAddr::V4(v4) = addr.ip().to_canonical() {
                 let mut text = String::with_capacity(15);
@@ -127,7 +127,7 @@ static SAMPLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 /// Whether a request answered `status` gets an access entry under `server.access_log` and
 /// `server.access_log_sample`. Errors (400 and above) are never sampled away.
-pub fn access_wanted(
+pub(crate) fn access_wanted(
     mode: crate::config::AccessLog,
     sample: u32,
     status: http::StatusCode,
@@ -145,12 +145,12 @@ pub fn access_wanted(
 }
 
 /// The tracing target of access-log events.
-pub const ACCESS_TARGET: &str = "gatehouse::access";
+pub(crate) const ACCESS_TARGET: &str = "gatehouse::access";
 
 /// One access-log entry. The field names are a public interface: journalctl filters on
 /// HTTP_METHOD, HTTP_PATH, HTTP_HOST, HTTP_STATUS, HTTP_DURATION_US, REMOTE_ADDR and UPSTREAM
 /// (only proxied requests have an `upstream`; tracing records an Option field only if Some).
-pub fn access(
+pub(crate) fn access(
     method: &http::Method,
     path: &str,
     host: &str,

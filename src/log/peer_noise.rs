@@ -18,13 +18,13 @@ use tracing_subscriber::layer::{Context, Layer};
 const PEER_LIBRARIES: &[&str] = &["h2", "hyper", "hyper_util", "rustls", "tokio_rustls"];
 
 /// How often at most the summary line is written.
-pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// Events held back since the last summary, and the text of the latest one.
 static HELD: AtomicU64 = AtomicU64::new(0);
 static LATEST: Mutex<String> = Mutex::new(String::new());
 
-pub struct PeerNoise {
+pub(crate) struct PeerNoise {
     /// The log filter as targets: which libraries' debug output was asked for. `None` when
     /// the filter uses span or field directives, which this cannot evaluate: then nothing is
     /// shown one by one (all is still counted).
@@ -32,7 +32,7 @@ pub struct PeerNoise {
 }
 
 impl PeerNoise {
-    pub fn new(filter: &str) -> PeerNoise {
+    pub(crate) fn new(filter: &str) -> PeerNoise {
         PeerNoise {
             debug: filter.parse().ok(),
         }
@@ -106,7 +106,7 @@ impl Visit for Seen {
 
 /// Writes the summary line every [`SUMMARY_EVERY`] while events were held back; runs for the
 /// life of the server.
-pub async fn summarize() {
+pub(crate) async fn summarize() {
     let mut every = tokio::time::interval(SUMMARY_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -9,22 +9,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One upstream address with its own connection pool and health.
-pub struct UpstreamState {
+pub(crate) struct UpstreamState {
     /// "unix:/run/app.sock" or "http://127.0.0.1:8001": the UPSTREAM journal field.
     /// Shared: every proxied response carries it to the access log.
-    pub label: Arc<str>,
-    pub upstream: Upstream,
+    pub(crate) label: Arc<str>,
     /// The upstream's authority: the Host of requests that have none, and HTTP/2's
     /// :authority. "localhost" for unix sockets.
-    pub authority: http::uri::Authority,
+    pub(crate) authority: http::uri::Authority,
     /// Its keep-alive connections.
-    pub conns: Arc<ConnPool>,
-    pub in_flight: AtomicUsize,
+    pub(crate) conns: Arc<ConnPool>,
+    pub(crate) in_flight: AtomicUsize,
     /// Passive health: milliseconds (see `now_ms`) until which this upstream is ejected.
     ejected_until: AtomicU64,
     /// Active health: false after a failed check, true after a passing one.
     active_up: AtomicBool,
-    pub counters: crate::metrics::UpstreamCounters,
+    pub(crate) counters: crate::metrics::UpstreamCounters,
 }
 
 impl UpstreamState {
@@ -41,7 +40,6 @@ impl UpstreamState {
         .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
         UpstreamState {
             authority,
-            upstream: upstream.clone(),
             conns: ConnPool::new(
                 Connector::new(upstream, cfg.connect_timeout),
                 cfg.http2,
@@ -55,7 +53,7 @@ impl UpstreamState {
         }
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         // 0: never ejected, or back in since (no clock read for the usual case).
         let until = self.ejected_until.load(Ordering::Relaxed);
         self.active_up.load(Ordering::Relaxed) && (until == 0 || until <= now_ms())
@@ -63,7 +61,7 @@ impl UpstreamState {
 
     /// Passive health: a failed connect or a timeout keeps this upstream out of rotation for
     /// `for_`, unless every upstream is out.
-    pub fn eject(&self, for_: Duration, why: &str) {
+    pub(crate) fn eject(&self, for_: Duration, why: &str) {
         let until = now_ms() + u64::try_from(for_.as_millis()).unwrap_or(u64::MAX / 2);
         let before = self.ejected_until.swap(until, Ordering::Relaxed);
         if before <= now_ms() && !for_.is_zero() {
@@ -72,13 +70,13 @@ impl UpstreamState {
     }
 
     /// A request got a response: whatever passive state said, it works now.
-    pub fn mark_ok(&self) {
+    pub(crate) fn mark_ok(&self) {
         if self.ejected_until.load(Ordering::Relaxed) != 0 {
             self.ejected_until.store(0, Ordering::Relaxed);
         }
     }
 
-    pub fn set_active(&self, up: bool) {
+    pub(crate) fn set_active(&self, up: bool) {
         let before = self.active_up.swap(up, Ordering::Relaxed);
         if before != up {
             if up {
@@ -103,14 +101,14 @@ pub(super) fn ms_of(at: Instant) -> u64 {
     since.as_secs() * 1000 + u64::from(since.subsec_millis()) + 1
 }
 
-pub struct Pool {
-    pub upstreams: Vec<Arc<UpstreamState>>,
+pub(crate) struct Pool {
+    pub(crate) upstreams: Vec<Arc<UpstreamState>>,
     balance: Balance,
     next: AtomicUsize,
 }
 
 impl Pool {
-    pub fn new(cfg: &ProxyConfig) -> Pool {
+    pub(crate) fn new(cfg: &ProxyConfig) -> Pool {
         Pool {
             upstreams: cfg
                 .upstreams
@@ -122,13 +120,13 @@ impl Pool {
         }
     }
 
-    pub fn up_count(&self) -> usize {
+    pub(crate) fn up_count(&self) -> usize {
         self.upstreams.iter().filter(|u| u.is_up()).count()
     }
 
     /// Picks an upstream not in `tried`: a healthy one by the balance policy, else (every
     /// untried one is down) any untried one, as nginx does, since "down" may be stale.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    pub(crate) fn pick(&self, tried: &[usize]) -> Option<usize> {
         if self.upstreams.len() == 1 {
             // The usual route: one app server. Down or not, it is the one to try.
             return tried.is_empty().then_some(0);
@@ -207,10 +205,10 @@ fn random() -> u64 {
 
 /// Counts a request against its upstream for least_conn until dropped (with the response
 /// body, so a long download counts as load).
-pub struct InFlight(Arc<UpstreamState>);
+pub(crate) struct InFlight(Arc<UpstreamState>);
 
 impl InFlight {
-    pub fn new(u: &Arc<UpstreamState>) -> InFlight {
+    pub(crate) fn new(u: &Arc<UpstreamState>) -> InFlight {
         u.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(u.clone())
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 #[derive(Debug)]
-pub struct BodyTooLarge;
+pub(crate) struct BodyTooLarge;
 
 impl std::fmt::Display for BodyTooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,7 +35,7 @@ impl std::fmt::Display for BodyTooLarge {
 impl std::error::Error for BodyTooLarge {}
 
 #[derive(Debug)]
-pub struct IdleTimeout(pub Duration);
+pub(crate) struct IdleTimeout(pub Duration);
 
 impl std::fmt::Display for IdleTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,7 +50,7 @@ impl std::error::Error for IdleTimeout {}
 /// own so the handler can tell it from an upstream failure: the client's fault is a 400 (or,
 /// for an abort, nginx's 499), never a 502 against the upstream's health and error count.
 #[derive(Debug)]
-pub struct ClientBodyError(pub hyper::Error);
+pub(crate) struct ClientBodyError(pub hyper::Error);
 
 impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +70,7 @@ impl std::error::Error for ClientBodyError {
 
 impl ClientBodyError {
     /// The client hung up or reset mid-body, rather than sending a malformed one.
-    pub fn is_abort(&self) -> bool {
+    pub(crate) fn is_abort(&self) -> bool {
         if self.0.is_incomplete_message() {
             return true;
         }
@@ -94,7 +94,7 @@ impl ClientBodyError {
     }
 
     /// What the access log records: 400, or 499 for an abort.
-    pub fn status(&self) -> http::StatusCode {
+    pub(crate) fn status(&self) -> http::StatusCode {
         if self.is_abort() {
             crate::http_base::client_closed_request()
         } else {
@@ -106,7 +106,7 @@ impl ClientBodyError {
 /// When the request (or a tunnel) last made progress, shared between the body that makes
 /// it and the timer that watches it.
 #[derive(Clone)]
-pub enum Activity {
+pub(crate) enum Activity {
     /// No body: the request made its last progress when it was sent, at this `now_ms()`.
     Sent(u64),
     /// Progress recorded as it happens (each body frame, each tunnel read).
@@ -115,20 +115,20 @@ pub enum Activity {
 
 impl Activity {
     /// Progress recorded from now on.
-    pub fn tracked() -> Activity {
+    pub(crate) fn tracked() -> Activity {
         Activity::Tracked(Arc::new(AtomicU64::new(now_ms())))
     }
     /// For a request without a body, sent at `at` (a time already read: no clock read).
-    pub fn sent_at(at: std::time::Instant) -> Activity {
+    pub(crate) fn sent_at(at: std::time::Instant) -> Activity {
         Activity::Sent(ms_of(at))
     }
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         if let Activity::Tracked(last) = self {
             last.store(now_ms(), Ordering::Relaxed);
         }
     }
     /// Time since the last progress.
-    pub fn idle(&self) -> Duration {
+    pub(crate) fn idle(&self) -> Duration {
         let last = match self {
             Activity::Sent(at) => *at,
             Activity::Tracked(last) => last.load(Ordering::Relaxed),
@@ -138,7 +138,7 @@ impl Activity {
 }
 
 /// Where an unpolled body goes back to when hyper drops the request.
-pub type Reclaim = Arc<Mutex<Option<Incoming>>>;
+pub(crate) type Reclaim = Arc<Mutex<Option<Incoming>>>;
 
 /// Re-arms a stall timer on progress; fires if a poll stays pending for `idle`.
 pub(super) struct Stall {
@@ -167,14 +167,14 @@ impl Stall {
 /// The body of a request on its way to an upstream. Boxed, and absent for the many requests
 /// without one: the request is moved several times on its way out and queued in hyper's
 /// channel to the connection, and every byte of it is copied each time.
-pub struct UpBody(Option<Box<UpState>>);
+pub(crate) struct UpBody(Option<Box<UpState>>);
 
 impl UpBody {
-    pub fn empty() -> UpBody {
+    pub(crate) fn empty() -> UpBody {
         UpBody(None)
     }
 
-    pub fn new(
+    pub(crate) fn new(
         inner: Incoming,
         limit: Option<u64>,
         idle: Duration,
@@ -187,7 +187,7 @@ impl UpBody {
     }
 
     /// A body already read; every attempt gets its own (cheap) clone.
-    pub fn full(frames: &[Bytes], activity: Activity) -> UpBody {
+    pub(crate) fn full(frames: &[Bytes], activity: Activity) -> UpBody {
         if frames.iter().all(|f| f.is_empty()) {
             return UpBody::empty();
         }
@@ -195,7 +195,7 @@ impl UpBody {
     }
 
     /// A body read whole beforehand, in memory or in a temporary file.
-    pub fn spooled(body: &Spooled, activity: Activity) -> UpBody {
+    pub(crate) fn spooled(body: &Spooled, activity: Activity) -> UpBody {
         match body {
             Spooled::Memory(frames) => UpBody::full(frames, activity),
             Spooled::File { file, len } => {
@@ -365,7 +365,7 @@ impl Drop for UpState {
     }
 }
 
-pub struct DownBody {
+pub(crate) struct DownBody {
     inner: Down,
     stall: Stall,
     _in_flight: InFlight,
@@ -392,7 +392,7 @@ struct Watched {
 const WATCH_ABOVE: u64 = 64 * 1024;
 
 impl DownBody {
-    pub fn new(inner: Incoming, idle: Duration, in_flight: InFlight) -> DownBody {
+    pub(crate) fn new(inner: Incoming, idle: Duration, in_flight: InFlight) -> DownBody {
         let small =
             inner.is_end_stream() || inner.size_hint().exact().is_some_and(|n| n <= WATCH_ABOVE);
         let inner = if small || tokio::runtime::Handle::try_current().is_err() {
@@ -512,12 +512,14 @@ impl Body for DownBody {
 }
 
 /// Is `T` somewhere in this error's source chain?
-pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
     cause::<T>(e).is_some()
 }
 
 /// The first `T` in this error's source chain.
-pub fn cause<'e, T: std::error::Error + 'static>(
+pub(crate) fn cause<'e, T: std::error::Error + 'static>(
     e: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e T> {
     let mut cur = Some(e);

@@ -44,7 +44,7 @@ static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-bufferin
 /// The body of an upstream's response on its way to the client: buffered or streamed as
 /// the route and the response ask. `headers` are the response's (X-Accel-Buffering is
 /// taken out of them).
-pub fn response_body(
+pub(crate) fn response_body(
     mut incoming: Incoming,
     headers: &mut HeaderMap,
     cfg: &ProxyConfig,

@@ -18,13 +18,13 @@ enum Target {
 }
 
 #[derive(Clone, Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     target: Arc<Target>,
     timeout: Duration,
 }
 
 impl Connector {
-    pub fn new(upstream: &Upstream, timeout: Duration) -> Connector {
+    pub(crate) fn new(upstream: &Upstream, timeout: Duration) -> Connector {
         let target = match upstream {
             Upstream::Http { authority } => Target::Tcp(authority.clone()),
             Upstream::Unix(path) => Target::Unix(path.clone()),
@@ -38,7 +38,7 @@ impl Connector {
 
 /// Why a connection could not be opened; the handler tells 502 from 504 by it.
 #[derive(Debug)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     Timeout(Duration),
     Io(io::Error),
 }
@@ -64,7 +64,7 @@ impl std::error::Error for ConnectError {
 
 impl Connector {
     /// A new connection, within the connect timeout.
-    pub async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
+    pub(crate) async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
         let connect = async {
             match &*self.target {
                 Target::Tcp(authority) => connect_tcp(authority).await.map(Socket::Tcp),
@@ -95,7 +95,7 @@ async fn connect_tcp(authority: &str) -> io::Result<TcpStream> {
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
 }
 
-pub struct UpstreamStream {
+pub(crate) struct UpstreamStream {
     socket: Socket,
     /// Set once a [`PeerWatch`] was handed out: closed before the socket is.
     gate: Option<Arc<FdGate>>,
@@ -115,7 +115,7 @@ struct FdGate(Mutex<RawFd>);
 impl UpstreamStream {
     /// A way to ask the kernel, from outside the task that drives this connection, whether
     /// the peer has closed it (see `pool`).
-    pub fn watch(&mut self) -> PeerWatch {
+    pub(crate) fn watch(&mut self) -> PeerWatch {
         let fd = match &self.socket {
             Socket::Tcp(s) => s.as_raw_fd(),
             Socket::Unix(s) => s.as_raw_fd(),
@@ -137,14 +137,14 @@ impl Drop for UpstreamStream {
 
 /// Tells whether an idle connection can still carry a request; "closed" once the
 /// connection itself is gone.
-pub struct PeerWatch(Arc<FdGate>);
+pub(crate) struct PeerWatch(Arc<FdGate>);
 
 impl PeerWatch {
     /// One poll(2), no waiting: anything readable on an idle HTTP/1 connection (end of
     /// stream, a reset, or bytes nobody asked for) or an error means it cannot be reused.
     /// The kernel knows of a close before the connection's task has run to see it, which on
     /// a busy runtime can be long after.
-    pub fn peer_closed(&self) -> bool {
+    pub(crate) fn peer_closed(&self) -> bool {
         let fd = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
         if *fd < 0 {
             return true;

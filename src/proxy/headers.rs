@@ -16,7 +16,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1):
 /// Connection and every header it names, Keep-Alive, Proxy-*, TE, Trailer,
 /// Transfer-Encoding and Upgrade.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none, or only Connection: one pass over the few names is cheaper
     // than hashing each of the names below (this runs twice per proxied request).
     let mut found = headers.keys().filter(|k| is_hop_by_hop(k));
@@ -87,7 +87,7 @@ fn connection_names_only_standard(headers: &HeaderMap) -> bool {
 /// the route allows, as the `Upgrade` value to forward; `None` if it asks for none of them.
 /// Anything else goes upstream as a plain request: a tunnel escapes routing, header
 /// rewriting and the access log (`h2c` would carry requests for any path).
-pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+pub(crate) fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
     if allowed.is_empty() || !crate::http_base::connection_lists(headers, "upgrade") {
         return None;
     }
@@ -110,7 +110,7 @@ pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<Header
 
 /// `protocol` ("websocket", "WebSocket", "foo/2") is one of `allowed` (lower-case names, or
 /// name/version).
-pub fn upgrade_allowed(protocol: &str, allowed: &[String]) -> bool {
+pub(crate) fn upgrade_allowed(protocol: &str, allowed: &[String]) -> bool {
     let name = protocol.split('/').next().unwrap_or(protocol);
     allowed
         .iter()
@@ -121,7 +121,7 @@ pub fn upgrade_allowed(protocol: &str, allowed: &[String]) -> bool {
 /// names, obs-fold, bad or conflicting Content-Length and a Transfer-Encoding whose last
 /// coding is not chunked; it accepts "gzip, chunked", "chunked, chunked" and several
 /// Transfer-Encoding lines, which upstream parsers disagree about, so those stop here.
-pub fn check_framing(headers: &HeaderMap) -> Result<(), StatusCode> {
+pub(crate) fn check_framing(headers: &HeaderMap) -> Result<(), StatusCode> {
     let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
     match (te.next(), te.next()) {
         (None, _) => {}
@@ -138,14 +138,14 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), StatusCode> {
 }
 
 /// What the proxy knows about the client, for the forwarding headers.
-pub struct ClientInfo<'a> {
-    pub remote: Remote,
+pub(crate) struct ClientInfo<'a> {
+    pub(crate) remote: Remote,
     /// The client's IP as `Remote`'s Display writes it (IPv4-mapped IPv6 as IPv4): formatted
     /// once per connection, not twice per request.
-    pub remote_text: &'a str,
+    pub(crate) remote_text: &'a str,
     /// The Host the client asked for (raw, with port), if any.
-    pub host: Option<&'a HeaderValue>,
-    pub proto: &'static str,
+    pub(crate) host: Option<&'a HeaderValue>,
+    pub(crate) proto: &'static str,
 }
 
 /// Headers an app may read as asserted by the proxy in front of it (client address, scheme,
@@ -192,19 +192,23 @@ fn is_proxy_asserted(name: &str) -> bool {
 
 /// What `set_forwarded` may keep of the client's headers.
 #[derive(Debug, Clone, Copy)]
-pub struct ForwardPolicy<'a> {
+pub(crate) struct ForwardPolicy<'a> {
     /// Peers whose proxy-asserted headers are kept (and appended to).
-    pub trusted: &'a [Trusted],
+    pub(crate) trusted: &'a [Trusted],
     /// Keep header names with `_` (nginx's `underscores_in_headers`); proxy-asserted names
     /// spelled with `_` are dropped even so.
-    pub underscores: bool,
+    pub(crate) underscores: bool,
 }
 
 /// Sets X-Forwarded-For/-Proto/-Host and `Forwarded`. Proxy-asserted headers (see
 /// [`PROXY_ASSERTED`]) the client sent are kept (and appended to) only when the client is
 /// trusted; otherwise they are removed, so a client cannot forge its address, scheme or
 /// host. Names with `_` are removed unless `underscores` is set (nginx's default too).
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>, policy: ForwardPolicy<'_>) {
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientInfo<'_>,
+    policy: ForwardPolicy<'_>,
+) {
     let is_trusted = match client.remote {
         Remote::Tcp(addr) => policy.trusted.iter().any(|t| t.contains(addr.ip())),
         Remote::Unix => policy.trusted.contains(&Trusted::Unix),

@@ -13,12 +13,12 @@ use tokio::task::JoinHandle;
 
 /// Aborts this generation's health-check tasks when dropped.
 #[derive(Default)]
-pub struct Background {
+pub(crate) struct Background {
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Background {
-    pub fn spawn(&mut self, pool: &Arc<Pool>, health: &HealthConfig) {
+    pub(crate) fn spawn(&mut self, pool: &Arc<Pool>, health: &HealthConfig) {
         if tokio::runtime::Handle::try_current().is_err() {
             // `gatehouse check` validates without a runtime; nothing to run there.
             return;
@@ -28,14 +28,6 @@ impl Background {
             let health = health.clone();
             self.tasks.push(tokio::spawn(check_loop(weak, idx, health)));
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
     }
 }
 

@@ -7,20 +7,20 @@
 //! pooled client (`connector`), retries connects that fail, and passes the answer back,
 //! read ahead of a slow client (`buffer`) or streamed (`body`, `upgrade`).
 
-pub mod balance;
-pub mod body;
-pub mod buffer;
-pub mod connector;
-pub mod headers;
-pub mod health;
-pub mod pool;
+pub(crate) mod balance;
+pub(crate) mod body;
+pub(crate) mod buffer;
+pub(crate) mod connector;
+pub(crate) mod headers;
+pub(crate) mod health;
+pub(crate) mod pool;
 mod replay;
 mod retry;
-pub mod spool;
-pub mod upgrade;
+pub(crate) mod spool;
+pub(crate) mod upgrade;
 
-pub use crate::config::proxy::ProxyConfig;
-pub use health::Background;
+pub(crate) use crate::config::proxy::ProxyConfig;
+pub(crate) use health::Background;
 
 use crate::http_base::{self, Body, RequestContext};
 use balance::{InFlight, Pool, UpstreamState};
@@ -37,9 +37,9 @@ use tokio::time::Instant;
 
 /// A configured proxy route with its upstream pool. Built during validation (no runtime
 /// needed); health-check tasks start with the serving `Snapshot` (see [`start`]).
-pub struct ProxyRoute {
-    pub config: ProxyConfig,
-    pub pool: Arc<Pool>,
+pub(crate) struct ProxyRoute {
+    pub(crate) config: ProxyConfig,
+    pub(crate) pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for ProxyRoute {
@@ -51,7 +51,7 @@ impl std::fmt::Debug for ProxyRoute {
 }
 
 impl ProxyRoute {
-    pub fn new(config: ProxyConfig) -> Arc<ProxyRoute> {
+    pub(crate) fn new(config: ProxyConfig) -> Arc<ProxyRoute> {
         Arc::new(ProxyRoute {
             pool: Arc::new(Pool::new(&config)),
             config,
@@ -61,7 +61,7 @@ impl ProxyRoute {
 
 /// Starts the health checks of a generation's proxy routes; they stop when the result is
 /// dropped.
-pub fn start(routes: &[Arc<ProxyRoute>]) -> Background {
+pub(crate) fn start(routes: &[Arc<ProxyRoute>]) -> Background {
     let mut bg = Background::default();
     for p in routes {
         if let Some(h) = &p.config.health {
@@ -72,7 +72,7 @@ pub fn start(routes: &[Arc<ProxyRoute>]) -> Background {
 }
 
 /// Every upstream of the generation's proxy routes with whether it is up, for /metrics.
-pub fn upstream_health(routes: &[Arc<ProxyRoute>]) -> Vec<(String, bool)> {
+pub(crate) fn upstream_health(routes: &[Arc<ProxyRoute>]) -> Vec<(String, bool)> {
     routes
         .iter()
         .flat_map(|p| p.pool.upstreams.iter())
@@ -81,7 +81,7 @@ pub fn upstream_health(routes: &[Arc<ProxyRoute>]) -> Vec<(String, bool)> {
 }
 
 /// `(up, total)` upstreams over all proxy routes, for STATUS=; `None` without proxy routes.
-pub fn upstreams_up(routes: &[Arc<ProxyRoute>]) -> Option<(usize, usize)> {
+pub(crate) fn upstreams_up(routes: &[Arc<ProxyRoute>]) -> Option<(usize, usize)> {
     routes
         .iter()
         .map(|p| (p.pool.up_count(), p.pool.upstreams.len()))
@@ -100,7 +100,7 @@ enum SendError {
 /// in the future (a moved-from local keeps its room across awaits), and hyper reserves the
 /// handler's future in every client connection, idle or not (`server::future_sizes` asserts
 /// that future's size).
-pub fn handle<'a>(
+pub(crate) fn handle<'a>(
     route: &'a ProxyRoute,
     prefix: &str,
     req: Request<Incoming>,
@@ -550,7 +550,7 @@ fn upstream_target(
 
 /// Removes the route prefix from a path (query kept). A prefix ending in '/' keeps that
 /// slash: "/api/" + "/api/users" → "/users"; "/api" + "/api" → "/".
-pub fn strip_prefix(prefix: &str, path_and_query: &str) -> String {
+pub(crate) fn strip_prefix(prefix: &str, path_and_query: &str) -> String {
     let keep = prefix.strip_suffix('/').unwrap_or(prefix).len();
     let rest = path_and_query.get(keep..).unwrap_or("");
     if rest.starts_with('/') {

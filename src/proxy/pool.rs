@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// Idle HTTP/1 connections kept per upstream; more are closed when they become idle.
 const MAX_IDLE: usize = 256;
 
-pub struct ConnPool {
+pub(crate) struct ConnPool {
     connector: Connector,
     http2: bool,
     /// Idle connections are closed after this long (before the app's own keep-alive timeout
@@ -54,7 +54,7 @@ struct Idle {
 
 /// Why a request got no response.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// No connection could be opened: the request was not sent.
     Connect(ConnectError),
     /// The HTTP/2 handshake failed: not sent either.
@@ -85,13 +85,13 @@ impl std::error::Error for SendError {
 
 impl SendError {
     /// The request never left: it may go to another upstream whatever its method.
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_) | SendError::Handshake(_))
     }
 }
 
 impl ConnPool {
-    pub fn new(connector: Connector, http2: bool, keepalive: Duration) -> Arc<ConnPool> {
+    pub(crate) fn new(connector: Connector, http2: bool, keepalive: Duration) -> Arc<ConnPool> {
         Arc::new(ConnPool {
             connector,
             http2,
@@ -100,7 +100,7 @@ impl ConnPool {
         })
     }
 
-    pub fn is_http2(&self) -> bool {
+    pub(crate) fn is_http2(&self) -> bool {
         self.http2
     }
 
@@ -112,7 +112,7 @@ impl ConnPool {
     /// Sends `req` on a pooled connection, or a new one. A request that a pooled connection
     /// closed before taking is sent again on another: it never left, so any method may be.
     /// `now` is the time the caller last read (no need to read the clock again here).
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<UpBody>,
         now: Instant,
@@ -263,7 +263,7 @@ impl ConnPool {
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).
-pub fn is_idempotent(m: &Method) -> bool {
+pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE

@@ -49,7 +49,13 @@ impl RequestBody {
                 Err(spool::ReadError::Client(e)) => {
                     return Err(client_fault(&body::ClientBodyError(e), None, cx))
                 }
-                Err(e) => return Err(closing(http_base::error(e.status()))),
+                Err(e) => {
+                    if let spool::ReadError::Spill(err) = &e {
+                        // The client did nothing wrong: say why it gets a 500.
+                        tracing::warn!(error = %err, "cannot spool a request body to a temporary file");
+                    }
+                    return Err(closing(http_base::error(e.status())));
+                }
             }
         } else {
             (None, Some(Arc::new(Mutex::new(Some(body)))))

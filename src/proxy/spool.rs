@@ -33,14 +33,14 @@ const READ_CHUNK: u64 = 64 * 1024;
 
 /// An unlinked temporary file. Its size is counted in `gatehouse_proxy_temp_file_bytes`
 /// until it is truncated or closed.
-pub struct TempFile {
+pub(crate) struct TempFile {
     file: File,
     accounted: AtomicU64,
 }
 
 impl TempFile {
     /// Creates one in `dir` (blocking).
-    pub fn create(dir: &Path) -> io::Result<TempFile> {
+    pub(crate) fn create(dir: &Path) -> io::Result<TempFile> {
         let file = match open_unnamed(dir) {
             Ok(f) => f,
             // EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
@@ -63,7 +63,7 @@ impl TempFile {
     /// Writes `bufs` at `offset` with `writev`, without copying them together (blocking;
     /// one write at a time per file: the file's own position is used). Returns the bytes
     /// written.
-    pub fn write_at(&self, bufs: &[Bytes], offset: u64) -> io::Result<u64> {
+    pub(crate) fn write_at(&self, bufs: &[Bytes], offset: u64) -> io::Result<u64> {
         let len: usize = bufs.iter().map(Bytes::len).sum();
         let mut file = &self.file;
         file.seek(SeekFrom::Start(offset))?;
@@ -86,7 +86,8 @@ impl TempFile {
     }
 
     /// Reads `len` bytes at `offset` (blocking).
-    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+    #[cfg(test)]
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         self.read_into(vec![0u8; len], offset)
     }
 
@@ -97,7 +98,7 @@ impl TempFile {
     }
 
     /// Frees the file's blocks: everything in it was delivered (blocking).
-    pub fn truncate(&self) -> io::Result<()> {
+    pub(crate) fn truncate(&self) -> io::Result<()> {
         self.file.set_len(0)?;
         let before = self.accounted.swap(0, Ordering::Relaxed);
         BUFFERS.temp_file_bytes.dec_by(gauge(before));
@@ -144,7 +145,7 @@ fn open_named_then_unlink(dir: &Path) -> io::Result<File> {
 }
 
 /// Runs blocking file work on tokio's blocking pool.
-pub async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     tokio::task::spawn_blocking(work)
@@ -153,7 +154,11 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// Reads the next chunk of `file[offset..end]` on the blocking pool.
-pub fn read_chunk(file: &Arc<TempFile>, offset: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
+pub(crate) fn read_chunk(
+    file: &Arc<TempFile>,
+    offset: u64,
+    end: u64,
+) -> JoinHandle<io::Result<Bytes>> {
     let file = file.clone();
     let len = (end - offset).min(READ_CHUNK) as usize;
     // Allocated here, not on the blocking thread: freed here too once hyper has sent it, it
@@ -164,7 +169,7 @@ pub fn read_chunk(file: &Arc<TempFile>, offset: u64, end: u64) -> JoinHandle<io:
 }
 
 /// Polls a `read_chunk`.
-pub fn poll_chunk(
+pub(crate) fn poll_chunk(
     read: &mut JoinHandle<io::Result<Bytes>>,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Bytes>> {
@@ -175,26 +180,22 @@ pub fn poll_chunk(
 /// A request body read whole: its frames in memory, or a temporary file. Every attempt to
 /// send it gets its own cheap copy.
 #[derive(Clone)]
-pub enum Spooled {
+pub(crate) enum Spooled {
     Memory(Vec<Bytes>),
     File { file: Arc<TempFile>, len: u64 },
 }
 
 impl Spooled {
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Spooled::Memory(frames) => frames.iter().map(|f| f.len() as u64).sum(),
             Spooled::File { len, .. } => *len,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A spooled file body on its way to the upstream, read back a chunk at a time.
-pub struct Replay {
+pub(crate) struct Replay {
     file: Arc<TempFile>,
     offset: u64,
     end: u64,
@@ -202,7 +203,7 @@ pub struct Replay {
 }
 
 impl Replay {
-    pub fn new(file: Arc<TempFile>, len: u64) -> Replay {
+    pub(crate) fn new(file: Arc<TempFile>, len: u64) -> Replay {
         Replay {
             file,
             offset: 0,
@@ -211,11 +212,11 @@ impl Replay {
         }
     }
 
-    pub fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         self.end - self.offset
     }
 
-    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    pub(crate) fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if self.offset >= self.end {
             return Poll::Ready(None);
         }
@@ -234,7 +235,7 @@ impl Replay {
 
 /// Why a request body could not be read whole.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     TooLarge,
     /// No body byte for `idle_timeout`.
     Idle,
@@ -259,7 +260,7 @@ impl ReadError {
 
     /// The answer to the request (its connection is closed: the body was not read to its
     /// end). A client's failure is the client's 4xx; only our own disk is a 500.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ReadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ReadError::Idle => StatusCode::REQUEST_TIMEOUT,
@@ -279,7 +280,7 @@ const SMALL_BODY: u64 = 64 * 1024;
 /// upgrade, whose bytes after the head belong to the tunnel, nor for gRPC, whose streaming
 /// calls send messages while the answer comes back (read whole first, they would wait for
 /// each other).
-pub fn reads_first(
+pub(crate) fn reads_first(
     cfg: &ProxyConfig,
     declared: Option<u64>,
     upgrade: bool,
@@ -298,7 +299,7 @@ pub fn reads_first(
 
 /// Whether the Content-Type starts with `prefix` (case-insensitive: `application/grpc+proto`
 /// is gRPC, `text/event-stream; charset=utf-8` an event stream).
-pub fn content_type_is(head: &HeaderMap, prefix: &[u8]) -> bool {
+pub(crate) fn content_type_is(head: &HeaderMap, prefix: &[u8]) -> bool {
     head.get(CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes()
             .get(..prefix.len())
@@ -310,7 +311,7 @@ pub fn content_type_is(head: &HeaderMap, prefix: &[u8]) -> bool {
 /// `max_body` is enforced as it comes, so an oversized chunked body is refused before the
 /// app sees a byte of it. Trailers are dropped: the body goes upstream with a
 /// Content-Length, which leaves no room for them.
-pub async fn read_request(
+pub(crate) async fn read_request(
     mut body: Incoming,
     cfg: &ProxyConfig,
     memory: usize,

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub fn spawn_tunnel(
+pub(crate) fn spawn_tunnel(
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,

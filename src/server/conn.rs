@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// accepted: the client connected to send one, and closing now would fail it.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: Stream,
     remote: Remote,

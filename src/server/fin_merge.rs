@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::{TcpStream, UnixStream};
 
-pub trait HoldTail: AsyncWrite + Unpin {
+pub(crate) trait HoldTail: AsyncWrite + Unpin {
     /// Writes `bufs`, letting the kernel hold a final partial segment until the next write
     /// or the FIN. Streams without segments write as usual.
     fn poll_write_hold_tail(

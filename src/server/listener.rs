@@ -15,14 +15,14 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub enum Listener {
+pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
 
 /// Where a listening socket came from; decides whether we may unlink it when done.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     Passed {
         fd: RawFd,
         /// LISTEN_FDNAMES entry (FileDescriptorName=).
@@ -41,15 +41,15 @@ impl fmt::Display for Origin {
     }
 }
 
-pub struct OpenListener {
+pub(crate) struct OpenListener {
     /// The `[[listener]]` whose sites this socket serves.
-    pub name: String,
-    pub origin: Origin,
-    pub listener: Listener,
+    pub(crate) name: String,
+    pub(crate) origin: Origin,
+    pub(crate) listener: Listener,
 }
 
 /// Must run inside the tokio runtime.
-pub fn adopt(passed: PassedSocket, name: String) -> io::Result<OpenListener> {
+pub(crate) fn adopt(passed: PassedSocket, name: String) -> io::Result<OpenListener> {
     let addr = passed.address();
     let listener = match passed.listener {
         PassedListener::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
@@ -69,7 +69,7 @@ pub fn adopt(passed: PassedSocket, name: String) -> io::Result<OpenListener> {
 const BACKLOG: i32 = 4096;
 
 /// Binds `addr` for listener `name`. Must run inside the tokio runtime.
-pub fn bind(name: &str, addr: &BindAddr) -> io::Result<OpenListener> {
+pub(crate) fn bind(name: &str, addr: &BindAddr) -> io::Result<OpenListener> {
     let listener = match addr {
         BindAddr::Tcp(sa) => {
             let domain = socket2::Domain::for_address(*sa);
@@ -124,7 +124,7 @@ fn remove_stale_unix_socket(path: &std::path::Path) -> io::Result<()> {
 
 /// The accept loops that are running.
 #[derive(Default)]
-pub struct ListenerSet {
+pub(crate) struct ListenerSet {
     running: Vec<Running>,
 }
 
@@ -136,7 +136,7 @@ struct Running {
 }
 
 impl ListenerSet {
-    pub fn start(&mut self, shared: &Arc<Shared>, open: OpenListener) {
+    pub(crate) fn start(&mut self, shared: &Arc<Shared>, open: OpenListener) {
         let (stop, stopped) = oneshot::channel();
         let heartbeat = shared
             .liveness
@@ -154,7 +154,7 @@ impl ListenerSet {
     }
 
     /// `(listener name, address)` of every socket we bound ourselves.
-    pub fn bound(&self) -> impl Iterator<Item = (&str, &BindAddr)> {
+    pub(crate) fn bound(&self) -> impl Iterator<Item = (&str, &BindAddr)> {
         self.running.iter().filter_map(|r| match &r.origin {
             Origin::Bound(a) => Some((r.name.as_str(), a)),
             Origin::Passed { .. } => None,
@@ -162,7 +162,7 @@ impl ListenerSet {
     }
 
     /// The FileDescriptorName= of every socket systemd passed.
-    pub fn passed_fd_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn passed_fd_names(&self) -> impl Iterator<Item = &str> {
         self.running.iter().filter_map(|r| match &r.origin {
             Origin::Passed { fd_name, .. } => Some(fd_name.as_str()),
             Origin::Bound(_) => None,
@@ -170,7 +170,7 @@ impl ListenerSet {
     }
 
     /// Stops the accept loops `remove` selects; their open connections carry on.
-    pub async fn stop_where(&mut self, remove: impl Fn(&str, &Origin) -> bool) {
+    pub(crate) async fn stop_where(&mut self, remove: impl Fn(&str, &Origin) -> bool) {
         let (stopping, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
             .into_iter()
             .partition(|r| remove(&r.name, &r.origin));
@@ -182,13 +182,13 @@ impl ListenerSet {
         }
     }
 
-    pub async fn stop_all(&mut self) {
+    pub(crate) async fn stop_all(&mut self) {
         self.stop_where(|_, _| true).await;
     }
 }
 
 /// Which `[[listener]]` a socket passed by systemd belongs to.
-pub fn listener_for_passed<'c>(config: &'c Config, fd_name: &str) -> Option<&'c str> {
+pub(crate) fn listener_for_passed<'c>(config: &'c Config, fd_name: &str) -> Option<&'c str> {
     if let Some(l) = config.listener(fd_name) {
         return Some(&l.name);
     }
@@ -265,7 +265,7 @@ async fn accept_loop(
     }
 }
 
-pub enum Stream {
+pub(crate) enum Stream {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
 }

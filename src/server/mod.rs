@@ -6,11 +6,11 @@
 //! `router::Router::route` → `handlers::dispatch` → `respond`, `static_files::serve` or
 //! `proxy::handle`.
 
-pub mod conn;
+pub(crate) mod conn;
 mod fin_merge;
-pub mod listener;
+pub(crate) mod listener;
 mod read_ahead;
-pub mod request;
+pub(crate) mod request;
 mod watch;
 
 /// Sizes that comments in this module rely on: a refactor that makes these futures larger

@@ -20,13 +20,13 @@ const FIRST_READ: usize = 16 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http1,
     Http2,
 }
 
 #[derive(Default)]
-pub enum FirstRead {
+pub(crate) enum FirstRead {
     /// Read ahead, not yet handed out: `buf[pos..]`.
     Holding { buf: Vec<u8>, pos: usize },
     /// Reads go straight to the connection.
@@ -45,7 +45,7 @@ impl FirstRead {
     /// Reads until the bytes either start with the HTTP/2 preface or cannot, keeping them
     /// for the following reads. A client that closes first is HTTP/1: hyper then sees the
     /// end of the stream and ends the connection quietly.
-    pub fn poll_sniff<I: AsyncRead + Unpin>(
+    pub(crate) fn poll_sniff<I: AsyncRead + Unpin>(
         &mut self,
         inner: &mut I,
         cx: &mut Context<'_>,
@@ -80,7 +80,7 @@ impl FirstRead {
         }
     }
 
-    pub fn poll_read<I: AsyncRead + Unpin>(
+    pub(crate) fn poll_read<I: AsyncRead + Unpin>(
         &mut self,
         inner: &mut I,
         cx: &mut Context<'_>,

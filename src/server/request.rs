@@ -16,25 +16,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub struct ConnContext {
-    pub shared: Arc<Shared>,
-    pub listener: Arc<str>,
-    pub remote: Remote,
+pub(crate) struct ConnContext {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) remote: Remote,
     /// `remote` as the access log writes it, formatted once per connection.
-    pub remote_text: Box<str>,
+    pub(crate) remote_text: Box<str>,
     /// Set once the connection has started a request (see the drain grace in `conn`).
-    pub started: AtomicBool,
+    pub(crate) started: AtomicBool,
     /// The response being written is the connection's last, and none of it waits on a
     /// peer: its final segment may wait for the FIN (see `fin_merge`).
-    pub last_response: AtomicBool,
+    pub(crate) last_response: AtomicBool,
     /// Arrived on a `role = "admin"` listener: admin endpoints only.
-    pub admin: bool,
+    pub(crate) admin: bool,
     /// The connection is TLS.
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// The connection's place in the count; a WebSocket tunnel takes it over.
-    pub slot: crate::connections::ConnSlot,
+    pub(crate) slot: crate::connections::ConnSlot,
     /// What the connection's send and idle timers look at (see `watch`).
-    pub watch: Arc<super::watch::ConnWatch>,
+    pub(crate) watch: Arc<super::watch::ConnWatch>,
 }
 
 /// What a request gets, decided before anything runs: every refusal and the routing, in the
@@ -47,8 +47,8 @@ enum Decision<'a> {
     /// Refused before routing: a bad or missing host, an oversized head, a refused method
     /// (400, 405, 431), or a path that cannot be made canonical (400).
     BadRequest(StatusCode, &'a RouteCounters),
-    /// A route of the site for this host; the host, normalised.
-    Route(&'a Route, &'a Site, &'a str),
+    /// A route of the site for this host.
+    Route(&'a Route, &'a Site),
     /// The site exists but none of its routes matches the path: 404 (or its error page).
     NoRoute(&'a Site),
     /// No site claims the host: 404. `None`: the listener has no router (no site at all).
@@ -84,13 +84,13 @@ fn decide<'a>(
         Lookup::Route(_, site) | Lookup::NoRoute(site) if site.tls.redirects(tls) => {
             Decision::RedirectHttps(host, &site.no_route)
         }
-        Lookup::Route(route, site) => Decision::Route(route, site, host),
+        Lookup::Route(route, site) => Decision::Route(route, site),
         Lookup::NoRoute(site) => Decision::NoRoute(site),
         Lookup::NoSite => Decision::NoSite(Some(&router.no_site)),
     }
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     ctx: &ConnContext,
 ) -> Result<Response<Body>, Infallible> {
@@ -135,7 +135,7 @@ pub async fn handle(
             Some(counters),
         ),
         Decision::BadRequest(status, counters) => (bad_request(status), None, Some(counters)),
-        Decision::Route(route, site, host) => {
+        Decision::Route(route, site) => {
             if matches!(route.handler, Handler::Proxy(_)) {
                 // An upstream may pause mid-body; a held tail would wait with it.
                 client_closes = false;
@@ -143,8 +143,6 @@ pub async fn handle(
             let cx = RequestContext {
                 remote: ctx.remote,
                 remote_text: &ctx.remote_text,
-                listener: &ctx.listener,
-                host,
                 path: canonical(&path),
                 tls: ctx.tls,
                 started: start,

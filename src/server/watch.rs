@@ -24,7 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// What one connection's watchdog looks at.
 #[derive(Default)]
-pub struct ConnWatch {
+pub(crate) struct ConnWatch {
     /// `now_ms()` when a write to the client first had to wait; 0 while writes go through.
     write_blocked_since: AtomicU64,
     /// HTTP/2: streams being answered (handler running or body being sent).
@@ -36,7 +36,7 @@ pub struct ConnWatch {
 }
 
 /// One HTTP/2 stream: open while it lives.
-pub struct StreamWatch {
+pub(crate) struct StreamWatch {
     conn: Arc<ConnWatch>,
     /// `now_ms()` since when the body has handed hyper a frame (or the head) and hyper has
     /// not asked for the next one, i.e. the client has not taken it; 0 otherwise.
@@ -55,7 +55,7 @@ impl Drop for StreamWatch {
 
 /// What the watchdog decided.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A client took nothing of a response for `send_timeout`: close the connection.
     Close,
     /// HTTP/2 without a stream for the idle timeout: GOAWAY, let it finish.
@@ -64,7 +64,7 @@ pub enum Verdict {
 
 impl ConnWatch {
     /// Called by the client's I/O on every write: `waiting` when it could not write.
-    pub fn write_result(&self, waiting: bool) {
+    pub(crate) fn write_result(&self, waiting: bool) {
         let blocked = self.write_blocked_since.load(Ordering::Relaxed);
         if waiting && blocked == 0 {
             self.write_blocked_since.store(now_ms(), Ordering::Relaxed);
@@ -75,7 +75,7 @@ impl ConnWatch {
 
     /// Resolves when the connection must close (`send_timeout`) or, with `idle`, when an
     /// HTTP/2 connection has had no stream for that long.
-    pub fn watch(&self, send_timeout: Duration, idle: Option<Duration>) -> Watchdog<'_> {
+    pub(crate) fn watch(&self, send_timeout: Duration, idle: Option<Duration>) -> Watchdog<'_> {
         // A connection that never opens a stream is idle from the start.
         let _ = self.last_stream_change.compare_exchange(
             0,
@@ -138,7 +138,7 @@ pin_project_lite::pin_project! {
     /// A connection's watchdog: one timer, re-armed for the next deadline. It is polled on
     /// every wake-up of the connection's task, so a poll before its timer fires reads one
     /// flag and nothing else.
-    pub struct Watchdog<'a> {
+    pub(crate) struct Watchdog<'a> {
         conn: &'a ConnWatch,
         send_ms: u64,
         idle_ms: Option<u64>,
@@ -179,7 +179,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// A response body that tells its stream's watchdog whether the client keeps taking it.
-pub struct WatchedBody {
+pub(crate) struct WatchedBody {
     inner: Body,
     stream: Arc<StreamWatch>,
 }
@@ -212,7 +212,7 @@ impl hyper::body::Body for WatchedBody {
 
 /// Serves one HTTP/2 stream: counted open until its response is sent, watched for the send
 /// timeout, and refused with 503 when `max_connections` has no room for it.
-pub async fn serve_stream(
+pub(crate) async fn serve_stream(
     req: Request<Incoming>,
     ctx: &ConnContext,
 ) -> Result<Response<WatchedBody>, Infallible> {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// Symlinks followed in one lookup at most: the kernel's MAXSYMLINKS.
-pub const MAX_LINKS: u32 = 40;
+pub(crate) const MAX_LINKS: u32 = 40;
 
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_NO_SYMLINKS: u64 = 0x04;
@@ -32,14 +32,14 @@ const RESOLVE_BENEATH: u64 = 0x08;
 
 /// An opened document root: its O_PATH descriptor, and the names an absolute symlink may
 /// use for it (the configured path, and the path the kernel reports for the descriptor).
-pub struct RootFd {
+pub(crate) struct RootFd {
     fd: OwnedFd,
     path: PathBuf,
     canonical: OnceLock<Option<PathBuf>>,
 }
 
 impl RootFd {
-    pub fn open(path: &Path) -> io::Result<RootFd> {
+    pub(crate) fn open(path: &Path) -> io::Result<RootFd> {
         let fd = with_c_path(path.as_os_str().as_bytes(), |c| {
             // SAFETY: a valid C string.
             cvt_fd(unsafe {
@@ -56,7 +56,7 @@ impl RootFd {
         })
     }
 
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
@@ -77,7 +77,7 @@ impl RootFd {
 /// What a lookup learns of an object without opening it: its kind, and what identifies a
 /// version of it (for the cache of small files and for validators).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stat {
+pub(crate) struct Stat {
     mode: u32,
     dev: u64,
     ino: u64,
@@ -99,7 +99,7 @@ impl Stat {
     }
 
     /// fstat(2) of an open descriptor.
-    pub fn of_fd(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    pub(crate) fn of_fd(fd: BorrowedFd<'_>) -> io::Result<Stat> {
         // SAFETY: stat is plain data, filled by the call.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: a valid fd and a stat buffer.
@@ -127,10 +127,10 @@ impl Stat {
     fn kind(&self) -> u32 {
         self.mode & libc::S_IFMT
     }
-    pub fn is_file(&self) -> bool {
+    pub(crate) fn is_file(&self) -> bool {
         self.kind() == libc::S_IFREG
     }
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         self.kind() == libc::S_IFDIR
     }
     fn is_symlink(&self) -> bool {
@@ -139,27 +139,27 @@ impl Stat {
     fn same_object(&self, other: &Stat) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }
-    pub fn dev(&self) -> u64 {
+    pub(crate) fn dev(&self) -> u64 {
         self.dev
     }
-    pub fn ino(&self) -> u64 {
+    pub(crate) fn ino(&self) -> u64 {
         self.ino
     }
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
-    pub fn mtime(&self) -> i64 {
+    pub(crate) fn mtime(&self) -> i64 {
         self.mtime
     }
-    pub fn mtime_nsec(&self) -> i64 {
+    pub(crate) fn mtime_nsec(&self) -> i64 {
         self.mtime_nsec
     }
 }
 
 /// An object found beneath the root. Nothing is opened for I/O: a directory or an object
 /// that openat2 found is held O_PATH, anything the walk found is named in a directory held.
-pub struct Found {
-    pub stat: Stat,
+pub(crate) struct Found {
+    pub(crate) stat: Stat,
     fd: Option<OwnedFd>,
     reopen: Reopen,
 }
@@ -177,7 +177,7 @@ enum Reopen {
 
 impl Found {
     /// The directory found, as an O_PATH descriptor.
-    pub fn into_dir(self, root: &RootFd) -> io::Result<OwnedFd> {
+    pub(crate) fn into_dir(self, root: &RootFd) -> io::Result<OwnedFd> {
         let fd = match (self.fd, &self.reopen) {
             (Some(fd), _) => fd,
             (None, Reopen::InDir(dir, name)) => {
@@ -195,7 +195,7 @@ impl Found {
 
     /// Opens the object for reading (non-blocking, so a FIFO swapped in cannot hang us) and
     /// checks that it is still the regular file the lookup found.
-    pub fn open_for_reading(self, root: &RootFd, rel: &Path) -> io::Result<(File, Stat)> {
+    pub(crate) fn open_for_reading(self, root: &RootFd, rel: &Path) -> io::Result<(File, Stat)> {
         let Found { fd, stat, reopen } = self;
         drop(fd);
         let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
@@ -217,7 +217,7 @@ impl Found {
 }
 
 /// Finds `rel` beneath `root` under `policy`, opened O_PATH.
-pub fn lookup(root: &RootFd, rel: &Path, policy: FollowSymlinks) -> io::Result<Found> {
+pub(crate) fn lookup(root: &RootFd, rel: &Path, policy: FollowSymlinks) -> io::Result<Found> {
     let rel = rel_bytes(rel);
     let resolve = match policy {
         FollowSymlinks::Always => {
@@ -429,8 +429,8 @@ fn note_blocked(e: &io::Error) {
 // ------------------------------------------------------------------ system calls
 
 fn openat(dir: BorrowedFd<'_>, path: &[u8], flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: valid fd and C string.
     with_c_path(path, |c| {
+        // SAFETY: `dir` is an open fd for the call's duration and `c` a NUL-terminated path.
         cvt_fd(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) })
     })
 }

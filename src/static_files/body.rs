@@ -16,13 +16,13 @@ const CHUNK: usize = 32 * 1024;
 /// No tokio::fs::File: it adds its own buffer and a thread hop per chunk. Regular-file reads
 /// do not wait on the network, and from the page cache they cost about a memcpy (nginx reads
 /// the same way unless told to use thread pools).
-pub struct FileBody {
+pub(crate) struct FileBody {
     file: std::fs::File,
     remaining: u64,
 }
 
 impl FileBody {
-    pub fn new(file: std::fs::File, length: u64) -> FileBody {
+    pub(crate) fn new(file: std::fs::File, length: u64) -> FileBody {
         FileBody {
             file,
             remaining: length,
@@ -64,14 +64,14 @@ impl Body for FileBody {
 }
 
 /// An async reader (a compressor over the file) streamed until EOF, one chunk at a time.
-pub struct ReaderBody<R> {
+pub(crate) struct ReaderBody<R> {
     reader: R,
     buf: BytesMut,
     done: bool,
 }
 
 impl<R: AsyncRead + Unpin> ReaderBody<R> {
-    pub fn new(reader: R) -> ReaderBody<R> {
+    pub(crate) fn new(reader: R) -> ReaderBody<R> {
         ReaderBody {
             reader,
             buf: BytesMut::new(),

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Files up to this size are kept.
-pub const MAX_ENTRY: u64 = 32 * 1024;
+pub(crate) const MAX_ENTRY: u64 = 32 * 1024;
 /// Bytes kept per `static` route at most.
 const MAX_TOTAL: usize = 2 << 20;
 
 #[derive(Clone, Default)]
-pub struct FileCache {
+pub(crate) struct FileCache {
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -52,13 +52,13 @@ impl Identity {
 
 impl FileCache {
     /// The cached content of `rel`, if it is still the file `meta` describes.
-    pub fn get(&self, rel: &Path, meta: &Stat) -> Option<Bytes> {
+    pub(crate) fn get(&self, rel: &Path, meta: &Stat) -> Option<Bytes> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let entry = inner.map.get(rel)?;
         (entry.identity == Identity::of(meta)).then(|| entry.data.clone())
     }
 
-    pub fn insert(&self, rel: &Path, meta: &Stat, data: Bytes) {
+    pub(crate) fn insert(&self, rel: &Path, meta: &Stat, data: Bytes) {
         if data.len() as u64 > MAX_ENTRY || data.len() as u64 != meta.size() {
             return;
         }

@@ -5,15 +5,15 @@ use http::{header, HeaderMap, HeaderValue, Method};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The validators of one representation (a file, or its precompressed sibling).
-pub struct Validators {
+pub(crate) struct Validators {
     /// Strong ETag, quoted: size, mtime to the nanosecond, inode, and the encoding.
-    pub etag: String,
+    pub(crate) etag: String,
     /// Whole seconds, as HTTP dates carry.
-    pub modified: SystemTime,
+    pub(crate) modified: SystemTime,
 }
 
 impl Validators {
-    pub fn of(meta: &Stat, encoding: Option<&str>) -> Validators {
+    pub(crate) fn of(meta: &Stat, encoding: Option<&str>) -> Validators {
         let secs = u64::try_from(meta.mtime()).unwrap_or(0);
         let nanos = u64::try_from(meta.mtime_nsec()).unwrap_or(0);
         // "size-mtime.nanos-inode[-encoding]" in hex, built as bytes without the formatting
@@ -42,7 +42,7 @@ impl Validators {
         }
     }
 
-    pub fn last_modified(&self) -> HeaderValue {
+    pub(crate) fn last_modified(&self) -> HeaderValue {
         thread_local! {
             // Hot files repeat: remember the last date this thread formatted.
             static LAST: std::cell::RefCell<Option<(SystemTime, HeaderValue)>> =
@@ -79,14 +79,14 @@ fn push_hex(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-pub enum Precondition {
+pub(crate) enum Precondition {
     Proceed,
     NotModified,
     Failed,
 }
 
 /// Evaluates If-Match, If-Unmodified-Since, If-None-Match and If-Modified-Since.
-pub fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> Precondition {
+pub(crate) fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> Precondition {
     if let Some(im) = header_str(headers, &header::IF_MATCH) {
         if !etag_list_matches(im, &v.etag, false) {
             return Precondition::Failed;
@@ -116,7 +116,7 @@ pub fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> Precond
 }
 
 /// If-Range: true when a Range header may be honoured.
-pub fn if_range_allows(headers: &HeaderMap, v: &Validators) -> bool {
+pub(crate) fn if_range_allows(headers: &HeaderMap, v: &Validators) -> bool {
     let Some(value) = header_str(headers, &header::IF_RANGE) else {
         return true;
     };

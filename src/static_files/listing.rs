@@ -26,7 +26,7 @@ const SEGMENT: &AsciiSet = &CONTROLS
 
 /// Escapes text for HTML. Control and bidirectional-formatting characters are shown as
 /// `[U+202E]`: an entity would still reorder the text ("gpj.exe" shown as "exe.jpg").
-pub fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -46,7 +46,7 @@ pub fn html_escape(s: &str) -> String {
 
 /// `dir` is a path that names the already-checked directory (its /proc/self/fd entry);
 /// `url_path` is the request's canonical (decoded) path, ending in '/'.
-pub fn render(dir: &Path, url_path: &str, show_hidden: bool) -> io::Result<String> {
+pub(crate) fn render(dir: &Path, url_path: &str, show_hidden: bool) -> io::Result<String> {
     let mut entries: Vec<(bool, String, u64)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

@@ -5,7 +5,7 @@
 use http::HeaderValue;
 use std::path::Path;
 
-pub fn content_type(path: &Path) -> HeaderValue {
+pub(crate) fn content_type(path: &Path) -> HeaderValue {
     let ext = extension(path);
     if let Some(v) = common(ext) {
         return HeaderValue::from_static(v);
@@ -58,7 +58,7 @@ fn common(ext: &str) -> Option<&'static str> {
 }
 
 /// Textual types: they get a charset and may be compressed on the fly.
-pub fn is_text(mime: &str) -> bool {
+pub(crate) fn is_text(mime: &str) -> bool {
     // A byte search: str::split(char) goes through the generic char searcher.
     let essence = match mime.bytes().position(|b| b == b';') {
         Some(i) => &mime[..i],

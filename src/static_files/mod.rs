@@ -10,10 +10,10 @@ mod conditional;
 mod listing;
 mod mime;
 mod negotiate;
-pub mod path;
+pub(crate) mod path;
 mod range;
 
-pub use crate::config::static_files::StaticConfig;
+pub(crate) use crate::config::static_files::StaticConfig;
 
 use crate::config::static_files::Encoding;
 use crate::http_base::{self, Body};
@@ -36,15 +36,15 @@ const READ_WHOLE_MAX: u64 = 128 * 1024;
 
 /// A `static` route as it serves: its validated settings, the open root and the cache of
 /// small files, built once per configuration generation.
-pub struct StaticRoute {
-    pub config: StaticConfig,
+pub(crate) struct StaticRoute {
+    pub(crate) config: StaticConfig,
     root_dir: path::RootDir,
     /// Small hot files of this route, validated on every request.
     cache: cache::FileCache,
 }
 
 impl StaticRoute {
-    pub fn new(config: StaticConfig) -> StaticRoute {
+    pub(crate) fn new(config: StaticConfig) -> StaticRoute {
         StaticRoute {
             root_dir: path::RootDir::new(config.root.clone()),
             cache: Default::default(),
@@ -67,7 +67,7 @@ impl std::ops::Deref for StaticRoute {
 }
 
 /// `path` is the request's canonical path (see `request_path`): decoded once already.
-pub async fn serve(
+pub(crate) async fn serve(
     cfg: &StaticRoute,
     route_path: &str,
     path: &str,
@@ -184,7 +184,11 @@ fn open_source(cfg: &StaticRoute, rel: &Path) -> Result<Found, OpenError> {
 const ERROR_PAGE_MAX: u64 = 1 << 20;
 
 /// Reads the site's error page `page` (a URL path below `route_path`): its bytes and type.
-pub fn error_page(cfg: &StaticRoute, route_path: &str, page: &str) -> Option<(Bytes, HeaderValue)> {
+pub(crate) fn error_page(
+    cfg: &StaticRoute,
+    route_path: &str,
+    page: &str,
+) -> Option<(Bytes, HeaderValue)> {
     let below = page.strip_prefix(route_path)?.trim_start_matches('/');
     let rel = path::check(below, cfg.serve_hidden).ok()?;
     let Ok(Opened::File(file, meta)) = path::open(&cfg.root_dir, &rel.path, cfg.follow_symlinks)

@@ -4,7 +4,7 @@ use crate::config::static_files::Encoding;
 
 /// The offered encodings the client accepts, best first: by q-value, then by the order the
 /// route lists them. Identity is always the implicit last resort.
-pub fn acceptable(accept_encoding: Option<&str>, offered: &[Encoding]) -> Vec<Encoding> {
+pub(crate) fn acceptable(accept_encoding: Option<&str>, offered: &[Encoding]) -> Vec<Encoding> {
     let Some(header) = accept_encoding else {
         return Vec::new();
     };

@@ -8,7 +8,7 @@
 //! outside the root unless `follow_symlinks = "always"`. Special files are recognised by a
 //! stat (of an O_PATH descriptor, or fstatat), which does not open them.
 
-pub use super::beneath::Stat;
+pub(crate) use super::beneath::Stat;
 use super::beneath::{self, RootFd};
 use crate::config::static_files::FollowSymlinks;
 use std::ffi::OsStr;
@@ -26,22 +26,22 @@ const MAX_PATH: usize = 4096;
 const MAX_SEGMENT: usize = 255;
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Reject {
+pub(crate) enum Reject {
     BadRequest,
     NotFound,
 }
 
 /// A decoded, checked path relative to the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelPath {
-    pub path: PathBuf,
+pub(crate) struct RelPath {
+    pub(crate) path: PathBuf,
     /// The last segment, if any (for the SPA extension rule and MIME type).
-    pub has_extension: bool,
+    pub(crate) has_extension: bool,
 }
 
 /// Checks the canonical path below the route prefix. It is decoded already (once, before
 /// routing): decoding it again would turn a file named `%2e` into `.`.
-pub fn check(below: &str, serve_hidden: bool) -> Result<RelPath, Reject> {
+pub(crate) fn check(below: &str, serve_hidden: bool) -> Result<RelPath, Reject> {
     if below.len() > MAX_PATH {
         return Err(Reject::BadRequest);
     }
@@ -76,7 +76,7 @@ pub fn check(below: &str, serve_hidden: bool) -> Result<RelPath, Reject> {
 }
 
 #[derive(Debug)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     NotFound,
     Forbidden,
     Io(io::Error),
@@ -94,7 +94,7 @@ impl From<io::Error> for OpenError {
     }
 }
 
-pub enum Opened {
+pub(crate) enum Opened {
     File(File, Stat),
     /// A directory, opened O_PATH: enough to look inside, nothing else.
     Dir(OwnedFd),
@@ -107,7 +107,7 @@ pub enum Opened {
 /// close per request, while a root that is swapped (a symlink repointed by a deploy, say)
 /// takes effect within a second, as it would with a path lookup per request.
 #[derive(Clone)]
-pub struct RootDir {
+pub(crate) struct RootDir {
     path: PathBuf,
     cached: Arc<Mutex<Option<OpenedAt>>>,
 }
@@ -118,7 +118,7 @@ type OpenedAt = (Instant, Arc<RootFd>);
 const ROOT_REUSE: Duration = Duration::from_secs(1);
 
 impl RootDir {
-    pub fn new(path: PathBuf) -> RootDir {
+    pub(crate) fn new(path: PathBuf) -> RootDir {
         RootDir {
             path,
             cached: Arc::new(Mutex::new(None)),
@@ -146,13 +146,17 @@ impl std::fmt::Debug for RootDir {
 
 /// Opens `rel` below the root under `policy`. Regular files and directories only: anything
 /// else (FIFO, device, socket) is reported as not found without being opened.
-pub fn open(root: &RootDir, rel: &Path, policy: FollowSymlinks) -> Result<Opened, OpenError> {
+pub(crate) fn open(
+    root: &RootDir,
+    rel: &Path,
+    policy: FollowSymlinks,
+) -> Result<Opened, OpenError> {
     open_unless_known(root, rel, policy, &|_| false)
 }
 
 /// Like [`open`], but a regular file for which `known(metadata)` is true is only probed,
 /// not opened: the caller has its content (see `cache`).
-pub fn open_unless_known(
+pub(crate) fn open_unless_known(
     root: &RootDir,
     rel: &Path,
     policy: FollowSymlinks,

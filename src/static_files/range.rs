@@ -1,7 +1,7 @@
 //! `Range: bytes=…` for one representation of `len` bytes (RFC 9110 §14).
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum RangeRequest {
+pub(crate) enum RangeRequest {
     /// No usable Range header (absent, not bytes, malformed, or several ranges): whole body.
     Full,
     /// One satisfiable range, inclusive bounds.
@@ -10,7 +10,7 @@ pub enum RangeRequest {
     Unsatisfiable,
 }
 
-pub fn parse(header: Option<&str>, len: u64) -> RangeRequest {
+pub(crate) fn parse(header: Option<&str>, len: u64) -> RangeRequest {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return RangeRequest::Full;
     };

@@ -12,21 +12,21 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// A listening socket inherited from systemd. Owned: closing it never affects systemd's copy,
 /// and we never shutdown() or unlink it.
 #[derive(Debug)]
-pub struct PassedSocket {
-    pub fd: RawFd,
-    pub name: String,
-    pub listener: PassedListener,
+pub(crate) struct PassedSocket {
+    pub(crate) fd: RawFd,
+    pub(crate) name: String,
+    pub(crate) listener: PassedListener,
 }
 
 #[derive(Debug)]
-pub enum PassedListener {
+pub(crate) enum PassedListener {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
 }
 
 impl PassedSocket {
     /// The socket's local address, as a config file would write it.
-    pub fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         let addr = match &self.listener {
             PassedListener::Tcp(l) => l.local_addr().map(|a| a.to_string()).ok(),
             PassedListener::Unix(l) => l.local_addr().ok().map(|a| match a.as_pathname() {
@@ -45,7 +45,7 @@ impl fmt::Display for PassedSocket {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ActivationError {
+pub(crate) enum ActivationError {
     #[error("invalid socket activation environment: {0}")]
     Environment(std::io::Error),
     #[error("fd {fd} (name {name:?}) passed by systemd is not a socket: {source}")]
@@ -74,7 +74,7 @@ pub enum ActivationError {
 ///
 /// # Safety
 /// Mutates the environment: the process must still be single-threaded.
-pub unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError> {
+pub(crate) unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError> {
     // sd-notify 0.5 ignores fds meant for another pid but still matches LISTEN_FDNAMES
     // against their (zero) count and fails; variables inherited from a socket-activated
     // parent are simply not ours, so check LISTEN_PID first.
@@ -83,6 +83,7 @@ pub unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError
         .and_then(|p| p.parse::<u32>().ok())
         .is_some_and(|p| p == std::process::id());
     if !ours {
+        // SAFETY: single-threaded, as this function's contract requires.
         unsafe {
             std::env::remove_var("LISTEN_PID");
             std::env::remove_var("LISTEN_FDS");
@@ -90,12 +91,15 @@ pub unsafe fn take_passed_sockets() -> Result<Vec<PassedSocket>, ActivationError
         }
         return Ok(Vec::new());
     }
+    // SAFETY: single-threaded (this function's contract); it unsets LISTEN_* too.
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(ActivationError::Environment)?;
     let mut sockets = Vec::with_capacity(fds.len());
     let mut first_error = None;
     for (fd, name) in fds {
         // Take ownership of every fd, even after an error, so none leaks into a child.
+        // SAFETY: systemd passed `fd` to this process (LISTEN_PID matched) and nothing else
+        // owns it: sd-notify only reports the numbers.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         match classify(owned, fd, &name) {
             Ok(listener) => sockets.push(PassedSocket { fd, name, listener }),

@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 
 /// True when JOURNAL_STREAM names the device:inode of our stderr, i.e. systemd connected
 /// stderr to journald (systemd.exec(5)). tracing-journald does not check this itself.
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     let Ok(value) = std::env::var("JOURNAL_STREAM") else {
         return false;
     };
@@ -21,6 +21,7 @@ pub fn stderr_is_journal() -> bool {
     if rc != 0 {
         return false;
     }
+    // SAFETY: fstat succeeded, so it initialised `st`.
     let st = unsafe { st.assume_init() };
     st.st_dev == dev && st.st_ino == ino
 }
@@ -29,7 +30,7 @@ pub fn stderr_is_journal() -> bool {
 /// fields keep their own names (HTTP_STATUS, not F_HTTP_STATUS) so `journalctl` filters work.
 /// Levels map to syslog priorities as other daemons use them: INFO is 6 (info), not
 /// tracing-journald's default 5 (notice), so `journalctl -p notice` hides the access log.
-pub fn layer() -> std::io::Result<tracing_journald::Layer> {
+pub(crate) fn layer() -> std::io::Result<tracing_journald::Layer> {
     use tracing_journald::{Priority, PriorityMappings};
     Ok(tracing_journald::layer()?
         .with_field_prefix(None)
@@ -49,19 +50,19 @@ const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// An unbound datagram socket and journald's address. Each send names the address (as
 /// tracing-journald does) rather than connecting once: a restarted journald's new socket
 /// is found at the same path.
-pub struct JournalSocket {
+pub(crate) struct JournalSocket {
     socket: std::os::unix::net::UnixDatagram,
     addr: libc::sockaddr_un,
     addr_len: libc::socklen_t,
 }
 
 impl JournalSocket {
-    pub fn open() -> std::io::Result<JournalSocket> {
+    pub(crate) fn open() -> std::io::Result<JournalSocket> {
         JournalSocket::at(std::path::Path::new(JOURNAL_SOCKET))
     }
 
     /// A socket that sends to `path` (tests use their own).
-    pub fn at(path: &std::path::Path) -> std::io::Result<JournalSocket> {
+    pub(crate) fn at(path: &std::path::Path) -> std::io::Result<JournalSocket> {
         use std::os::unix::ffi::OsStrExt;
         // SAFETY: all-zero is a valid sockaddr_un; family and path are filled in below.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -85,7 +86,7 @@ impl JournalSocket {
 /// Journal entries in the native protocol (one datagram each), queued and then sent
 /// together with one sendmmsg(2) instead of a sendmsg per entry.
 #[derive(Default)]
-pub struct EntryBatch {
+pub(crate) struct EntryBatch {
     bytes: Vec<u8>,
     /// Where each complete entry ends in `bytes`.
     ends: Vec<usize>,
@@ -95,7 +96,7 @@ pub struct EntryBatch {
 const PER_CALL: usize = 64;
 
 impl EntryBatch {
-    pub const fn new() -> EntryBatch {
+    pub(crate) const fn new() -> EntryBatch {
         EntryBatch {
             bytes: Vec::new(),
             ends: Vec::new(),
@@ -103,7 +104,7 @@ impl EntryBatch {
     }
 
     /// Adds `KEY=value`; a value with a newline takes the protocol's length-prefixed form.
-    pub fn field(&mut self, key: &str, value: &str) {
+    pub(crate) fn field(&mut self, key: &str, value: &str) {
         self.bytes.extend_from_slice(key.as_bytes());
         if value.contains('\n') {
             self.bytes.push(b'\n');
@@ -117,22 +118,22 @@ impl EntryBatch {
     }
 
     /// Closes the entry whose fields were added since the last call.
-    pub fn end_entry(&mut self) {
+    pub(crate) fn end_entry(&mut self) {
         self.ends.push(self.bytes.len());
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
     /// Bytes queued, for the caller's flush threshold.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.bytes.len()
     }
 
     /// Sends every complete entry and empties the batch. Entries journald refuses are
     /// dropped, as a log line on a broken stderr would be.
-    pub fn send(&mut self, socket: &JournalSocket) {
+    pub(crate) fn send(&mut self, socket: &JournalSocket) {
         let complete = self.ends.last().copied().unwrap_or(0);
         let mut start = 0;
         let mut pending: Vec<(usize, usize)> = Vec::with_capacity(self.ends.len());

@@ -8,22 +8,22 @@
 //! The environment variables are read and removed by [`take_environment`], which must run
 //! before any thread exists (mutating the environment is unsound once threads run).
 
-pub mod activation;
-pub mod journal;
-pub mod notify;
-pub mod watchdog;
+pub(crate) mod activation;
+pub(crate) mod journal;
+pub(crate) mod notify;
+pub(crate) mod watchdog;
 
-pub use activation::{ActivationError, PassedListener, PassedSocket};
+pub(crate) use activation::{ActivationError, PassedListener, PassedSocket};
 
 use std::time::Duration;
 
 /// What systemd handed this process at start.
 #[derive(Debug)]
-pub struct Environment {
-    pub sockets: Result<Vec<PassedSocket>, ActivationError>,
-    pub watchdog: Option<Duration>,
+pub(crate) struct Environment {
+    pub(crate) sockets: Result<Vec<PassedSocket>, ActivationError>,
+    pub(crate) watchdog: Option<Duration>,
     /// Why NOTIFY_SOCKET cannot be used, to be logged once logging is up.
-    pub notify_problem: Option<String>,
+    pub(crate) notify_problem: Option<String>,
 }
 
 /// Reads LISTEN_*, NOTIFY_SOCKET and WATCHDOG_* and removes them from the environment so
@@ -31,9 +31,12 @@ pub struct Environment {
 ///
 /// # Safety
 /// Must be called while the process has a single thread (before the tokio runtime starts).
-pub unsafe fn take_environment() -> Environment {
+pub(crate) unsafe fn take_environment() -> Environment {
+    // SAFETY: single-threaded, as this function's contract requires.
     let sockets = unsafe { activation::take_passed_sockets() };
+    // SAFETY: as above.
     let notify_problem = unsafe { notify::init_from_env() };
+    // SAFETY: as above.
     let watchdog = unsafe { watchdog::take_interval() };
     Environment {
         sockets,

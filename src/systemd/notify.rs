@@ -51,8 +51,9 @@ static SEND_FAILED: AtomicBool = AtomicBool::new(false);
 ///
 /// # Safety
 /// Mutates the environment: the process must still be single-threaded.
-pub unsafe fn init_from_env() -> Option<String> {
+pub(crate) unsafe fn init_from_env() -> Option<String> {
     let value = std::env::var_os("NOTIFY_SOCKET");
+    // SAFETY: single-threaded, as this function's contract requires.
     unsafe { std::env::remove_var("NOTIFY_SOCKET") };
     let Some(value) = value else {
         let _ = NOTIFIER.set(None);
@@ -122,7 +123,7 @@ fn parse_vsock(bytes: &[u8]) -> Result<Notifier, String> {
 }
 
 /// Sends all `states` in one message; a no-op without NOTIFY_SOCKET.
-pub fn send(states: &[NotifyState<'_>]) {
+pub(crate) fn send(states: &[NotifyState<'_>]) {
     let Some(Some((address, n))) = NOTIFIER.get() else {
         return;
     };
@@ -171,16 +172,16 @@ fn send_vsock(cid: u32, port: u32, kind: VsockKind, msg: &[u8]) -> std::io::Resu
     Ok(())
 }
 
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
 /// RELOADING=1 together with MONOTONIC_USEC, as Type=notify-reload requires.
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[
             NotifyState::Reloading,
@@ -191,16 +192,16 @@ pub fn reloading() {
     }
 }
 
-pub fn stopping(status: &str) {
+pub(crate) fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
 /// Asks for `extra` more time to finish the current operation (start, reload or stop).
-pub fn extend_timeout(extra: Duration) {
+pub(crate) fn extend_timeout(extra: Duration) {
     let usec = u32::try_from(extra.as_micros()).unwrap_or(u32::MAX);
     send(&[NotifyState::ExtendTimeoutUsec(usec)]);
 }

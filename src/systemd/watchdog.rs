@@ -7,8 +7,9 @@ use std::time::Duration;
 ///
 /// # Safety
 /// Mutates the environment: the process must still be single-threaded.
-pub unsafe fn take_interval() -> Option<Duration> {
+pub(crate) unsafe fn take_interval() -> Option<Duration> {
     let interval = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+    // SAFETY: single-threaded, as this function's contract requires.
     unsafe {
         std::env::remove_var("WATCHDOG_USEC");
         std::env::remove_var("WATCHDOG_PID");
@@ -19,7 +20,7 @@ pub unsafe fn take_interval() -> Option<Duration> {
 /// Runs on the serving runtime: every `interval / 2` asks `probe` whether the server is alive
 /// and pings only if it is. A wedged runtime cannot run this task, so the pings stop and
 /// systemd restarts the service; a failing probe stops them too.
-pub async fn run<F, Fut>(interval: Duration, mut probe: F)
+pub(crate) async fn run<F, Fut>(interval: Duration, mut probe: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,

@@ -21,8 +21,8 @@ use tokio_rustls::TlsAcceptor;
 /// A TLS listener, ready to accept: built once per configuration generation, so a reload
 /// swaps certificates for new connections while open ones keep their session.
 #[derive(Clone)]
-pub struct ListenerTls {
-    pub acceptor: TlsAcceptor,
+pub(crate) struct ListenerTls {
+    pub(crate) acceptor: TlsAcceptor,
 }
 
 impl fmt::Debug for ListenerTls {
@@ -119,7 +119,7 @@ fn offers_only_acme_alpn(hello: &ClientHello<'_>) -> bool {
 /// of the sites it serves. Hosts of sites without `tls` map to the listener's certificate,
 /// so `strict_sni` accepts them. `managed` holds each site's ACME certificate, aligned with
 /// `sites`.
-pub fn build(
+pub(crate) fn build(
     pending: &ListenerTlsConfig,
     listener: &str,
     sites: &[SiteConfig],
@@ -204,7 +204,7 @@ pub fn build(
 
 /// Runs the handshake within `timeout` (the `header_read_timeout`): a client that connects
 /// and sends nothing, or dribbles its ClientHello, cannot hold a connection slot.
-pub async fn handshake<I>(
+pub(crate) async fn handshake<I>(
     acceptor: &TlsAcceptor,
     io: I,
     timeout: Duration,
@@ -244,7 +244,7 @@ where
 /// [`handshake`] for TCP, which first peeks at the first byte: a TLS connection starts with
 /// a handshake record (0x16), plain HTTP with a method name. Plain HTTP gets a readable 400
 /// (as nginx does) instead of a TLS alert that browsers and curl show as gibberish.
-pub async fn handshake_tcp(
+pub(crate) async fn handshake_tcp(
     acceptor: &TlsAcceptor,
     io: TcpStream,
     timeout: Duration,

@@ -5,19 +5,18 @@
 //! startup and reload refuse a broken or mismatched pair the same way; a `Snapshot` carries
 //! the built acceptors, so a reload swaps certificates for new connections only.
 
-pub mod acceptor;
-pub mod redirect;
+pub(crate) mod acceptor;
+pub(crate) mod redirect;
 
-pub use crate::certs::LoadedCert;
-pub use acceptor::{handshake, handshake_tcp, ListenerTls};
-pub use redirect::SitePolicy;
+pub(crate) use acceptor::{handshake, handshake_tcp, ListenerTls};
+pub(crate) use redirect::SitePolicy;
 
 use std::time::SystemTime;
 
-pub use crate::certs::provider;
+pub(crate) use crate::certs::provider;
 
 /// Logs [`warnings`] to the journal; called whenever a configuration is put to use.
-pub fn log_warnings(config: &crate::config::Config) {
+pub(crate) fn log_warnings(config: &crate::config::Config) {
     for w in warnings(config, SystemTime::now()) {
         tracing::warn!("{w}");
     }
@@ -26,7 +25,7 @@ pub fn log_warnings(config: &crate::config::Config) {
 /// Calls `log_warnings_now` (which runs [`log_warnings`] on the configuration being served)
 /// daily, so a server that runs for weeks still warns in the journal once a certificate
 /// enters the 14-day window (STATUS= recomputes on every refresh anyway).
-pub async fn watch_warnings(log_warnings_now: impl Fn()) {
+pub(crate) async fn watch_warnings(log_warnings_now: impl Fn()) {
     let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
     // The first tick is immediate; startup already warned.
     daily.tick().await;
@@ -38,7 +37,7 @@ pub async fn watch_warnings(log_warnings_now: impl Fn()) {
 
 /// One line per problem with a certificate in use: it expires within 14 days (or has
 /// expired), or its key file is world-readable.
-pub fn warnings(config: &crate::config::Config, now: SystemTime) -> Vec<String> {
+pub(crate) fn warnings(config: &crate::config::Config, now: SystemTime) -> Vec<String> {
     let mut seen: Vec<std::path::PathBuf> = Vec::new();
     let mut out = Vec::new();
     for listener in config.listeners.iter().filter(|l| l.tls.is_some()) {

@@ -5,20 +5,20 @@ use http::{header, HeaderValue, Response, StatusCode, Uri};
 
 /// What a site asks of the request pipeline about TLS; resolved once per configuration.
 #[derive(Debug, Clone, Default)]
-pub struct SitePolicy {
+pub(crate) struct SitePolicy {
     /// Requests that arrived without TLS get a 308 to https.
-    pub redirect_https: bool,
+    pub(crate) redirect_https: bool,
     /// `Strict-Transport-Security` value, sent only over TLS (RFC 6797 §7.2: a browser must
     /// ignore it over plain HTTP, and sending it there only invites a downgrade to fake it).
-    pub hsts: Option<HeaderValue>,
+    pub(crate) hsts: Option<HeaderValue>,
     /// The site's ACME certificate: redirects wait until it is issued, since https would
     /// only show the placeholder.
-    pub acme: Option<std::sync::Arc<crate::acme::ManagedCert>>,
+    pub(crate) acme: Option<std::sync::Arc<crate::acme::ManagedCert>>,
 }
 
 impl SitePolicy {
     /// `acme` is the site's managed certificate, if it has one.
-    pub fn for_site(
+    pub(crate) fn for_site(
         site: &crate::config::SiteConfig,
         acme: Option<std::sync::Arc<crate::acme::ManagedCert>>,
     ) -> SitePolicy {
@@ -30,17 +30,17 @@ impl SitePolicy {
     }
 
     /// Whether https is ready for this site: no ACME certificate pending.
-    pub fn https_ready(&self) -> bool {
+    pub(crate) fn https_ready(&self) -> bool {
         self.acme.as_ref().is_none_or(|m| m.is_issued())
     }
 
     /// `redirect_https` applies to a request that arrived without TLS.
-    pub fn redirects(&self, tls: bool) -> bool {
+    pub(crate) fn redirects(&self, tls: bool) -> bool {
         self.redirect_https && !tls && self.https_ready()
     }
 
     /// Adds HSTS to a response sent over TLS.
-    pub fn finish(&self, tls: bool, mut response: Response<Body>) -> Response<Body> {
+    pub(crate) fn finish(&self, tls: bool, mut response: Response<Body>) -> Response<Body> {
         if let (true, Some(v)) = (tls, &self.hsts) {
             response
                 .headers_mut()
@@ -52,7 +52,7 @@ impl SitePolicy {
 
 /// 308 (method and body kept, unlike 301) to the same host, path and query over https.
 /// `host` is the normalised request host (no port): https goes to its default port 443.
-pub fn redirect_https(host: &str, uri: &Uri) -> Response<Body> {
+pub(crate) fn redirect_https(host: &str, uri: &Uri) -> Response<Body> {
     if host.is_empty() {
         // HTTP/1.0 without Host: there is no name to send the client to.
         return http_base::error(StatusCode::BAD_REQUEST);

@@ -1,6 +1,8 @@
 //! A real ACME CA for tests: Debian's `pebble` (Let's Encrypt's test server) with
 //! `pebble-challtestsrv` as its DNS, which answers 127.0.0.1 for every name, so the CA's
 //! HTTP-01 and TLS-ALPN-01 checks really connect to the gatehouse under test.
+// Shared by many test crates, each using part of it: `pub` is this module's interface.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use crate::common::{free_port, tempdir, write};

@@ -1,6 +1,8 @@
 //! Test harness: runs the real `gatehouse` binary the way systemd does — listening sockets
 //! dup'ed to fd 3.. with LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID, and a real NOTIFY_SOCKET
 //! datagram socket owned by the test.
+// Shared by many test crates, each using part of it: `pub` is this module's interface.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -240,6 +242,7 @@ impl Server {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) takes plain integers; the pid is our own child's.
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill({sig})");
     }
 
@@ -487,6 +490,7 @@ pub fn monotonic_usec() -> i128 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes only into `ts`, which lives across the call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1_000
 }

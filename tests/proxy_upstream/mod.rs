@@ -12,6 +12,8 @@
 //! `stop()` is a graceful app exit (in-flight requests finish, idle keep-alives close); the
 //! listening socket may stay open in the test, as systemd keeps it, and `serve` again
 //! resumes on it.
+// Shared by many test crates, each using part of it: `pub` is this module's interface.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use bytes::Bytes;

@@ -76,6 +76,7 @@ fn requests_while_swapping(site: &Site, a: &Path, b: &Path, url: &str) -> (u32, 
         let cb = std::ffi::CString::new(b.as_os_str().as_encoded_bytes()).unwrap();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                // SAFETY: `ca` and `cb` are NUL-terminated paths owned by this thread.
                 let rc = unsafe {
                     libc::renameat2(
                         libc::AT_FDCWD,

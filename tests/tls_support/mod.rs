@@ -1,5 +1,7 @@
 //! TLS test helpers: a throwaway CA made at test time (rcgen), certificates for names, and a
 //! real rustls client that trusts only that CA.
+// Shared by many test crates, each using part of it: `pub` is this module's interface.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use crate::common::{parse_reply, Reply};
