@@ -63,31 +63,61 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 /// Where `gatehouse status` looks by default (the packaged admin socket).
 pub(crate) const DEFAULT_ADMIN_SOCKET: &str = "/run/gatehouse/admin.sock";
 
+/// Why `gatehouse status` has no report; each message starts with the address asked.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueryError {
+    #[error("{0}")]
+    Runtime(std::io::Error),
+    #[error("{addr}: no answer within 5s")]
+    Timeout { addr: String },
+    #[error("{addr}: {reason}")]
+    Connection { addr: String, reason: String },
+    #[error("{addr}: {path} answered {status}")]
+    Status {
+        addr: String,
+        path: String,
+        status: StatusCode,
+    },
+    #[error("{addr}: unexpected /status reply: {source}")]
+    Reply {
+        addr: String,
+        source: serde_json::Error,
+    },
+}
+
 /// `gatehouse status`: GET /status from the admin listener at `addr` ("/path",
 /// "unix:/path" or "IP:PORT") and return the human summary.
-pub(crate) fn query_status(addr: &str) -> Result<String, String> {
+pub(crate) fn query_status(addr: &str) -> Result<String, QueryError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(QueryError::Runtime)?;
     let body = runtime.block_on(async {
         tokio::time::timeout(std::time::Duration::from_secs(5), get(addr, "/status"))
             .await
-            .map_err(|_| format!("{addr}: no answer within 5s"))?
+            .map_err(|_| QueryError::Timeout {
+                addr: addr.to_owned(),
+            })?
     })?;
-    let report: status::Report = serde_json::from_slice(&body)
-        .map_err(|e| format!("{addr}: unexpected /status reply: {e}"))?;
+    let report: status::Report =
+        serde_json::from_slice(&body).map_err(|source| QueryError::Reply {
+            addr: addr.to_owned(),
+            source,
+        })?;
     Ok(status::human(&report))
 }
 
-async fn get(addr: &str, path: &str) -> Result<bytes::Bytes, String> {
+async fn get(addr: &str, path: &str) -> Result<bytes::Bytes, QueryError> {
     use http_body_util::BodyExt;
     let unix_path = addr.strip_prefix("unix:").unwrap_or(addr);
     let req = Request::get(path)
         .header(header::HOST, "admin")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let fail = |e: &dyn std::fmt::Display| format!("{addr}: {e}");
+        .body(http_body_util::Empty::<bytes::Bytes>::new());
+    let fail = |e: &dyn std::fmt::Display| QueryError::Connection {
+        addr: addr.to_owned(),
+        reason: e.to_string(),
+    };
+    let req = req.map_err(|e| fail(&e))?;
     let response = if unix_path.starts_with('/') {
         let stream = tokio::net::UnixStream::connect(unix_path)
             .await
@@ -101,7 +131,11 @@ async fn get(addr: &str, path: &str) -> Result<bytes::Bytes, String> {
     }
     .map_err(|e| fail(&e))?;
     if !response.status().is_success() {
-        return Err(format!("{addr}: {path} answered {}", response.status()));
+        return Err(QueryError::Status {
+            addr: addr.to_owned(),
+            path: path.to_owned(),
+            status: response.status(),
+        });
     }
     let body = response.into_body().collect().await.map_err(|e| fail(&e))?;
     Ok(body.to_bytes())

@@ -49,7 +49,10 @@ pub(crate) struct Shared {
 impl Shared {
     /// The first generation is built here, with this server's registry; see
     /// [`Snapshot::build`] for how it can fail.
-    pub(crate) fn new(config: Config, liveness: Liveness) -> Result<Arc<Shared>, String> {
+    pub(crate) fn new(
+        config: Config,
+        liveness: Liveness,
+    ) -> Result<Arc<Shared>, crate::snapshot::BuildError> {
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(config, &metrics)?;
         let server = &snapshot.config.server;
@@ -65,7 +68,10 @@ impl Shared {
     }
 
     /// A new configuration generation, with counters from this server's registry.
-    pub(crate) fn snapshot_for(&self, config: Config) -> Result<Snapshot, String> {
+    pub(crate) fn snapshot_for(
+        &self,
+        config: Config,
+    ) -> Result<Snapshot, crate::snapshot::BuildError> {
         Snapshot::build(config, &self.metrics)
     }
 }

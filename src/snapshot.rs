@@ -18,6 +18,18 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 
+/// Why a validated configuration could not be built; the file itself was fine (validation
+/// reports every mistake in it), so these are failures of the machine or a library.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    /// The placeholder certificate of an ACME site could not be made.
+    #[error("{0}")]
+    Acme(String),
+    /// A TLS listener's rustls configuration could not be set up.
+    #[error("{0}")]
+    Tls(String),
+}
+
 /// Everything one configuration generation needs to serve requests. Swapped atomically on
 /// reload; requests in flight keep the generation they started with.
 pub(crate) struct Snapshot {
@@ -40,13 +52,13 @@ impl Snapshot {
     /// Builds the runtime objects of a validated configuration. Fails only where building
     /// can (an ACME placeholder certificate, rustls setup); every mistake in the file was
     /// reported by validation already.
-    pub(crate) fn build(config: Config, metrics: &Metrics) -> Result<Snapshot, String> {
+    pub(crate) fn build(config: Config, metrics: &Metrics) -> Result<Snapshot, BuildError> {
         let mut managed_certs: Vec<Arc<ManagedCert>> = Vec::new();
         let mut parts = Vec::with_capacity(config.sites.len());
         for site in &config.sites {
             let acme = match (&site.tls, &config.acme) {
                 (Some(SiteCert::Acme(names)), Some(settings)) => {
-                    let m = crate::acme::managed(settings, names)?;
+                    let m = crate::acme::managed(settings, names).map_err(BuildError::Acme)?;
                     if !managed_certs.iter().any(|have| Arc::ptr_eq(have, &m)) {
                         managed_certs.push(m.clone());
                     }
@@ -112,7 +124,10 @@ impl Snapshot {
 
 /// One acceptor per TLS listener. SNI needs every site's certificate, so they come after
 /// the sites' ACME certificates.
-fn acceptors(config: &Config, parts: &[SiteParts]) -> Result<Vec<(String, ListenerTls)>, String> {
+fn acceptors(
+    config: &Config,
+    parts: &[SiteParts],
+) -> Result<Vec<(String, ListenerTls)>, BuildError> {
     let acme_alpn = config
         .acme
         .as_ref()
@@ -122,7 +137,8 @@ fn acceptors(config: &Config, parts: &[SiteParts]) -> Result<Vec<(String, Listen
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
             let built =
-                crate::tls::acceptor::build(tls, &l.name, &config.sites, &managed, acme_alpn)?;
+                crate::tls::acceptor::build(tls, &l.name, &config.sites, &managed, acme_alpn)
+                    .map_err(BuildError::Tls)?;
             out.push((l.name.clone(), built));
         }
     }

@@ -48,7 +48,10 @@ pub(crate) struct Config {
 impl Config {
     /// Every certificate file a TLS listener may present (its own first, then its sites'),
     /// each once: for expiry warnings. ACME certificates report through their manager.
-    pub(crate) fn listener_certs(&self, name: &str) -> Vec<std::sync::Arc<crate::certs::LoadedCert>> {
+    pub(crate) fn listener_certs(
+        &self,
+        name: &str,
+    ) -> Vec<std::sync::Arc<crate::certs::LoadedCert>> {
         let own = self.listener(name).and_then(|l| l.tls.as_ref());
         let mut out: Vec<std::sync::Arc<crate::certs::LoadedCert>> =
             own.and_then(|t| t.default.clone()).into_iter().collect();

@@ -200,7 +200,7 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
     let liveness = Liveness::new(Liveness::period_for(watchdog));
     crate::tls::log_warnings(&config);
     fd_limit::check(&config);
-    let shared = Shared::new(config, liveness).map_err(Failure::Config)?;
+    let shared = Shared::new(config, liveness).map_err(|e| Failure::Config(e.to_string()))?;
     let mut listeners = ListenerSet::default();
     for open in opened {
         listeners.start(&shared, open);
