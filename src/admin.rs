@@ -7,8 +7,16 @@ use crate::status;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+/// `from_unix`: the connection came over a unix socket (see `apps::endpoints`).
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    from_unix: bool,
+) -> Response<Body> {
     let path = req.uri().path();
+    if crate::apps::endpoints::owns(path) {
+        return apps(req, from_unix).await;
+    }
     if !matches!(path, "/metrics" | "/status" | "/healthz") {
         return http_base::error(StatusCode::NOT_FOUND);
     }
@@ -25,6 +33,7 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<
             shared.metrics.open_connections.set(open);
             let routes = &shared.snapshot.load().proxy_routes;
             crate::metrics::set_upstreams_up(crate::proxy::upstream_health(routes).into_iter());
+            crate::apps::state::refresh_metrics();
             text(
                 StatusCode::OK,
                 shared.metrics.encode(),
@@ -50,6 +59,27 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<
             }
         }
     }
+}
+
+/// `/apps…`: the deploy endpoints. Their bodies are small JSON documents.
+async fn apps(req: Request<Incoming>, from_unix: bool) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return http_base::error(StatusCode::PAYLOAD_TOO_LARGE),
+    };
+    let (status, answer) =
+        crate::apps::endpoints::handle(&parts.method, parts.uri.path(), &body, from_unix);
+    let content_type = if answer.starts_with(['{', '[']) {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    text(status, answer, content_type)
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {

@@ -13,6 +13,7 @@
 
 mod acme;
 mod admin;
+mod apps;
 mod certs;
 pub mod cli;
 mod config;

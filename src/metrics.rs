@@ -195,6 +195,7 @@ pub(crate) fn set_upstreams_up(current: impl Iterator<Item = (String, bool)>) {
 impl Metrics {
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("gatehouse");
+        crate::apps::state::register(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",

@@ -10,7 +10,14 @@ use std::time::Duration;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProxy {
-    pub(crate) upstreams: Spanned<Vec<Spanned<String>>>,
+    /// Fixed upstreams; or `app`, never both.
+    pub(crate) upstreams: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A deployable app: requests go to its live instance (see `crate::apps`).
+    pub(crate) app: Option<Spanned<String>>,
+    pub(crate) app_socket: Option<Spanned<String>>,
+    pub(crate) health_check_path: Option<Spanned<String>>,
+    pub(crate) deploy_timeout: Option<Spanned<DurationValue>>,
+    pub(crate) drain_timeout: Option<Spanned<DurationValue>>,
     pub(crate) strip_prefix: Option<bool>,
     pub(crate) balance: Option<Spanned<String>>,
     pub(crate) connect_timeout: Option<Spanned<DurationValue>>,
@@ -100,6 +107,8 @@ pub(crate) struct ProxyConfig {
     /// Lower-case protocol names (`websocket`) a client may upgrade to on this route.
     pub(crate) upgrades: Vec<String>,
     pub(crate) buffering: Buffering,
+    /// `app = "..."`: the upstream is the app's live instance, not `upstreams`.
+    pub(crate) app: Option<crate::apps::AppSettings>,
 }
 
 /// How bodies are buffered between a client and the upstream (see `proxy::buffer`).
@@ -165,6 +174,7 @@ impl ProxyConfig {
             underscores_in_headers: false,
             upgrades: vec!["websocket".to_owned()],
             buffering: Buffering::default(),
+            app: None,
         }
     }
 }
@@ -294,20 +304,26 @@ pub(crate) fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<
     };
     let r = raw.get_ref();
     let mut upstreams = Vec::new();
-    for u in r.upstreams.get_ref() {
-        match u.get_ref().parse::<Upstream>() {
-            Ok(up) => upstreams.push(up),
-            Err(e) => sink.push(Some(u.span()), e, None),
+    if let Some(list) = &r.upstreams {
+        for u in list.get_ref() {
+            match u.get_ref().parse::<Upstream>() {
+                Ok(up) => upstreams.push(up),
+                Err(e) => sink.push(Some(u.span()), e, None),
+            }
+        }
+        if list.get_ref().is_empty() {
+            sink.push(
+                Some(list.span()),
+                "`upstreams` needs at least one address",
+                Some(
+                    "e.g. upstreams = [\"unix:/run/app/gunicorn.sock\", \"http://127.0.0.1:8001\"]",
+                ),
+            );
         }
     }
-    if r.upstreams.get_ref().is_empty() {
-        sink.push(
-            Some(r.upstreams.span()),
-            "`upstreams` needs at least one address",
-            Some("e.g. upstreams = [\"unix:/run/app/gunicorn.sock\", \"http://127.0.0.1:8001\"]"),
-        );
-    }
+    let app = app(raw, sink);
     let mut c = ProxyConfig::new(upstreams);
+    c.app = app;
     c.strip_prefix = r.strip_prefix.unwrap_or(false);
     c.http2 = r.http2.unwrap_or(false);
     if let Some(b) = &r.balance {
@@ -425,6 +441,93 @@ pub(crate) fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<
         });
     }
     (sink.errors == 0).then_some(c)
+}
+
+/// The `app` keys: exactly one of `upstreams` and `app`; the deploy keys only with `app`.
+fn app(raw: &Spanned<RawProxy>, sink: &mut Sink) -> Option<crate::apps::AppSettings> {
+    let r = raw.get_ref();
+    let Some(name) = &r.app else {
+        if r.upstreams.is_none() {
+            sink.push(
+                Some(raw.span()),
+                "a proxy route needs `upstreams` or `app`",
+                Some("e.g. upstreams = [\"unix:/run/app/gunicorn.sock\"], or app = \"shop\" for an app deployed with `gatehouse deploy`"),
+            );
+        }
+        let stray = [
+            r.app_socket.as_ref().map(Spanned::span),
+            r.health_check_path.as_ref().map(Spanned::span),
+            r.deploy_timeout.as_ref().map(Spanned::span),
+            r.drain_timeout.as_ref().map(Spanned::span),
+        ];
+        for span in stray.into_iter().flatten() {
+            sink.push(
+                Some(span),
+                "this key belongs to `app` routes",
+                Some("add app = \"NAME\", or remove the key"),
+            );
+        }
+        return None;
+    };
+    if let Some(u) = &r.upstreams {
+        sink.push(
+            Some(u.span()),
+            "a proxy route has `upstreams` or `app`, not both",
+            Some("an app's upstream is its live instance's socket (`app_socket`)"),
+        );
+    }
+    if let Some(h) = &r.health {
+        sink.push(
+            Some(h.span()),
+            "`health` checks fixed upstreams; an app's instance is checked by `gatehouse deploy` (`health_check_path`)",
+            None,
+        );
+    }
+    if !crate::apps::valid_name(name.get_ref()) {
+        sink.push(
+            Some(name.span()),
+            format!("{:?} is not an app name", name.get_ref()),
+            Some("letters, digits, _ - . : (it names the units APP@INSTANCE.socket/.service)"),
+        );
+    }
+    let mut a = crate::apps::AppSettings::new(name.get_ref());
+    if let Some(s) = &r.app_socket {
+        match crate::apps::check_socket_pattern(s.get_ref()) {
+            Ok(()) => a.socket = s.get_ref().clone(),
+            Err(e) => sink.push(
+                Some(s.span()),
+                e,
+                Some("e.g. app_socket = \"/run/%p/%i.sock\" (the default)"),
+            ),
+        }
+    }
+    if let Some(p) = &r.health_check_path {
+        let path = p.get_ref();
+        if path.starts_with('/') && !path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            a.health_check_path = path.clone();
+        } else {
+            sink.push(
+                Some(p.span()),
+                "`health_check_path` must start with '/' and hold no space",
+                None,
+            );
+        }
+    }
+    a.deploy_timeout = duration(
+        &r.deploy_timeout,
+        "deploy_timeout",
+        a.deploy_timeout,
+        false,
+        sink,
+    );
+    a.drain_timeout = duration(
+        &r.drain_timeout,
+        "drain_timeout",
+        a.drain_timeout,
+        true,
+        sink,
+    );
+    Some(a)
 }
 
 fn buffering(r: &RawProxy, b: &mut Buffering, sink: &mut Sink) {

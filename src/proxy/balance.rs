@@ -204,13 +204,19 @@ fn random() -> u64 {
 }
 
 /// Counts a request against its upstream for least_conn until dropped (with the response
-/// body, so a long download counts as load).
-pub(crate) struct InFlight(Arc<UpstreamState>);
+/// body, so a long download counts as load). For an app route it also holds the request's
+/// lease on the app instance, which a deploy waits for.
+pub(crate) struct InFlight(Arc<UpstreamState>, Option<crate::apps::Lease>);
 
 impl InFlight {
     pub(crate) fn new(u: &Arc<UpstreamState>) -> InFlight {
         u.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(u.clone())
+        InFlight(u.clone(), None)
+    }
+
+    pub(crate) fn with_lease(mut self, lease: Option<crate::apps::Lease>) -> InFlight {
+        self.1 = lease;
+        self
     }
 }
 

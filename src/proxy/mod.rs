@@ -7,6 +7,7 @@
 //! pooled client (`connector`), retries connects that fail, and passes the answer back,
 //! read ahead of a slow client (`buffer`) or streamed (`body`, `upgrade`).
 
+pub(crate) mod app;
 pub(crate) mod balance;
 pub(crate) mod body;
 pub(crate) mod buffer;
@@ -39,7 +40,10 @@ use tokio::time::Instant;
 /// needed); health-check tasks start with the serving `Snapshot` (see [`start`]).
 pub(crate) struct ProxyRoute {
     pub(crate) config: ProxyConfig,
+    /// The fixed upstreams' pool (empty for an `app` route).
     pub(crate) pool: Arc<Pool>,
+    /// `app = "..."`: requests go to the app's live instance instead.
+    pub(crate) app: Option<app::AppRoute>,
 }
 
 impl std::fmt::Debug for ProxyRoute {
@@ -54,6 +58,7 @@ impl ProxyRoute {
     pub(crate) fn new(config: ProxyConfig) -> Arc<ProxyRoute> {
         Arc::new(ProxyRoute {
             pool: Arc::new(Pool::new(&config)),
+            app: config.app.clone().map(app::AppRoute::new),
             config,
         })
     }
@@ -64,6 +69,10 @@ impl ProxyRoute {
 pub(crate) fn start(routes: &[Arc<ProxyRoute>]) -> Background {
     let mut bg = Background::default();
     for p in routes {
+        if let Some(a) = &p.app {
+            // This configuration serves now: its app settings are the ones deploys use.
+            a.register();
+        }
         if let Some(h) = &p.config.health {
             bg.spawn(&p.pool, h);
         }
@@ -84,6 +93,7 @@ pub(crate) fn upstream_health(routes: &[Arc<ProxyRoute>]) -> Vec<(String, bool)>
 pub(crate) fn upstreams_up(routes: &[Arc<ProxyRoute>]) -> Option<(usize, usize)> {
     routes
         .iter()
+        .filter(|p| p.app.is_none())
         .map(|p| (p.pool.up_count(), p.pool.upstreams.len()))
         .reduce(|a, b| (a.0 + b.0, a.1 + b.1))
 }
@@ -244,6 +254,10 @@ async fn forward(
     };
     let mut attempts = Attempts::new(Instant::from_std(ready_at) + cfg.retry_connect_for);
     let mut first_attempt = true;
+    // An app route's pool is its live instance's, taken anew for every attempt (after the
+    // body was read): a switch meanwhile sends the request to the new instance.
+    let mut app_pool: Option<Arc<Pool>> = None;
+    let mut lease = None;
 
     loop {
         if !first_attempt {
@@ -251,29 +265,33 @@ async fn forward(
             ready_at = std::time::Instant::now();
         }
         first_attempt = false;
-        let idx = match attempts.pick(&route.pool) {
+        if let Some(app) = &route.app {
+            let Some((live, held)) = app.target(&route.config) else {
+                return app::no_live_instance(app, cx.upstream);
+            };
+            if !app_pool.as_ref().is_some_and(|p| Arc::ptr_eq(p, &live)) {
+                attempts.new_pool();
+            }
+            (app_pool, lease) = (Some(live), Some(held));
+        }
+        let pool: &Pool = app_pool.as_deref().unwrap_or(&route.pool);
+        let idx = match attempts.pick(pool) {
             Pick::Upstream(i) => i,
             Pick::Wait(pause) => {
                 tokio::time::sleep(pause).await;
                 continue;
             }
-            Pick::GiveUp => return failed(&route.pool, cx.upstream, attempts.failure),
+            Pick::GiveUp => return failed(pool, cx.upstream, attempts.failure),
         };
-        let u = &route.pool.upstreams[idx];
+        let u = &pool.upstreams[idx];
         let Some(up_body) = body.take(cfg) else {
-            return failed(&route.pool, cx.upstream, attempts.failure);
+            return failed(pool, cx.upstream, attempts.failure);
         };
         let req = match out.build(u, up_body) {
             Ok(r) => r,
-            Err(_) => {
-                return failed(
-                    &route.pool,
-                    cx.upstream,
-                    (StatusCode::BAD_REQUEST, Some(idx)),
-                )
-            }
+            Err(_) => return failed(pool, cx.upstream, (StatusCode::BAD_REQUEST, Some(idx))),
         };
-        let in_flight = InFlight::new(u);
+        let in_flight = InFlight::new(u).with_lease(lease.take());
         u.counters.requests.inc();
         match send(
             u,
@@ -291,11 +309,7 @@ async fn forward(
             Err(SendError::Timeout) => {
                 u.counters.errors.inc();
                 u.eject(cfg.eject_for, "no response header in time");
-                return failed(
-                    &route.pool,
-                    cx.upstream,
-                    (StatusCode::GATEWAY_TIMEOUT, Some(idx)),
-                );
+                return failed(pool, cx.upstream, (StatusCode::GATEWAY_TIMEOUT, Some(idx)));
             }
             Err(SendError::Client(e)) => {
                 if let Some(answer) = clients_fault(&e, &u.label, cx) {
@@ -320,7 +334,7 @@ async fn forward(
                 };
                 match attempts.after(idx, failure, body_back) {
                     Next::Retry => continue,
-                    Next::GiveUp => return failed(&route.pool, cx.upstream, attempts.failure),
+                    Next::GiveUp => return failed(pool, cx.upstream, attempts.failure),
                 }
             }
         }

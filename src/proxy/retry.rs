@@ -72,6 +72,12 @@ impl Attempts {
         Pick::Wait(pause)
     }
 
+    /// The request goes to another pool (an app switched instances): none of its upstreams
+    /// was tried yet.
+    pub(super) fn new_pool(&mut self) {
+        self.tried.clear();
+    }
+
     /// What next after upstream `idx` failed; `body_back`: the request body can still be
     /// sent (buffered, empty, or never read).
     pub(super) fn after(&mut self, idx: usize, failure: Failure, body_back: bool) -> Next {

@@ -97,7 +97,8 @@ pub(crate) async fn handle(
     let start = Instant::now();
     ctx.started.store(true, Ordering::Release);
     if ctx.admin {
-        return Ok(crate::admin::handle(req, &ctx.shared).await);
+        let from_unix = matches!(ctx.remote, Remote::Unix);
+        return Ok(crate::admin::handle(req, &ctx.shared, from_unix).await);
     }
     let snapshot = ctx.shared.snapshot.load_full();
 

@@ -1,0 +1,231 @@
+//! What an app's deploys leave behind: the live instance persisted in the state directory
+//! (`$STATE_DIRECTORY/apps/NAME.json`), the last deploy, the JSON the admin listener
+//! reports, and the per-instance metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+/// The persisted part of an app.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Persisted {
+    pub live: Option<String>,
+    #[serde(default)]
+    pub previous: Option<String>,
+    #[serde(default)]
+    pub last_deploy: Option<DeployRecord>,
+}
+
+/// One deploy: when, from which instance to which, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub from: Option<String>,
+    pub to: String,
+    /// "ok", "failed", or "switched" (the switch happened; the deploy did not report back).
+    pub result: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl DeployRecord {
+    pub fn now(from: Option<String>, to: &str, result: &str, detail: &str) -> DeployRecord {
+        DeployRecord {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            from,
+            to: to.to_owned(),
+            result: result.to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+/// An app as `GET /apps` reports it (and `gatehouse deploy` reads it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppReport {
+    pub name: String,
+    pub live: Option<String>,
+    /// The socket pattern (`%i` = instance).
+    pub socket: String,
+    pub health_check_path: String,
+    pub deploy_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
+    /// Live first, then instances still finishing requests and the previous one.
+    pub instances: Vec<InstanceReport>,
+    pub last_deploy: Option<DeployRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub name: String,
+    pub socket: String,
+    pub live: bool,
+    pub in_flight: usize,
+}
+
+impl AppReport {
+    pub fn of(app: &super::App) -> AppReport {
+        let s = app.settings();
+        let live = app.live();
+        AppReport {
+            name: app.name.to_string(),
+            live: live.as_ref().map(|l| l.name.to_string()),
+            socket: s.socket.clone(),
+            health_check_path: s.health_check_path.clone(),
+            deploy_timeout_ms: millis(s.deploy_timeout),
+            drain_timeout_ms: millis(s.drain_timeout),
+            instances: app
+                .instances()
+                .iter()
+                .map(|i| InstanceReport {
+                    name: i.name.to_string(),
+                    socket: s.socket_for(&i.name).display().to_string(),
+                    live: live.as_ref().is_some_and(|l| std::sync::Arc::ptr_eq(l, i)),
+                    in_flight: i.in_flight(),
+                })
+                .collect(),
+            last_deploy: app.last_deploy(),
+        }
+    }
+
+    pub fn in_flight(&self, instance: &str) -> usize {
+        self.instances
+            .iter()
+            .find(|i| i.name == instance)
+            .map_or(0, |i| i.in_flight)
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `$STATE_DIRECTORY` (its first path: systemd sets one per `StateDirectory=` entry), else
+/// where the packaged unit's `StateDirectory=gatehouse` is.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .filter(|s| s.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/gatehouse"))
+}
+
+fn path_of(app: &str) -> PathBuf {
+    state_dir().join("apps").join(format!("{app}.json"))
+}
+
+/// The app's persisted state; empty if it was never deployed. An unreadable file is said
+/// loudly: the route then has no live instance (503) until the next deploy.
+pub fn load(app: &str) -> Persisted {
+    let path = path_of(app);
+    match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
+            Ok(p) if p.live.as_deref().is_none_or(super::valid_name) => p,
+            Ok(_) | Err(_) => {
+                tracing::error!(app, path = %path.display(), "app state unreadable: no live instance until the next deploy");
+                Persisted::default()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+        Err(e) => {
+            tracing::error!(app, path = %path.display(), "cannot read app state: {e}");
+            Persisted::default()
+        }
+    }
+}
+
+/// Writes the app's state so that a crash at any point leaves the old file or the new one
+/// whole: a temporary file, fsync, rename over, fsync of the directory.
+pub fn save(app: &str, state: &Persisted) -> Result<(), String> {
+    let path = path_of(app);
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| fail("cannot create", e))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!(".{app}.json.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| fail("cannot write in", e))?;
+    f.write_all(&json)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| fail("cannot write in", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| fail("cannot rename in", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail("cannot sync", e))?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub app: String,
+    pub instance: String,
+}
+
+/// Per-instance series, process-wide like the upstream ones.
+pub struct AppFamilies {
+    pub requests: Family<InstanceLabels, Counter>,
+    pub in_flight: Family<InstanceLabels, Gauge>,
+    pub live: Family<InstanceLabels, Gauge>,
+}
+
+pub static METRICS: LazyLock<AppFamilies> = LazyLock::new(|| AppFamilies {
+    requests: Family::default(),
+    in_flight: Family::default(),
+    live: Family::default(),
+});
+
+pub fn instance_requests(app: &str, instance: &str) -> Counter {
+    METRICS
+        .requests
+        .get_or_create(&InstanceLabels {
+            app: app.to_owned(),
+            instance: instance.to_owned(),
+        })
+        .clone()
+}
+
+/// Registers the app series (values set at scrape time by `refresh_metrics`).
+pub fn register(registry: &mut prometheus_client::registry::Registry) {
+    registry.register(
+        "app_instance_requests",
+        "Requests sent to a deployable app's instance (attempts, like upstream_requests)",
+        METRICS.requests.clone(),
+    );
+    registry.register(
+        "app_instance_in_flight",
+        "Requests an app instance has not finished answering",
+        METRICS.in_flight.clone(),
+    );
+    registry.register(
+        "app_instance_live",
+        "1 for the instance that new requests of the app go to",
+        METRICS.live.clone(),
+    );
+}
+
+/// Sets the in-flight and live gauges from the registry, before a scrape.
+pub fn refresh_metrics() {
+    METRICS.in_flight.clear();
+    METRICS.live.clear();
+    for app in super::registry().all() {
+        let live = app.live();
+        for i in app.instances() {
+            let labels = InstanceLabels {
+                app: app.name.to_string(),
+                instance: i.name.to_string(),
+            };
+            let in_flight = i64::try_from(i.in_flight()).unwrap_or(i64::MAX);
+            METRICS.in_flight.get_or_create(&labels).set(in_flight);
+            let is_live = live.as_ref().is_some_and(|l| std::sync::Arc::ptr_eq(l, &i));
+            METRICS.live.get_or_create(&labels).set(i64::from(is_live));
+        }
+    }
+}
