@@ -15,7 +15,8 @@ gatehouse serve                                  built-in welcome page on 127.0.
 gatehouse serve --config /etc/gatehouse/gatehouse.toml
 gatehouse serve --listen 127.0.0.1:8080 --root ./public
 gatehouse check --config site.toml               validate like `nginx -t`
-gatehouse status                                 ask the running server";
+gatehouse status                                 ask the running server
+gatehouse deploy shop v2                         zero-downtime release of shop@v2";
 
 const UNDER_SYSTEMD: &str = "Under systemd, sockets come from the .socket unit (LISTEN_FDS); \
 reload with SIGHUP (`systemctl reload gatehouse`), stop with SIGTERM. \
@@ -27,7 +28,8 @@ const AFTER_HELP: &str = concat!(
     "  gatehouse serve --config /etc/gatehouse/gatehouse.toml\n",
     "  gatehouse serve --listen 127.0.0.1:8080 --root ./public\n",
     "  gatehouse check --config site.toml               validate like `nginx -t`\n",
-    "  gatehouse status                                 ask the running server\n\n",
+    "  gatehouse status                                 ask the running server\n",
+    "  gatehouse deploy shop v2                         zero-downtime release of shop@v2\n\n",
     "Under systemd, sockets come from the .socket unit (LISTEN_FDS); reload with SIGHUP ",
     "(`systemctl reload gatehouse`), stop with SIGTERM. Exit code 78 means a configuration error."
 );
@@ -63,6 +65,11 @@ pub(crate) enum Command {
         #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_SOCKET)]
         admin: String,
     },
+    /// Zero-downtime release of a deployable app (`proxy = { app = "APP" }`): start
+    /// APP@INSTANCE.socket, health-check it, switch, drain and stop the old instance; exit 1
+    /// and change nothing if the new instance fails its check. Deploying the previous
+    /// instance is the rollback
+    Deploy(DeployArgs),
     /// Write the man page (roff) or a shell completion script to stdout
     #[command(hide = true)]
     Generate {
@@ -128,6 +135,37 @@ pub(crate) struct ReloadArgs {
     pub(crate) timeout: std::time::Duration,
 }
 
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The app, as named by `proxy = { app = "APP" }`
+    pub app: String,
+    /// The instance to make live: APP@INSTANCE.socket / .service (a version, or blue/green)
+    pub instance: String,
+
+    /// Admin listener: a unix socket path or IP:PORT
+    #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_SOCKET)]
+    pub admin: String,
+
+    /// Started when the admin listener does not answer (gatehouse exited when idle)
+    #[arg(long, value_name = "UNIT", default_value = "gatehouse.service")]
+    pub service: String,
+
+    /// How long the new instance has to start and answer 2xx [default: the route's
+    /// deploy_timeout]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub deploy_timeout: Option<std::time::Duration>,
+
+    /// How long to wait for the old instance's requests before stopping it [default: the
+    /// route's drain_timeout]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
+
+    /// The instance already runs, started by other means: no systemctl, only the health
+    /// check, the switch and the drain
+    #[arg(long)]
+    pub no_systemd: bool,
+}
+
 fn parse_bind(s: &str) -> Result<BindAddr, String> {
     s.parse()
 }
@@ -170,6 +208,15 @@ pub fn main() -> ExitCode {
                 ExitCode::from(69)
             }
         },
+        Command::Deploy(args) => crate::deploy::main(crate::deploy::DeployOptions {
+            app: args.app,
+            instance: args.instance,
+            admin: args.admin,
+            service: args.service,
+            deploy_timeout: args.deploy_timeout,
+            drain_timeout: args.drain_timeout,
+            no_systemd: args.no_systemd,
+        }),
         Command::Generate { what } => generate(what),
     }
 }

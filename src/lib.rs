@@ -18,6 +18,7 @@ mod certs;
 pub mod cli;
 mod config;
 mod connections;
+mod deploy;
 mod handlers;
 mod http_base;
 mod lifecycle;

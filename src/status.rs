@@ -34,6 +34,9 @@ pub(crate) struct Report {
     /// Certificates managed by ACME.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) acme: Vec<AcmeCert>,
+    /// Deployable apps: live instance, in-flight per instance, last deploy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) apps: Vec<crate::apps::AppReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +123,11 @@ pub(crate) fn collect(shared: &Shared) -> Report {
         }),
         tls_warnings: crate::tls::warnings(&shared.snapshot.load().config, SystemTime::now()),
         acme: acme_certs(&shared.snapshot.load()),
+        apps: crate::apps::registry()
+            .all()
+            .iter()
+            .map(|a| crate::apps::AppReport::of(a))
+            .collect(),
     }
 }
 
@@ -151,6 +159,9 @@ pub(crate) fn line(r: &Report) -> String {
                 first_line(error.as_deref().unwrap_or(""))
             ));
         }
+    }
+    for app in &r.apps {
+        s.push_str(&format!("; {}", app.short()));
     }
     if !r.acme.is_empty() {
         s.push_str(&acme_summary(&r.acme));
@@ -226,6 +237,10 @@ pub(crate) fn human(r: &Report) -> String {
                 e.lines().next().unwrap_or("")
             ));
         }
+    }
+    for app in &r.apps {
+        s.push('\n');
+        s.push_str(&app.human());
     }
     for w in &r.tls_warnings {
         s.push_str(&format!("\nwarning: {w}"));

@@ -19,6 +19,9 @@ _gatehouse() {
             gatehouse,check)
                 cmd="gatehouse__subcmd__check"
                 ;;
+            gatehouse,deploy)
+                cmd="gatehouse__subcmd__deploy"
+                ;;
             gatehouse,generate)
                 cmd="gatehouse__subcmd__generate"
                 ;;
@@ -36,6 +39,9 @@ _gatehouse() {
                 ;;
             gatehouse__subcmd__help,check)
                 cmd="gatehouse__subcmd__help__subcmd__check"
+                ;;
+            gatehouse__subcmd__help,deploy)
+                cmd="gatehouse__subcmd__help__subcmd__deploy"
                 ;;
             gatehouse__subcmd__help,generate)
                 cmd="gatehouse__subcmd__help__subcmd__generate"
@@ -59,7 +65,7 @@ _gatehouse() {
 
     case "${cmd}" in
         gatehouse)
-            opts="-h -V --log-level --log-target --help --version serve check reload status generate help"
+            opts="-h -V --log-level --log-target --help --version serve check reload status deploy generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -114,6 +120,44 @@ _gatehouse() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        gatehouse__subcmd__deploy)
+            opts="-h --admin --service --deploy-timeout --drain-timeout --no-systemd --log-level --log-target --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --admin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --service)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --deploy-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-target)
+                    COMPREPLY=($(compgen -W "auto journald stderr" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         gatehouse__subcmd__generate)
             opts="-h --log-level --log-target --help man bash zsh fish"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -137,7 +181,7 @@ _gatehouse() {
             return 0
             ;;
         gatehouse__subcmd__help)
-            opts="serve check reload status generate help"
+            opts="serve check reload status deploy generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,6 +195,20 @@ _gatehouse() {
             return 0
             ;;
         gatehouse__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatehouse__subcmd__help__subcmd__deploy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -94,6 +94,45 @@ impl AppReport {
         }
     }
 
+    /// For STATUS=: "app shop@v2".
+    pub fn short(&self) -> String {
+        match &self.live {
+            Some(live) => format!("app {}@{live}", self.name),
+            None => format!("app {} NOT DEPLOYED", self.name),
+        }
+    }
+
+    /// For `gatehouse status`: the live instance, in-flight requests, the last deploy.
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "app {}: live {}",
+            self.name,
+            self.live.as_deref().unwrap_or("none (never deployed: 503)")
+        );
+        for i in &self.instances {
+            s.push_str(&format!(
+                "{} {}@{} {} in flight",
+                if i.live { ";" } else { "," },
+                self.name,
+                i.name,
+                i.in_flight
+            ));
+        }
+        if let Some(d) = &self.last_deploy {
+            s.push_str(&format!(
+                "\n  last deploy {}: {} -> {}: {}",
+                d.at,
+                d.from.as_deref().unwrap_or("none"),
+                d.to,
+                d.result
+            ));
+            if let Some(line) = d.detail.lines().next().filter(|l| !l.is_empty()) {
+                s.push_str(&format!(" ({line})"));
+            }
+        }
+        s
+    }
+
     pub fn in_flight(&self, instance: &str) -> usize {
         self.instances
             .iter()

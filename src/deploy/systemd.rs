@@ -1,0 +1,69 @@
+//! The deploy's side of systemd, through `systemctl` and `journalctl`: the command-line
+//! contract every admin knows, and what a root shell would type (no D-Bus client to keep
+//! in step with systemd versions).
+
+use std::process::Command;
+use std::time::SystemTime;
+
+/// `systemctl ARGS…`; the error is systemctl's own message.
+pub fn systemctl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    Err(format!(
+        "systemctl {} failed: {}",
+        args.join(" "),
+        if err.is_empty() {
+            out.status.to_string()
+        } else {
+            err
+        }
+    ))
+}
+
+/// A unit's `ActiveState` and `SubState` ("active"/"running", "failed"/"failed", …).
+pub fn state(unit: &str) -> Option<(String, String)> {
+    let out = Command::new("systemctl")
+        .args(["show", unit, "--property=ActiveState,SubState"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    Some((value("ActiveState")?, value("SubState")?))
+}
+
+/// Whether the service gave up starting: failed, or waiting to be restarted after a crash.
+pub fn start_failed(service: &str) -> bool {
+    state(service).is_some_and(|(active, sub)| active == "failed" || sub == "auto-restart")
+}
+
+/// The unit's journal since `since`: the last `lines` entries, as the app wrote them.
+pub fn journal_tail(unit: &str, since: SystemTime, lines: usize) -> String {
+    let secs = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let out = Command::new("journalctl")
+        .args([
+            "--no-pager",
+            "--quiet",
+            "--output=short-iso",
+            &format!("--unit={unit}"),
+            &format!("--since=@{secs}"),
+            &format!("--lines={lines}"),
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+        Err(e) => format!("cannot run journalctl: {e}\n"),
+    }
+}
