@@ -211,6 +211,8 @@ impl App {
         let new = self.instance(instance);
         self.live.store(Some(new));
         fence(Ordering::SeqCst);
+        // Switches are serialised by `record` until here; `prune` takes it again.
+        drop(record);
         self.prune();
         tracing::info!(app = %self.name, from = before.as_deref().unwrap_or("-"), to = instance, "app switched");
         Ok(before)
