@@ -208,7 +208,9 @@ async fn admin(
 }
 
 /// Polls the instance's socket until it answers 2xx; fails early when its service failed.
-/// `service`: the unit to watch for a failed start (none without systemd).
+/// `service`: the unit to watch for a failed start (none without systemd). An app that
+/// never accepts (it failed to load) leaves the check's connection waiting in the socket's
+/// backlog, so the service's state is watched while each attempt waits.
 async fn health_check(
     name: &str,
     service: Option<&str>,
@@ -227,11 +229,23 @@ async fn health_check(
             ));
         }
         // Host: localhost, as a local check; apps that check Host must allow it.
-        let attempt = left.min(Duration::from_secs(5));
-        match client::request(socket, Method::GET, path, "localhost", None, attempt).await {
-            Ok((status, _)) if status.is_success() => return Ok(()),
-            Ok((status, _)) => last = format!("last answer {status}"),
-            Err(e) => last = e.to_string(),
+        let probe = client::request(socket, Method::GET, path, "localhost", None, left);
+        tokio::pin!(probe);
+        let answer = loop {
+            tokio::select! {
+                r = &mut probe => break Some(r),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if service.is_some_and(systemd::start_failed) {
+                        break None;
+                    }
+                }
+            }
+        };
+        match answer {
+            Some(Ok((status, _))) if status.is_success() => return Ok(()),
+            Some(Ok((status, _))) => last = format!("last answer {status}"),
+            Some(Err(e)) => last = e.to_string(),
+            None => {}
         }
         if let Some(service) = service.filter(|s| systemd::start_failed(s)) {
             return Err(format!("{service} failed to start ({last})"));
