@@ -341,6 +341,14 @@ fn a_switch_that_cannot_be_persisted_is_refused() {
     std::fs::write(&apps, "not a directory").unwrap();
     let r = world.switch("v2");
     assert_eq!(r.status, 500, "{}", r.text());
+    // A switch that expects another live instance (a concurrent deploy won) is refused.
+    let r = post(
+        &world.admin,
+        "/apps/shop/switch",
+        r#"{"instance": "v2", "expect": "v0"}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("v1 is live now"), "{}", r.text());
     assert_eq!(served_by(port, "/"), (200, "v1".into()));
     assert_eq!(world.app()["live"], "v1");
 }

@@ -21,6 +21,10 @@ pub type Answer = (StatusCode, String);
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SwitchRequest {
     pub instance: String,
+    /// The instance the caller saw live (`null`: none): if another deploy switched since,
+    /// the switch is refused (409), so two deploys cannot undo each other unseen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Option<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,7 +95,7 @@ fn switch(app: &super::App, body: &[u8]) -> Answer {
             ),
         );
     }
-    match app.switch(&req.instance) {
+    match app.switch(&req.instance, req.expect.as_ref().map(Option::as_deref)) {
         Ok(previous) => json(
             StatusCode::OK,
             &SwitchAnswer {
@@ -99,8 +103,17 @@ fn switch(app: &super::App, body: &[u8]) -> Answer {
                 previous,
             },
         ),
+        Err(super::SwitchError::Moved(live)) => (
+            StatusCode::CONFLICT,
+            format!(
+                "another deploy switched the app meanwhile: {} is live now\n",
+                live.as_deref().unwrap_or("no instance")
+            ),
+        ),
         // Nothing switched: the state could not be persisted.
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(super::SwitchError::Persist(e)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+        }
     }
 }
 

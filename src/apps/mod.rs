@@ -195,10 +195,18 @@ impl App {
     }
 
     /// Makes `instance` live: persisted first (a switch that would not survive a restart is
-    /// refused), then one atomic swap. Returns the instance that was live before.
-    pub fn switch(&self, instance: &str) -> Result<Option<String>, String> {
+    /// refused), then one atomic swap. Returns the instance that was live before. `expect`:
+    /// refused unless that is the one live now.
+    pub fn switch(
+        &self,
+        instance: &str,
+        expect: Option<Option<&str>>,
+    ) -> Result<Option<String>, SwitchError> {
         let mut record = lock(&self.record);
         let before = record.live.clone();
+        if expect.is_some_and(|e| e != before.as_deref()) {
+            return Err(SwitchError::Moved(before));
+        }
         if before.as_deref() == Some(instance) {
             return Ok(before);
         }
@@ -206,7 +214,7 @@ impl App {
         next.previous = before.clone();
         next.live = Some(instance.to_owned());
         next.last_deploy = Some(DeployRecord::now(before.clone(), instance, "switched", ""));
-        state::save(&self.name, &next)?;
+        state::save(&self.name, &next).map_err(SwitchError::Persist)?;
         *record = next;
         let new = self.instance(instance);
         self.live.store(Some(new));
@@ -265,6 +273,15 @@ impl App {
             }
         }
     }
+}
+
+/// Why a switch was refused; nothing changed.
+#[derive(Debug)]
+pub enum SwitchError {
+    /// The live instance is not the one the caller expected (now this one).
+    Moved(Option<String>),
+    /// The state file could not be written.
+    Persist(String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

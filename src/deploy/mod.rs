@@ -106,7 +106,7 @@ async fn run(opts: &DeployOptions) -> ExitCode {
         report.health_check_path,
         started.elapsed().as_secs_f64()
     ));
-    let previous = match switch(opts, &new).await {
+    let previous = match switch(opts, &new, report.live.clone()).await {
         Ok(p) => p,
         Err(e) => return refuse(opts, &report, &new, &e, since).await,
     };
@@ -254,9 +254,15 @@ async fn health_check(
     }
 }
 
-async fn switch(opts: &DeployOptions, new: &Unit) -> Result<Option<String>, String> {
+/// `expect`: the instance live when the deploy began.
+async fn switch(
+    opts: &DeployOptions,
+    new: &Unit,
+    expect: Option<String>,
+) -> Result<Option<String>, String> {
     let body = serde_json::to_vec(&SwitchRequest {
         instance: opts.instance.clone(),
+        expect: Some(expect),
     })
     .map_err(|e| e.to_string())?;
     let path = format!("/apps/{}/switch", opts.app);
@@ -282,8 +288,15 @@ async fn refuse(
     since: SystemTime,
 ) -> ExitCode {
     eprintln!("deploy {}: FAILED: {why}", opts.app);
+    // Another deploy may have made this very instance live meanwhile: then it stays.
+    let now_live = app_report(opts).await.ok().and_then(|r| r.live);
     let live = report.live.as_deref().unwrap_or("no instance");
-    if opts.no_systemd {
+    if now_live.as_deref() == Some(opts.instance.as_str()) {
+        eprintln!(
+            "deploy {}: {} is live (another deploy): left running",
+            opts.app, new.name
+        );
+    } else if opts.no_systemd {
         eprintln!(
             "deploy {}: nothing switched: {live} keeps serving",
             opts.app
