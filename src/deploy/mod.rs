@@ -87,6 +87,9 @@ async fn run(opts: &DeployOptions) -> ExitCode {
         Ok(())
     } else {
         say(&format!("starting {}", new.socket));
+        // An earlier failed attempt must not count against this one (NRestarts, start
+        // limits); a unit that was never loaded has nothing to reset.
+        let _ = systemd::systemctl(&["reset-failed", &new.socket, &new.service]);
         systemd::systemctl(&["start", &new.socket])
     };
     let checked = match started_unit {

@@ -26,24 +26,30 @@ pub fn systemctl(args: &[&str]) -> Result<(), String> {
     ))
 }
 
-/// A unit's `ActiveState` and `SubState` ("active"/"running", "failed"/"failed", …).
-pub fn state(unit: &str) -> Option<(String, String)> {
+/// A unit's properties, as `systemctl show` prints them.
+fn show(unit: &str, properties: &str) -> Option<String> {
     let out = Command::new("systemctl")
-        .args(["show", unit, "--property=ActiveState,SubState"])
+        .args(["show", unit, &format!("--property={properties}")])
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether a service just started gave up: failed, waiting to be restarted, or restarted
+/// already (with systemd's 100 ms RestartSec= a crash loop spends little time in the
+/// states a poll could see).
+pub fn start_failed(service: &str) -> bool {
+    let Some(text) = show(service, "ActiveState,SubState,NRestarts") else {
+        return false;
+    };
     let value = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(str::to_owned)
+            .unwrap_or("")
     };
-    Some((value("ActiveState")?, value("SubState")?))
-}
-
-/// Whether the service gave up starting: failed, or waiting to be restarted after a crash.
-pub fn start_failed(service: &str) -> bool {
-    state(service).is_some_and(|(active, sub)| active == "failed" || sub == "auto-restart")
+    value("ActiveState") == "failed"
+        || value("SubState") == "auto-restart"
+        || value("NRestarts").parse::<u32>().is_ok_and(|n| n > 0)
 }
 
 /// The unit's journal since `since`: the last `lines` entries, as the app wrote them.
