@@ -79,27 +79,7 @@ async fn run(opts: &DeployOptions) -> ExitCode {
     let started = Instant::now();
     let since = SystemTime::now();
     let old = report.live.as_deref().map(|i| Unit::new(&opts.app, i));
-    let deploy_timeout = opts
-        .deploy_timeout
-        .unwrap_or(Duration::from_millis(report.deploy_timeout_ms));
-    let socket = crate::apps::expand(&report.socket, &opts.app, &opts.instance);
-    let started_unit = if opts.no_systemd {
-        Ok(())
-    } else {
-        say(&format!("starting {}", new.socket));
-        // An earlier failed attempt must not count against this one (NRestarts, start
-        // limits); a unit that was never loaded has nothing to reset.
-        let _ = systemd::systemctl(&["reset-failed", &new.socket, &new.service]);
-        systemd::systemctl(&["start", &new.socket])
-    };
-    let checked = match started_unit {
-        Ok(()) => {
-            let service = (!opts.no_systemd).then_some(new.service.as_str());
-            let path = &report.health_check_path;
-            health_check(&new.name, service, &socket, path, deploy_timeout).await
-        }
-        Err(e) => Err(e),
-    };
+    let checked = start_and_check(opts, &report, &new).await;
     if let Err(e) = checked {
         return refuse(opts, &report, &new, &e, since).await;
     }
@@ -139,6 +119,28 @@ async fn run(opts: &DeployOptions) -> ExitCode {
         new.name
     ));
     ExitCode::SUCCESS
+}
+
+/// Steps 1 and 2: the new instance's socket started, and its answer checked.
+async fn start_and_check(
+    opts: &DeployOptions,
+    report: &AppReport,
+    new: &Unit,
+) -> Result<(), String> {
+    let deploy_timeout = opts
+        .deploy_timeout
+        .unwrap_or(Duration::from_millis(report.deploy_timeout_ms));
+    let socket = crate::apps::expand(&report.socket, &opts.app, &opts.instance);
+    if !opts.no_systemd {
+        println!("deploy {}: starting {}", opts.app, new.socket);
+        // An earlier failed attempt must not count against this one (NRestarts, start
+        // limits); a unit that was never loaded has nothing to reset.
+        let _ = systemd::systemctl(&["reset-failed", &new.socket, &new.service]);
+        systemd::systemctl(&["start", &new.socket])?;
+    }
+    let service = (!opts.no_systemd).then_some(new.service.as_str());
+    let path = &report.health_check_path;
+    health_check(&new.name, service, &socket, path, deploy_timeout).await
 }
 
 /// `shop@v2.socket`, `shop@v2.service`.
