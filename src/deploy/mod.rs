@@ -83,11 +83,10 @@ async fn run(opts: &DeployOptions) -> ExitCode {
     if let Err(e) = checked {
         return refuse(opts, &report, &new, &e, since).await;
     }
+    let healthy_after = started.elapsed().as_secs_f64();
     say(&format!(
-        "{} answered GET {} with 2xx after {:.1}s",
-        new.name,
-        report.health_check_path,
-        started.elapsed().as_secs_f64()
+        "{} answered GET {} with 2xx after {healthy_after:.1}s",
+        new.name, report.health_check_path,
     ));
     let previous = match switch(opts, &new, report.live.clone()).await {
         Ok(p) => p,
@@ -106,7 +105,7 @@ async fn run(opts: &DeployOptions) -> ExitCode {
     if let Err(e) = enabled {
         eprintln!("warning: {e} (the new instance serves, but a reboot will not start it)");
     }
-    let mut detail = format!("healthy after {:.1}s", started.elapsed().as_secs_f64());
+    let mut detail = format!("healthy after {healthy_after:.1}s");
     if let Some(old) = previous.filter(|p| *p != opts.instance) {
         let old = Unit::new(&opts.app, &old);
         detail += &retire(opts, &report, &old).await;
