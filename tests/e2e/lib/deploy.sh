@@ -45,7 +45,7 @@ step_app_deploy() {
     deploy_release v3 "shop v3" broken
     apps_setup_upstream_group || return 1
     local u
-    for u in 'shop@.socket' 'shop@.service'; do
+    for u in 'shop@.socket' 'shop@.service' 'api@.socket' 'api@.service'; do
         copy_in "$REPO/units/examples/$u" /etc/systemd/system
     done
     put_config /etc/gatehouse/gatehouse.toml <"$REPO/units/examples/gatehouse-deploy.toml"
@@ -53,9 +53,9 @@ step_app_deploy() {
     G systemctl daemon-reload
     G systemctl restart gatehouse.service || { fail "gatehouse did not start on gatehouse-deploy.toml"; return 1; }
     local out rc=0
-    out=$(G systemd-analyze verify shop@v1.socket shop@v1.service 2>&1) || rc=$?
-    [ $rc = 0 ] && [ -z "$out" ] && ok "systemd-analyze verify shop@v1.socket shop@v1.service: clean" \
-        || fail "systemd-analyze verify shop@ units (rc=$rc): $out"
+    out=$(G systemd-analyze verify shop@v1.socket shop@v1.service api@v1.socket api@v1.service 2>&1) || rc=$?
+    [ $rc = 0 ] && [ -z "$out" ] && ok "systemd-analyze verify shop@v1 and api@v1 (gunicorn, uvicorn templates): clean" \
+        || fail "systemd-analyze verify shop@/api@ units (rc=$rc): $out"
     expect_eq "never deployed: 503" 503 "$(http_get -o /dev/null -w '%{http_code}' http://127.0.0.1/)"
 
     if gdeploy v1; then ok "gatehouse deploy shop v1: exit 0 in ${DEPLOY_SECS}s"; else fail "gatehouse deploy shop v1: $DEPLOY_OUT"; return 1; fi
@@ -136,7 +136,7 @@ deploy_cleanup() {
         G systemctl disable --now "shop@$v.socket" >/dev/null 2>&1
         G systemctl stop "shop@$v.service" >/dev/null 2>&1
     done
-    G rm -f '/etc/systemd/system/shop@.socket' '/etc/systemd/system/shop@.service'
+    G rm -f /etc/systemd/system/shop@.s* /etc/systemd/system/api@.s*
     G rm -rf /srv/shop /var/lib/gatehouse/apps
     apps_cleanup
 }
