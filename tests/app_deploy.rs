@@ -329,6 +329,24 @@ fn the_live_instance_survives_a_reload_and_a_restart() {
 }
 
 #[test]
+fn the_live_instance_survives_an_idle_exit() {
+    let world = World::new("");
+    let _v2 = world.instance("v2");
+    let config = format!("[server]\nidle_exit_after = \"1s\"\n{}", world.config);
+    let state = world.state.display().to_string();
+    let (mut server, _) = start_http(&config, &[("STATE_DIRECTORY", &state)]);
+    assert_eq!(world.switch("v2").status, 200);
+    // Admin connections are not activity: with no client, it exits by itself.
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("idle exit");
+    assert!(status.success(), "{status:?}");
+    // The next start (socket activation) serves v2 at once.
+    let (_again, port) = start_http(&config, &[("STATE_DIRECTORY", &state)]);
+    assert_eq!(served_by(port, "/"), (200, "v2".into()));
+}
+
+#[test]
 fn a_switch_that_cannot_be_persisted_is_refused() {
     let world = World::new("");
     let _v1 = world.instance("v1");
