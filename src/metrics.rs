@@ -181,6 +181,52 @@ pub(crate) fn upstream_counters(label: &str) -> UpstreamCounters {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub app: String,
+    pub instance: String,
+}
+
+/// Deployable apps' instances (`crate::apps`), process-wide like the upstreams.
+struct AppFamilies {
+    requests: Family<InstanceLabels, Counter>,
+    in_flight: Family<InstanceLabels, Gauge>,
+    live: Family<InstanceLabels, Gauge>,
+}
+
+static APPS: LazyLock<AppFamilies> = LazyLock::new(|| AppFamilies {
+    requests: Family::default(),
+    in_flight: Family::default(),
+    live: Family::default(),
+});
+
+fn instance_labels(app: &str, instance: &str) -> InstanceLabels {
+    InstanceLabels {
+        app: app.to_owned(),
+        instance: instance.to_owned(),
+    }
+}
+
+/// The request counter of one app instance.
+pub fn app_instance_requests(app: &str, instance: &str) -> Counter {
+    APPS.requests
+        .get_or_create(&instance_labels(app, instance))
+        .clone()
+}
+
+/// Replaces the in-flight and live series with the instances known now:
+/// `(app, instance, in flight, live)`.
+pub fn set_app_instances<'a>(current: impl Iterator<Item = (&'a str, &'a str, usize, bool)>) {
+    APPS.in_flight.clear();
+    APPS.live.clear();
+    for (app, instance, in_flight, live) in current {
+        let labels = instance_labels(app, instance);
+        let in_flight = i64::try_from(in_flight).unwrap_or(i64::MAX);
+        APPS.in_flight.get_or_create(&labels).set(in_flight);
+        APPS.live.get_or_create(&labels).set(i64::from(live));
+    }
+}
+
 /// Replaces the up/down series with the upstreams of the running configuration.
 pub(crate) fn set_upstreams_up(current: impl Iterator<Item = (String, bool)>) {
     UPSTREAMS.up.clear();
@@ -195,7 +241,6 @@ pub(crate) fn set_upstreams_up(current: impl Iterator<Item = (String, bool)>) {
 impl Metrics {
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("gatehouse");
-        crate::apps::state::register(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -257,6 +302,21 @@ impl Metrics {
             "upstream_requests",
             "Requests sent to each upstream",
             UPSTREAMS.requests.clone(),
+        );
+        registry.register(
+            "app_instance_requests",
+            "Requests sent to a deployable app's instance (attempts, like upstream_requests)",
+            APPS.requests.clone(),
+        );
+        registry.register(
+            "app_instance_in_flight",
+            "Requests an app instance has not finished answering",
+            APPS.in_flight.clone(),
+        );
+        registry.register(
+            "app_instance_live",
+            "1 for the instance that new requests of the app go to",
+            APPS.live.clone(),
         );
         registry.register(
             "upstream_errors",

@@ -127,7 +127,7 @@ impl Instance {
         Arc::new(Instance {
             name: name.into(),
             in_flight: AtomicUsize::new(0),
-            requests: state::instance_requests(app, name),
+            requests: crate::metrics::app_instance_requests(app, name),
         })
     }
 

@@ -2,14 +2,9 @@
 //! (`$STATE_DIRECTORY/apps/NAME.json`), the last deploy, the JSON the admin listener
 //! reports, and the per-instance metrics.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::LazyLock;
 
 /// The persisted part of an app.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -202,69 +197,16 @@ pub fn save(app: &str, state: &Persisted) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceLabels {
-    pub app: String,
-    pub instance: String,
-}
-
-/// Per-instance series, process-wide like the upstream ones.
-pub struct AppFamilies {
-    pub requests: Family<InstanceLabels, Counter>,
-    pub in_flight: Family<InstanceLabels, Gauge>,
-    pub live: Family<InstanceLabels, Gauge>,
-}
-
-pub static METRICS: LazyLock<AppFamilies> = LazyLock::new(|| AppFamilies {
-    requests: Family::default(),
-    in_flight: Family::default(),
-    live: Family::default(),
-});
-
-pub fn instance_requests(app: &str, instance: &str) -> Counter {
-    METRICS
-        .requests
-        .get_or_create(&InstanceLabels {
-            app: app.to_owned(),
-            instance: instance.to_owned(),
-        })
-        .clone()
-}
-
-/// Registers the app series (values set at scrape time by `refresh_metrics`).
-pub fn register(registry: &mut prometheus_client::registry::Registry) {
-    registry.register(
-        "app_instance_requests",
-        "Requests sent to a deployable app's instance (attempts, like upstream_requests)",
-        METRICS.requests.clone(),
-    );
-    registry.register(
-        "app_instance_in_flight",
-        "Requests an app instance has not finished answering",
-        METRICS.in_flight.clone(),
-    );
-    registry.register(
-        "app_instance_live",
-        "1 for the instance that new requests of the app go to",
-        METRICS.live.clone(),
-    );
-}
-
 /// Sets the in-flight and live gauges from the registry, before a scrape.
 pub fn refresh_metrics() {
-    METRICS.in_flight.clear();
-    METRICS.live.clear();
-    for app in super::registry().all() {
+    let apps = super::registry().all();
+    let mut rows = Vec::new();
+    for app in &apps {
         let live = app.live();
         for i in app.instances() {
-            let labels = InstanceLabels {
-                app: app.name.to_string(),
-                instance: i.name.to_string(),
-            };
-            let in_flight = i64::try_from(i.in_flight()).unwrap_or(i64::MAX);
-            METRICS.in_flight.get_or_create(&labels).set(in_flight);
             let is_live = live.as_ref().is_some_and(|l| std::sync::Arc::ptr_eq(l, &i));
-            METRICS.live.get_or_create(&labels).set(i64::from(is_live));
+            rows.push((app.name.clone(), i.name.clone(), i.in_flight(), is_live));
         }
     }
+    crate::metrics::set_app_instances(rows.iter().map(|(a, i, n, live)| (&**a, &**i, *n, *live)));
 }
