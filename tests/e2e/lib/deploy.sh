@@ -99,7 +99,7 @@ deploy_judge() {
     local n failed max base
     n=$(sed -n 's/^requests=\([0-9]*\).*/\1/p' <<<"$r")
     failed=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$r")
-    max=$(sed -n 's/.* max_ms=\([0-9.]*\).*/\1/p' <<<"$r")
+    max=$(sed -n 's/^requests=.* max_ms=\([0-9.]*\).*/\1/p' <<<"$r")
     base=$(sed -n 's/.* baseline_max_ms=\([0-9.]*\).*/\1/p' <<<"$r")
     [ "${n:-0}" -gt 100 ] && [ "$failed" = 0 ] && ok "client loop: $n requests, 0 failed" || fail "client loop: $n requests, $failed failed"
     if awk -v m="$max" -v b="$base" -v d="$DEPLOY_MARGIN_MS" 'BEGIN {exit !(m <= b + d)}'; then
