@@ -108,7 +108,8 @@ pub(crate) struct ProxyConfig {
     pub(crate) upgrades: Vec<String>,
     pub(crate) buffering: Buffering,
     /// `app = "..."`: the upstream is the app's live instance, not `upstreams`.
-    pub(crate) app: Option<crate::apps::AppSettings>,
+    /// Boxed: most routes have none, and a route action stays small.
+    pub(crate) app: Option<Box<crate::apps::AppSettings>>,
 }
 
 /// How bodies are buffered between a client and the upstream (see `proxy::buffer`).
@@ -323,7 +324,7 @@ pub(crate) fn validate(raw: &Spanned<RawProxy>, sink: &mut ErrorSink) -> Option<
     }
     let app = app(raw, sink);
     let mut c = ProxyConfig::new(upstreams);
-    c.app = app;
+    c.app = app.map(Box::new);
     c.strip_prefix = r.strip_prefix.unwrap_or(false);
     c.http2 = r.http2.unwrap_or(false);
     if let Some(b) = &r.balance {

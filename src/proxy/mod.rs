@@ -58,7 +58,7 @@ impl ProxyRoute {
     pub(crate) fn new(config: ProxyConfig) -> Arc<ProxyRoute> {
         Arc::new(ProxyRoute {
             pool: Arc::new(Pool::new(&config)),
-            app: config.app.clone().map(app::AppRoute::new),
+            app: config.app.as_deref().cloned().map(app::AppRoute::new),
             config,
         })
     }
