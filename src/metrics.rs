@@ -182,9 +182,9 @@ pub(crate) fn upstream_counters(label: &str) -> UpstreamCounters {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceLabels {
-    pub app: String,
-    pub instance: String,
+pub(crate) struct InstanceLabels {
+    pub(crate) app: String,
+    pub(crate) instance: String,
 }
 
 /// Deployable apps' instances (`crate::apps`), process-wide like the upstreams.
@@ -208,7 +208,7 @@ fn instance_labels(app: &str, instance: &str) -> InstanceLabels {
 }
 
 /// The request counter of one app instance.
-pub fn app_instance_requests(app: &str, instance: &str) -> Counter {
+pub(crate) fn app_instance_requests(app: &str, instance: &str) -> Counter {
     APPS.requests
         .get_or_create(&instance_labels(app, instance))
         .clone()
@@ -216,7 +216,9 @@ pub fn app_instance_requests(app: &str, instance: &str) -> Counter {
 
 /// Replaces the in-flight and live series with the instances known now:
 /// `(app, instance, in flight, live)`.
-pub fn set_app_instances<'a>(current: impl Iterator<Item = (&'a str, &'a str, usize, bool)>) {
+pub(crate) fn set_app_instances<'a>(
+    current: impl Iterator<Item = (&'a str, &'a str, usize, bool)>,
+) {
     APPS.in_flight.clear();
     APPS.live.clear();
     for (app, instance, in_flight, live) in current {

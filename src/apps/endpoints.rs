@@ -16,30 +16,30 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 /// What the admin listener answers: status and a JSON (or text) body.
-pub type Answer = (StatusCode, String);
+pub(crate) type Answer = (StatusCode, String);
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SwitchRequest {
-    pub instance: String,
+pub(crate) struct SwitchRequest {
+    pub(crate) instance: String,
     /// The instance the caller saw live (`null`: none): if another deploy switched since,
     /// the switch is refused (409), so two deploys cannot undo each other unseen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<Option<String>>,
+    pub(crate) expect: Option<Option<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SwitchAnswer {
-    pub live: String,
-    pub previous: Option<String>,
+pub(crate) struct SwitchAnswer {
+    pub(crate) live: String,
+    pub(crate) previous: Option<String>,
 }
 
 /// Whether `path` is one of ours.
-pub fn owns(path: &str) -> bool {
+pub(crate) fn owns(path: &str) -> bool {
     path == "/apps" || path.starts_with("/apps/")
 }
 
 /// Answers one `/apps` request. `from_unix`: it came over a unix-socket admin listener.
-pub fn handle(method: &Method, path: &str, body: &[u8], from_unix: bool) -> Answer {
+pub(crate) fn handle(method: &Method, path: &str, body: &[u8], from_unix: bool) -> Answer {
     let rest = path.strip_prefix("/apps").unwrap_or("");
     if rest.is_empty() || rest == "/" {
         if method != Method::GET && method != Method::HEAD {

@@ -7,8 +7,8 @@
 //! it is sent and holds it until its response has been delivered, so the per-instance
 //! in-flight count that a deploy waits on covers every request the old instance still has.
 
-pub mod endpoints;
-pub mod state;
+pub(crate) mod endpoints;
+pub(crate) mod state;
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
@@ -18,28 +18,28 @@ use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-pub use state::{AppReport, DeployRecord, InstanceReport};
+pub(crate) use state::{AppReport, DeployRecord};
 
 /// The `proxy = { app = ... }` keys, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppSettings {
-    pub name: String,
+pub(crate) struct AppSettings {
+    pub(crate) name: String,
     /// The instance's socket path: `%p` is the app's name, `%i` the instance, `%%` a `%`
     /// (systemd's specifiers, so the `.socket` template's `ListenStream=` reads the same).
-    pub socket: String,
+    pub(crate) socket: String,
     /// GET this on a new instance's socket until it answers 2xx (`gatehouse deploy`).
-    pub health_check_path: String,
+    pub(crate) health_check_path: String,
     /// How long a new instance has to start and pass its health check.
-    pub deploy_timeout: Duration,
+    pub(crate) deploy_timeout: Duration,
     /// How long a deploy waits for the old instance's requests before stopping it.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
 }
 
 /// `socket` when the route sets none: the template's `ListenStream=/run/%p/%i.sock`.
-pub const DEFAULT_SOCKET: &str = "/run/%p/%i.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/%p/%i.sock";
 
 impl AppSettings {
-    pub fn new(name: &str) -> AppSettings {
+    pub(crate) fn new(name: &str) -> AppSettings {
         AppSettings {
             name: name.to_owned(),
             socket: DEFAULT_SOCKET.to_owned(),
@@ -52,13 +52,13 @@ impl AppSettings {
     }
 
     /// The socket of `instance`.
-    pub fn socket_for(&self, instance: &str) -> PathBuf {
+    pub(crate) fn socket_for(&self, instance: &str) -> PathBuf {
         expand(&self.socket, &self.name, instance).into()
     }
 }
 
 /// Expands `%p`, `%i` and `%%` in a socket pattern.
-pub fn expand(pattern: &str, app: &str, instance: &str) -> String {
+pub(crate) fn expand(pattern: &str, app: &str, instance: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + instance.len());
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
@@ -82,7 +82,7 @@ pub fn expand(pattern: &str, app: &str, instance: &str) -> String {
 }
 
 /// Checks a socket pattern: absolute, names the instance, no other specifier.
-pub fn check_socket_pattern(pattern: &str) -> Result<(), String> {
+pub(crate) fn check_socket_pattern(pattern: &str) -> Result<(), String> {
     if !pattern.starts_with('/') {
         return Err("`app_socket` must be an absolute path".into());
     }
@@ -106,7 +106,7 @@ pub fn check_socket_pattern(pattern: &str) -> Result<(), String> {
 /// An app or instance name: what systemd accepts in a unit name (`shop@v2.socket`) and is
 /// safe in a path: ASCII letters, digits, `_`, `-`, `.`, `:`, starting with a letter or
 /// digit (no `..`), at most 64 bytes.
-pub fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     s.len() <= 64
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes()
@@ -115,8 +115,8 @@ pub fn valid_name(s: &str) -> bool {
 
 /// One running release of an app, as requests see it.
 #[derive(Debug)]
-pub struct Instance {
-    pub name: Arc<str>,
+pub(crate) struct Instance {
+    pub(crate) name: Arc<str>,
     /// Requests holding a lease: sent or about to be, until their response is delivered.
     in_flight: AtomicUsize,
     requests: Counter,
@@ -131,17 +131,17 @@ impl Instance {
         })
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
 }
 
 /// A request's hold on the instance it was sent to; dropped with its response.
 #[derive(Debug)]
-pub struct Lease(Arc<Instance>);
+pub(crate) struct Lease(Arc<Instance>);
 
 impl Lease {
-    pub fn instance(&self) -> &Arc<Instance> {
+    pub(crate) fn instance(&self) -> &Arc<Instance> {
         &self.0
     }
 }
@@ -153,8 +153,8 @@ impl Drop for Lease {
 }
 
 /// One deployable app: its live instance and the ones still finishing requests.
-pub struct App {
-    pub name: Arc<str>,
+pub(crate) struct App {
+    pub(crate) name: Arc<str>,
     settings: Mutex<AppSettings>,
     live: ArcSwapOption<Instance>,
     /// Instances known to this process (live, and earlier ones while they have requests,
@@ -165,16 +165,16 @@ pub struct App {
 }
 
 impl App {
-    pub fn settings(&self) -> AppSettings {
+    pub(crate) fn settings(&self) -> AppSettings {
         lock(&self.settings).clone()
     }
 
-    pub fn live(&self) -> Option<Arc<Instance>> {
+    pub(crate) fn live(&self) -> Option<Arc<Instance>> {
         self.live.load_full()
     }
 
     /// A lease on the live instance; `None` before the first deploy.
-    pub fn acquire(&self) -> Option<Lease> {
+    pub(crate) fn acquire(&self) -> Option<Lease> {
         loop {
             let instance = self.live.load_full()?;
             instance.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -197,7 +197,7 @@ impl App {
     /// Makes `instance` live: persisted first (a switch that would not survive a restart is
     /// refused), then one atomic swap. Returns the instance that was live before. `expect`:
     /// refused unless that is the one live now.
-    pub fn switch(
+    pub(crate) fn switch(
         &self,
         instance: &str,
         expect: Option<Option<&str>>,
@@ -227,7 +227,7 @@ impl App {
     }
 
     /// Stores the outcome of a deploy (`gatehouse deploy` reports it when done).
-    pub fn record_deploy(&self, deploy: DeployRecord) -> Result<(), String> {
+    pub(crate) fn record_deploy(&self, deploy: DeployRecord) -> Result<(), String> {
         let mut record = lock(&self.record);
         let mut next = record.clone();
         next.last_deploy = Some(deploy);
@@ -236,12 +236,12 @@ impl App {
         Ok(())
     }
 
-    pub fn last_deploy(&self) -> Option<DeployRecord> {
+    pub(crate) fn last_deploy(&self) -> Option<DeployRecord> {
         lock(&self.record).last_deploy.clone()
     }
 
     /// The instances this process knows, live first.
-    pub fn instances(&self) -> Vec<Arc<Instance>> {
+    pub(crate) fn instances(&self) -> Vec<Arc<Instance>> {
         self.prune();
         lock(&self.instances).clone()
     }
@@ -277,7 +277,7 @@ impl App {
 
 /// Why a switch was refused; nothing changed.
 #[derive(Debug)]
-pub enum SwitchError {
+pub(crate) enum SwitchError {
     /// The live instance is not the one the caller expected (now this one).
     Moved(Option<String>),
     /// The state file could not be written.
@@ -291,7 +291,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every app this process has seen in a configuration, for the life of the process:
 /// a reload that drops a route must not forget which instance is live.
-pub struct Registry {
+pub(crate) struct Registry {
     apps: Mutex<HashMap<String, Arc<App>>>,
 }
 
@@ -299,14 +299,14 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
     apps: Mutex::new(HashMap::new()),
 });
 
-pub fn registry() -> &'static Registry {
+pub(crate) fn registry() -> &'static Registry {
     &REGISTRY
 }
 
 impl Registry {
     /// The app named in `settings` (its persisted live instance loaded on first sight);
     /// the settings of the latest configuration win.
-    pub fn app(&self, settings: &AppSettings) -> Arc<App> {
+    pub(crate) fn app(&self, settings: &AppSettings) -> Arc<App> {
         let mut apps = lock(&self.apps);
         if let Some(app) = apps.get(&settings.name) {
             *lock(&app.settings) = settings.clone();
@@ -327,12 +327,12 @@ impl Registry {
         app
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<App>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<App>> {
         lock(&self.apps).get(name).cloned()
     }
 
     /// Every app, by name.
-    pub fn all(&self) -> Vec<Arc<App>> {
+    pub(crate) fn all(&self) -> Vec<Arc<App>> {
         let mut v: Vec<Arc<App>> = lock(&self.apps).values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v

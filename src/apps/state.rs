@@ -8,29 +8,29 @@ use std::path::PathBuf;
 
 /// The persisted part of an app.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Persisted {
-    pub live: Option<String>,
+pub(crate) struct Persisted {
+    pub(crate) live: Option<String>,
     #[serde(default)]
-    pub previous: Option<String>,
+    pub(crate) previous: Option<String>,
     #[serde(default)]
-    pub last_deploy: Option<DeployRecord>,
+    pub(crate) last_deploy: Option<DeployRecord>,
 }
 
 /// One deploy: when, from which instance to which, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeployRecord {
+pub(crate) struct DeployRecord {
     /// RFC 3339, UTC.
-    pub at: String,
-    pub from: Option<String>,
-    pub to: String,
+    pub(crate) at: String,
+    pub(crate) from: Option<String>,
+    pub(crate) to: String,
     /// "ok", "failed", or "switched" (the switch happened; the deploy did not report back).
-    pub result: String,
+    pub(crate) result: String,
     #[serde(default)]
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl DeployRecord {
-    pub fn now(from: Option<String>, to: &str, result: &str, detail: &str) -> DeployRecord {
+    pub(crate) fn now(from: Option<String>, to: &str, result: &str, detail: &str) -> DeployRecord {
         DeployRecord {
             at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             from,
@@ -43,29 +43,29 @@ impl DeployRecord {
 
 /// An app as `GET /apps` reports it (and `gatehouse deploy` reads it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AppReport {
-    pub name: String,
-    pub live: Option<String>,
+pub(crate) struct AppReport {
+    pub(crate) name: String,
+    pub(crate) live: Option<String>,
     /// The socket pattern (`%i` = instance).
-    pub socket: String,
-    pub health_check_path: String,
-    pub deploy_timeout_ms: u64,
-    pub drain_timeout_ms: u64,
+    pub(crate) socket: String,
+    pub(crate) health_check_path: String,
+    pub(crate) deploy_timeout_ms: u64,
+    pub(crate) drain_timeout_ms: u64,
     /// Live first, then instances still finishing requests and the previous one.
-    pub instances: Vec<InstanceReport>,
-    pub last_deploy: Option<DeployRecord>,
+    pub(crate) instances: Vec<InstanceReport>,
+    pub(crate) last_deploy: Option<DeployRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InstanceReport {
-    pub name: String,
-    pub socket: String,
-    pub live: bool,
-    pub in_flight: usize,
+pub(crate) struct InstanceReport {
+    pub(crate) name: String,
+    pub(crate) socket: String,
+    pub(crate) live: bool,
+    pub(crate) in_flight: usize,
 }
 
 impl AppReport {
-    pub fn of(app: &super::App) -> AppReport {
+    pub(crate) fn of(app: &super::App) -> AppReport {
         let s = app.settings();
         let live = app.live();
         AppReport {
@@ -90,7 +90,7 @@ impl AppReport {
     }
 
     /// For STATUS=: "app shop@v2".
-    pub fn short(&self) -> String {
+    pub(crate) fn short(&self) -> String {
         match &self.live {
             Some(live) => format!("app {}@{live}", self.name),
             None => format!("app {} NOT DEPLOYED", self.name),
@@ -98,7 +98,7 @@ impl AppReport {
     }
 
     /// For `gatehouse status`: the live instance, in-flight requests, the last deploy.
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         let mut s = format!(
             "app {}: live {}",
             self.name,
@@ -128,7 +128,7 @@ impl AppReport {
         s
     }
 
-    pub fn in_flight(&self, instance: &str) -> usize {
+    pub(crate) fn in_flight(&self, instance: &str) -> usize {
         self.instances
             .iter()
             .find(|i| i.name == instance)
@@ -142,7 +142,7 @@ fn millis(d: std::time::Duration) -> u64 {
 
 /// `$STATE_DIRECTORY` (its first path: systemd sets one per `StateDirectory=` entry), else
 /// where the packaged unit's `StateDirectory=gatehouse` is.
-pub fn state_dir() -> PathBuf {
+pub(crate) fn state_dir() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
         .and_then(|v| {
             v.to_str()
@@ -159,7 +159,7 @@ fn path_of(app: &str) -> PathBuf {
 
 /// The app's persisted state; empty if it was never deployed. An unreadable file is said
 /// loudly: the route then has no live instance (503) until the next deploy.
-pub fn load(app: &str) -> Persisted {
+pub(crate) fn load(app: &str) -> Persisted {
     let path = path_of(app);
     match std::fs::read(&path) {
         Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
@@ -179,7 +179,7 @@ pub fn load(app: &str) -> Persisted {
 
 /// Writes the app's state so that a crash at any point leaves the old file or the new one
 /// whole: a temporary file, fsync, rename over, fsync of the directory.
-pub fn save(app: &str, state: &Persisted) -> Result<(), String> {
+pub(crate) fn save(app: &str, state: &Persisted) -> Result<(), String> {
     let path = path_of(app);
     let dir = path.parent().unwrap_or(std::path::Path::new("/"));
     let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", dir.display());
@@ -198,7 +198,7 @@ pub fn save(app: &str, state: &Persisted) -> Result<(), String> {
 }
 
 /// Sets the in-flight and live gauges from the registry, before a scrape.
-pub fn refresh_metrics() {
+pub(crate) fn refresh_metrics() {
     let apps = super::registry().all();
     let mut rows = Vec::new();
     for app in &apps {

@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 use std::time::Duration;
 
 #[derive(Debug)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// Nothing listens there (no socket file, connection refused).
     Unreachable(String),
     /// Connected, then the exchange failed or took too long.
@@ -23,7 +23,7 @@ impl std::fmt::Display for ClientError {
 }
 
 /// `addr`: "/path" or "unix:/path" for a unix socket, else "IP:PORT".
-pub async fn request(
+pub(crate) async fn request(
     addr: &str,
     method: Method,
     path: &str,

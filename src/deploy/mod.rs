@@ -13,8 +13,8 @@
 //! If step 2 fails, nothing switches: the new instance is stopped, its journal shown, and
 //! the exit status is 1. Deploying the previous instance again is the rollback.
 
-pub mod client;
-pub mod systemd;
+pub(crate) mod client;
+pub(crate) mod systemd;
 
 use crate::apps::endpoints::{SwitchAnswer, SwitchRequest};
 use crate::apps::{AppReport, DeployRecord};
@@ -25,24 +25,24 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// What `deploy` needs to know.
 #[derive(Debug, Clone)]
-pub struct DeployOptions {
-    pub app: String,
-    pub instance: String,
+pub(crate) struct DeployOptions {
+    pub(crate) app: String,
+    pub(crate) instance: String,
     /// The admin listener: a unix socket path or IP:PORT.
-    pub admin: String,
+    pub(crate) admin: String,
     /// Started when the admin listener does not answer (gatehouse exited when idle).
-    pub service: String,
-    pub deploy_timeout: Option<Duration>,
-    pub drain_timeout: Option<Duration>,
+    pub(crate) service: String,
+    pub(crate) deploy_timeout: Option<Duration>,
+    pub(crate) drain_timeout: Option<Duration>,
     /// The units are not systemd's to start and stop: the instance already runs (started
     /// some other way); only check, switch and drain.
-    pub no_systemd: bool,
+    pub(crate) no_systemd: bool,
 }
 
 /// EX_UNAVAILABLE, as `gatehouse status` uses it.
 const EXIT_UNREACHABLE: u8 = 69;
 
-pub fn main(opts: DeployOptions) -> ExitCode {
+pub(crate) fn main(opts: DeployOptions) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::SystemTime;
 
 /// `systemctl ARGS…`; the error is systemctl's own message.
-pub fn systemctl(args: &[&str]) -> Result<(), String> {
+pub(crate) fn systemctl(args: &[&str]) -> Result<(), String> {
     let out = Command::new("systemctl")
         .args(args)
         .output()
@@ -38,7 +38,7 @@ fn show(unit: &str, properties: &str) -> Option<String> {
 /// Whether a service just started gave up: failed, waiting to be restarted, or restarted
 /// already (with systemd's 100 ms RestartSec= a crash loop spends little time in the
 /// states a poll could see).
-pub fn start_failed(service: &str) -> bool {
+pub(crate) fn start_failed(service: &str) -> bool {
     let Some(text) = show(service, "ActiveState,SubState,NRestarts") else {
         return false;
     };
@@ -53,7 +53,7 @@ pub fn start_failed(service: &str) -> bool {
 }
 
 /// The unit's journal since `since`: the last `lines` entries, as the app wrote them.
-pub fn journal_tail(unit: &str, since: SystemTime, lines: usize) -> String {
+pub(crate) fn journal_tail(unit: &str, since: SystemTime, lines: usize) -> String {
     let secs = since
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -3,23 +3,23 @@
 //! first meets that instance.
 
 use super::balance::Pool;
-use crate::config::proxy::ProxyConfig;
 use crate::apps::{App, AppSettings, Instance, Lease};
+use crate::config::proxy::ProxyConfig;
 use crate::config::Upstream;
 use crate::http_base::{self, Body};
 use arc_swap::ArcSwapOption;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::sync::{Arc, OnceLock};
 
-pub struct AppRoute {
-    pub settings: AppSettings,
+pub(crate) struct AppRoute {
+    pub(crate) settings: AppSettings,
     app: OnceLock<Arc<App>>,
     /// The instance last sent to and its pool.
     current: ArcSwapOption<(Arc<Instance>, Arc<Pool>)>,
 }
 
 impl AppRoute {
-    pub fn new(settings: AppSettings) -> AppRoute {
+    pub(crate) fn new(settings: AppSettings) -> AppRoute {
         AppRoute {
             settings,
             app: OnceLock::new(),
@@ -28,7 +28,7 @@ impl AppRoute {
     }
 
     /// The registry's app, with this route's settings (the serving configuration's).
-    pub fn register(&self) {
+    pub(crate) fn register(&self) {
         let app = crate::apps::registry().app(&self.settings);
         let _ = self.app.set(app);
     }
@@ -39,7 +39,7 @@ impl AppRoute {
     }
 
     /// The live instance's pool and a lease on it; `None` before the first deploy.
-    pub fn target(&self, config: &ProxyConfig) -> Option<(Arc<Pool>, Lease)> {
+    pub(crate) fn target(&self, config: &ProxyConfig) -> Option<(Arc<Pool>, Lease)> {
         let lease = self.app().acquire()?;
         if let Some(cur) = &*self.current.load() {
             if Arc::ptr_eq(&cur.0, lease.instance()) {
@@ -57,7 +57,7 @@ impl AppRoute {
 }
 
 /// 503 for an app that was never deployed: nothing to send the request to yet.
-pub fn no_live_instance(route: &AppRoute, used: &OnceLock<Arc<str>>) -> Response<Body> {
+pub(crate) fn no_live_instance(route: &AppRoute, used: &OnceLock<Arc<str>>) -> Response<Body> {
     let _ = used.set(format!("app:{}", route.settings.name).into());
     let mut resp = http_base::error(StatusCode::SERVICE_UNAVAILABLE);
     resp.headers_mut()
