@@ -14,6 +14,7 @@
 //! the exit status is 1. Deploying the previous instance again is the rollback.
 
 pub(crate) mod client;
+mod lock;
 pub(crate) mod systemd;
 
 use crate::apps::endpoints::{SwitchAnswer, SwitchRequest};
@@ -64,6 +65,15 @@ async fn run(opts: &DeployOptions) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Held until this deploy ends: a rollback started while an earlier deploy still drains
+    // would otherwise be undone by it (it stops what it retires, live again or not).
+    let _lock = match lock::exclusive(&opts.app) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gatehouse deploy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let report = match app_report(opts).await {
         Ok(r) => r,
         Err((code, e)) => {
@@ -292,10 +302,19 @@ async fn refuse(
     since: SystemTime,
 ) -> ExitCode {
     eprintln!("deploy {}: FAILED: {why}", opts.app);
-    // Another deploy may have made this very instance live meanwhile: then it stays.
-    let now_live = app_report(opts).await.ok().and_then(|r| r.live);
+    // Another deploy may have made this very instance live meanwhile: then it stays. So it
+    // does when gatehouse cannot say (a switch that timed out may have taken effect).
+    let now_live = app_report(opts).await.map(|r| r.live);
     let live = report.live.as_deref().unwrap_or("no instance");
-    if now_live.as_deref() == Some(opts.instance.as_str()) {
+    if let Err((_, e)) = &now_live {
+        eprintln!(
+            "deploy {}: cannot tell which instance is live ({e}): {} left running; check `gatehouse status`",
+            opts.app, new.name
+        );
+    } else if now_live
+        .as_ref()
+        .is_ok_and(|l| l.as_deref() == Some(opts.instance.as_str()))
+    {
         eprintln!(
             "deploy {}: {} is live (another deploy): left running",
             opts.app, new.name
@@ -335,14 +354,27 @@ async fn retire(opts: &DeployOptions, report: &AppReport, old: &Unit) -> String 
     let waited = Instant::now();
     let path = format!("/apps/{}", opts.app);
     let instance = old.name.split_once('@').map_or("", |(_, i)| i);
-    let mut left_over = 0;
+    // Unknown until gatehouse answers: a failed poll must not read as "drained".
+    let mut left_over = usize::MAX;
     loop {
-        left_over = match admin(opts, Method::GET, &path, None).await {
-            Ok((status, body)) if status.is_success() => serde_json::from_slice::<AppReport>(&body)
-                .map_or(left_over, |r| r.in_flight(instance)),
-            // No answer: nothing to wait for that we could see.
-            _ => 0,
-        };
+        match admin(opts, Method::GET, &path, None).await {
+            Ok((status, body)) if status.is_success() => {
+                if let Ok(r) = serde_json::from_slice::<AppReport>(&body) {
+                    // Made live again meanwhile (a switch by hand): it must keep serving.
+                    if r.live.as_deref() == Some(instance) {
+                        println!(
+                            "deploy {}: {} is live again (switched meanwhile): left running",
+                            opts.app, old.name
+                        );
+                        return format!(", {} live again", old.name);
+                    }
+                    left_over = r.in_flight(instance);
+                }
+            }
+            // gatehouse has exited (idle): nothing of the old instance's is in flight.
+            Err(ClientError::Unreachable(_)) => left_over = 0,
+            _ => {}
+        }
         if left_over == 0 || waited.elapsed() >= limit {
             break;
         }
@@ -351,6 +383,10 @@ async fn retire(opts: &DeployOptions, report: &AppReport, old: &Unit) -> String 
     let drained = waited.elapsed().as_secs_f64();
     match left_over {
         0 => println!("deploy {}: {} finished its requests in {drained:.1}s", opts.app, old.name),
+        usize::MAX => println!(
+            "deploy {}: gatehouse did not report {}'s requests for {drained:.1}s (drain_timeout); stopping it anyway",
+            opts.app, old.name
+        ),
         n => println!(
             "deploy {}: {} still has {n} request(s) after {drained:.1}s (drain_timeout); stopping it anyway",
             opts.app, old.name
