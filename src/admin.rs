@@ -72,8 +72,16 @@ async fn apps(req: Request<Incoming>, from_unix: bool) -> Response<Body> {
         Ok(b) => b.to_bytes(),
         Err(_) => return http_base::error(StatusCode::PAYLOAD_TOO_LARGE),
     };
-    let (status, answer) =
-        crate::apps::endpoints::handle(&parts.method, parts.uri.path(), &body, from_unix);
+    let (method, path) = (parts.method, parts.uri.path().to_owned());
+    // A switch writes and fsyncs the state file (and holds the record's lock meanwhile):
+    // not on a thread that serves requests, least of all with `workers = 1`.
+    let answered = tokio::task::spawn_blocking(move || {
+        crate::apps::endpoints::handle(&method, &path, &body, from_unix)
+    })
+    .await;
+    let Ok((status, answer)) = answered else {
+        return http_base::error(StatusCode::INTERNAL_SERVER_ERROR);
+    };
     let content_type = if answer.starts_with(['{', '[']) {
         "application/json"
     } else {

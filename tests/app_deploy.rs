@@ -168,7 +168,7 @@ fn the_switch_is_atomic_and_requests_in_flight_finish_on_the_old_instance() {
     assert_eq!(served_by(port, "/"), (200, "v1".into()));
 
     // A slow request holds v1 across the switch.
-    let slow = std::thread::spawn(move || served_by(port, "/slow/1500"));
+    let slow = std::thread::spawn(move || served_by(port, "/slow/5000"));
     wait_until("the slow request in flight on v1", || {
         world.in_flight("v1") == 1
     });
@@ -367,6 +367,13 @@ fn a_switch_that_cannot_be_persisted_is_refused() {
     );
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("v1 is live now"), "{}", r.text());
+    // So is one that saw no live instance (a first deploy racing another): `null`, not absent.
+    let r = post(
+        &world.admin,
+        "/apps/shop/switch",
+        r#"{"instance": "v2", "expect": null}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(served_by(port, "/"), (200, "v1".into()));
     assert_eq!(world.app()["live"], "v1");
 }

@@ -23,8 +23,18 @@ pub(crate) struct SwitchRequest {
     pub(crate) instance: String,
     /// The instance the caller saw live (`null`: none): if another deploy switched since,
     /// the switch is refused (409), so two deploys cannot undo each other unseen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub(crate) expect: Option<Option<String>>,
+}
+
+/// `"expect": null` is `Some(None)` (the caller saw no live instance), an absent key `None`:
+/// serde's default reads both as `None`, which would skip the check on a first deploy.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
