@@ -10,7 +10,6 @@ use common::*;
 use proxy_upstream::{Listen, UpstreamServer};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,7 +25,6 @@ fn start() -> Setup {
     let dir = tempdir();
     let (l, up_port) = Listen::tcp();
     let up = UpstreamServer::start(l, "tcp");
-    let admin = dir.path().join("admin.sock");
     let cfg = write(
         dir.path(),
         "g.toml",
@@ -36,16 +34,8 @@ fn start() -> Setup {
              proxy = {{ upstreams = [\"http://127.0.0.1:{up_port}\"] }}\n"
         ),
     );
-    let (l, port) = tcp_listener();
-    let admin_listener = UnixListener::bind(&admin).unwrap();
-    let mut launch = Launch::serve(&cfg)
-        .fd(l, "http")
-        .fd(admin_listener, "admin");
-    launch
-        .args
-        .extend(["--log-level".into(), "info,gatehouse::proxy=debug".into()]);
-    let server = Server::start(dir, launch);
-    server.wait_ready();
+    let (server, port, admin) =
+        start_http_and_admin(dir, &cfg, Some("info,gatehouse::proxy=debug"));
     Setup {
         server,
         port,

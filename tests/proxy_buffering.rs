@@ -11,7 +11,6 @@ use common::*;
 use proxy_upstream::{Listen, UpstreamServer};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,17 +41,8 @@ proxy = {{ upstreams = [\"unix:{}\"], temp_dir = \"{}\"{extra} }}\n",
         temp.display()
     );
     let cfg = write(dir.path(), "g.toml", &cfg);
-    let admin = dir.path().join("admin.sock");
-    let admin_listener = UnixListener::bind(&admin).unwrap();
-    let (l, port) = tcp_listener();
-    let mut launch = Launch::serve(&cfg)
-        .fd(l, "http")
-        .fd(admin_listener, "admin");
-    launch
-        .args
-        .extend(["--log-level".into(), "info,gatehouse::proxy=debug".into()]);
-    let server = Server::start(dir, launch);
-    server.wait_ready();
+    let (server, port, admin) =
+        start_http_and_admin(dir, &cfg, Some("info,gatehouse::proxy=debug"));
     Setup {
         server,
         port,

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -150,16 +150,7 @@ proxy = {{ upstreams = [\"unix:{}\"], temp_dir = \"{}\"{extra} }}\n",
         temp.display()
     );
     let cfg = write(dir.path(), "g.toml", &cfg);
-    let admin = dir.path().join("admin.sock");
-    let admin_listener = UnixListener::bind(&admin).unwrap();
-    let (l, port) = tcp_listener();
-    let server = Server::start(
-        dir,
-        Launch::serve(&cfg)
-            .fd(l, "http")
-            .fd(admin_listener, "admin"),
-    );
-    server.wait_ready();
+    let (server, port, admin) = start_http_and_admin(dir, &cfg, None);
     let s = Stack {
         server,
         port,

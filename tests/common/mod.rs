@@ -378,6 +378,26 @@ pub fn start_http(config: &str, env: &[(&str, &str)]) -> (Server, u16) {
     (server, port)
 }
 
+/// Starts the binary on the config file `cfg` (in `dir`) with a passed TCP socket named
+/// "http" and a unix one named "admin" (`dir/admin.sock`), `--log-level log_level` if
+/// given, and waits for READY=1. Returns the server, the http port and the admin socket.
+pub fn start_http_and_admin(
+    dir: tempfile::TempDir,
+    cfg: &Path,
+    log_level: Option<&str>,
+) -> (Server, u16, PathBuf) {
+    let admin = dir.path().join("admin.sock");
+    let admin_listener = std::os::unix::net::UnixListener::bind(&admin).unwrap();
+    let (l, port) = tcp_listener();
+    let mut launch = Launch::serve(cfg).fd(l, "http").fd(admin_listener, "admin");
+    if let Some(level) = log_level {
+        launch.args.extend(["--log-level".into(), level.to_owned()]);
+    }
+    let server = Server::start(dir, launch);
+    server.wait_ready();
+    (server, port, admin)
+}
+
 /// The config file of a server started by [`start_http`].
 pub fn config_path(server: &Server) -> PathBuf {
     server.dir.path().join("g.toml")
