@@ -89,11 +89,7 @@ impl AccessFile {
 /// moved it starts a new file.
 pub(crate) fn use_file(opened: AccessFile) {
     let mut pending = pending();
-    if let Some(sink) = SINK.get() {
-        write_out(sink, &mut pending);
-    } else if TO_FILE.load(Ordering::Relaxed) {
-        write_text(&mut pending.text);
-    }
+    write_pending(SINK.get(), &mut pending);
     let mut current = file();
     TO_FILE.store(opened.0.is_some(), Ordering::Relaxed);
     *current = opened.0;
