@@ -509,8 +509,9 @@ mod tests {
         assert_eq!(last.unwrap()["x-checksum"], "42");
     }
 
-    /// The pump waits longer than `idle` for a slow but steady client to drain the file;
-    /// the upstream's silence is timed from when it may read again, not from its last frame.
+    /// The pump waits longer than `idle` for a slow client to make room; the upstream's
+    /// silence is timed from when it may read again, not from its last frame. The test
+    /// steps by the buffer's state, not by the clock, so a slow machine cannot fail it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_for_a_slow_client_is_not_the_upstreams_silence() {
         let dir = tempfile::tempdir().unwrap();
@@ -521,25 +522,41 @@ mod tests {
             .chunks(16 << 10)
             .map(Bytes::copy_from_slice)
             .collect();
+        let mut chunks = chunks.into_iter();
+        let shared = body.shared.clone();
         let sender = tokio::spawn(async move {
-            for (i, c) in chunks.into_iter().enumerate() {
+            // 16 KiB in memory + 256 KiB in the file fill the buffer.
+            for c in chunks.by_ref().take(17) {
                 tx.send(Ok(Frame::data(c))).await.unwrap();
-                if i == 16 {
-                    // 16 KiB in memory + 256 KiB in the file: the buffer is full, and the
-                    // upstream has nothing more until shortly after the client drained it.
-                    tokio::time::sleep(Duration::from_millis(900)).await;
-                }
+            }
+            wait_until(&shared, false).await;
+            // The upstream answers shortly (well under `idle`) after the pump may read again.
+            wait_until(&shared, true).await;
+            tokio::time::sleep(idle / 5).await;
+            for c in chunks {
+                tx.send(Ok(Frame::data(c))).await.unwrap();
             }
         });
+        // The client takes nothing for longer than `idle`, then drains.
+        wait_until(&body.shared, false).await;
+        tokio::time::sleep(idle * 2).await;
         let mut got = Vec::new();
         while let Some(frame) = body.frame().await {
             got.extend_from_slice(&frame.expect("cut off").into_data().unwrap());
-            // Under `idle` per frame, but draining the 256 KiB file (64 KiB a frame) takes
-            // longer than `idle`.
-            tokio::time::sleep(Duration::from_millis(150)).await;
         }
         assert!(got == expected);
         sender.await.unwrap();
+    }
+
+    async fn wait_until(shared: &Shared, room: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while shared.lock().has_room() != room {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "has_room never became {room}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
