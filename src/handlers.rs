@@ -16,7 +16,9 @@ pub(crate) async fn dispatch(
 ) -> Response<Body> {
     match &route.handler {
         Handler::Respond(r) => respond(r, req),
-        Handler::Static(s) => crate::static_files::serve(s, &route.path, cx.path, req).await,
+        Handler::Static(s) => {
+            crate::static_files::serve(s, &route.path, cx.path, req, cx.file_regions).await
+        }
         Handler::Proxy(p) => crate::proxy::handle(p, &route.path, req, cx).await,
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct RequestContext<'a> {
     pub(crate) upstream: &'a std::sync::OnceLock<std::sync::Arc<str>>,
     /// The connection's place in the open count: a WebSocket tunnel takes it over.
     pub(crate) connection: &'a crate::connections::ConnSlot,
+    /// The connection sends mapped file bodies with sendfile(2) (see `sendfile`).
+    pub(crate) file_regions: Option<&'a std::sync::Arc<crate::sendfile::FileRegions>>,
 }
 
 /// Marks a response as gatehouse's own error, which a site's `error_pages` may replace.

@@ -28,6 +28,7 @@ mod metrics;
 mod proxy;
 mod request_path;
 mod router;
+mod sendfile;
 mod server;
 mod shared;
 mod snapshot;

@@ -165,6 +165,9 @@ fn http_builders(config: &Config) -> HttpBuilders {
         // and the largest body read. 16 KiB reads made a 64 KiB upload five recvfrom calls;
         // heads between max_header_size and this get their 431 in `request::handle`.
         .max_buf_size(s.max_header_size.max(READ_BUF_MAX))
+        // Queue body bytes for writev, never copy them: a mapped file body must reach the
+        // socket writer by address (see `crate::sendfile`). (pipeline_flush would copy.)
+        .writev(true)
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())

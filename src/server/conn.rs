@@ -5,8 +5,10 @@ use super::fin_merge::HoldTail;
 use super::listener::Stream;
 use super::read_ahead::{FirstRead, Protocol};
 use super::request;
+use super::send_file::SendFile;
 use crate::connections::{ConnGuard, ConnSlot};
 use crate::log::Remote;
+use crate::sendfile;
 use crate::shared::Shared;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -76,7 +78,7 @@ async fn serve_tls<I>(
     slot: ConnSlot,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    tokio_rustls::server::TlsStream<I>: HoldTail,
+    tokio_rustls::server::TlsStream<I>: HoldTail + SendFile,
 {
     let alpn = alpn_protocol(s.get_ref().1.alpn_protocol());
     serve_io(shared, s, remote, listener, Some(alpn), slot).await;
@@ -100,7 +102,7 @@ async fn serve_io<I>(
     tls: Option<Option<Protocol>>,
     slot: ConnSlot,
 ) where
-    I: AsyncRead + HoldTail + Send + 'static,
+    I: AsyncRead + HoldTail + SendFile + Send + 'static,
 {
     let snapshot = shared.snapshot.load_full();
     let drain = shared.conns.drain_wait();
@@ -117,6 +119,7 @@ async fn serve_io<I>(
         tls: tls.is_some(),
         slot,
         watch: Default::default(),
+        file_regions: Default::default(),
     });
     let mut io = ClientIo {
         inner: io,
@@ -142,6 +145,9 @@ async fn serve_io<I>(
     let server = &snapshot.config.server;
     match protocol {
         Protocol::Http1 => {
+            if tls.is_none() {
+                let _ = conn_ctx.file_regions.set(Arc::default());
+            }
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { request::handle(req, &ctx).await }
@@ -310,7 +316,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
     }
 }
 
-impl<I: HoldTail> AsyncWrite for ClientIo<I> {
+impl<I: HoldTail + SendFile> AsyncWrite for ClientIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -327,7 +333,17 @@ impl<I: HoldTail> AsyncWrite for ClientIo<I> {
         let this = &mut *self;
         let hold_tail = this.ctx.last_response.load(Ordering::Relaxed);
         let inner = Pin::new(&mut this.inner);
-        let result = if hold_tail {
+        let mapped = this.ctx.file_regions.get().and_then(|r| r.find(bufs));
+        let result = if let Some(write) = mapped {
+            match write {
+                // The head (or whatever precedes the file) waits for the file's first
+                // segment, as nginx's tcp_nopush makes it.
+                sendfile::Write::Before(n) => inner.poll_write_hold_tail(cx, &bufs[..n]),
+                sendfile::Write::File { file, offset, len } => {
+                    inner.poll_send_file(cx, &file, offset, len)
+                }
+            }
+        } else if hold_tail {
             inner.poll_write_hold_tail(cx, bufs)
         } else {
             inner.poll_write_vectored(cx, bufs)

@@ -35,6 +35,8 @@ pub(crate) struct ConnContext {
     pub(crate) slot: crate::connections::ConnSlot,
     /// What the connection's send and idle timers look at (see `watch`).
     pub(crate) watch: Arc<super::watch::ConnWatch>,
+    /// Set on plaintext HTTP/1 connections: large files go out with sendfile(2).
+    pub(crate) file_regions: std::sync::OnceLock<Arc<crate::sendfile::FileRegions>>,
 }
 
 /// What a request gets, decided before anything runs: every refusal and the routing, in the
@@ -149,6 +151,7 @@ pub(crate) async fn handle(
                 started: start,
                 upstream: &upstream,
                 connection: &ctx.slot,
+                file_regions: ctx.file_regions.get(),
             };
             let response = handlers::dispatch(route, req, &cx).await;
             (response, Some(site), Some(&route.counters))

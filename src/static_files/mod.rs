@@ -17,6 +17,7 @@ pub(crate) use crate::config::static_files::StaticConfig;
 
 use crate::config::static_files::Encoding;
 use crate::http_base::{self, Body};
+use crate::sendfile::FileRegions;
 use body::{FileBody, ReaderBody};
 use bytes::Bytes;
 use conditional::{Precondition, Validators};
@@ -30,9 +31,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Files up to this size are read in one go; larger ones stream in bounded chunks.
 const READ_WHOLE_MAX: u64 = 128 * 1024;
+/// Larger bodies go out with sendfile(2) where the connection allows it: below this a
+/// mapping and its unmapping cost more than the copy they save.
+const SENDFILE_MIN: u64 = 128 * 1024;
 
 /// A `static` route as it serves: its validated settings, the open root and the cache of
 /// small files, built once per configuration generation.
@@ -72,27 +77,33 @@ pub(crate) async fn serve(
     route_path: &str,
     path: &str,
     req: Request<Incoming>,
+    file_regions: Option<&Arc<FileRegions>>,
 ) -> Response<Body> {
     let (parts, _) = req.into_parts();
-    handle(
-        cfg,
-        route_path,
-        path,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-    )
+    let ask = Ask {
+        method: &parts.method,
+        headers: &parts.headers,
+        file_regions,
+    };
+    handle(cfg, route_path, path, &parts.uri, &ask)
+}
+
+/// What the request asks of a file, and how its connection can take it.
+struct Ask<'a> {
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    /// Large files go out with sendfile(2) (see `crate::sendfile`).
+    file_regions: Option<&'a Arc<FileRegions>>,
 }
 
 fn handle(
     cfg: &StaticRoute,
     route_path: &str,
     url_path: &str,
-    method: &Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    ask: &Ask<'_>,
 ) -> Response<Body> {
-    if method != Method::GET && method != Method::HEAD {
+    if ask.method != Method::GET && ask.method != Method::HEAD {
         let mut resp = http_base::error(StatusCode::METHOD_NOT_ALLOWED);
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -108,7 +119,7 @@ fn handle(
         Err(Reject::NotFound) => return http_base::error(StatusCode::NOT_FOUND),
     };
     match open_source(cfg, &rel.path) {
-        Ok(Found::File(source, meta)) => serve_file(cfg, method, headers, &rel.path, source, meta),
+        Ok(Found::File(source, meta)) => serve_file(cfg, ask, &rel.path, source, meta),
         Ok(Found::Dir(dir)) => {
             if !url_path.ends_with('/') {
                 return redirect_to_slash(url_path, uri.query());
@@ -116,7 +127,7 @@ fn handle(
             for index in &cfg.index {
                 let candidate = rel.path.join(index);
                 if let Ok(Found::File(source, meta)) = open_source(cfg, &candidate) {
-                    return serve_file(cfg, method, headers, &candidate, source, meta);
+                    return serve_file(cfg, ask, &candidate, source, meta);
                 }
             }
             if cfg.list_directories {
@@ -132,9 +143,7 @@ fn handle(
             Some(fallback) if !rel.has_extension => {
                 let fallback = Path::new(fallback);
                 match open_source(cfg, fallback) {
-                    Ok(Found::File(source, meta)) => {
-                        serve_file(cfg, method, headers, fallback, source, meta)
-                    }
+                    Ok(Found::File(source, meta)) => serve_file(cfg, ask, fallback, source, meta),
                     _ => http_base::error(StatusCode::NOT_FOUND),
                 }
             }
@@ -238,12 +247,12 @@ struct Representation {
 
 fn serve_file(
     cfg: &StaticRoute,
-    method: &Method,
-    headers: &HeaderMap,
+    ask: &Ask<'_>,
     rel: &Path,
     source: Source,
     meta: Stat,
 ) -> Response<Body> {
+    let (method, headers) = (ask.method, ask.headers);
     let content_type = mime::content_type(rel);
     let accept = headers
         .get(header::ACCEPT_ENCODING)
@@ -345,7 +354,7 @@ fn serve_file(
     let body = if head {
         http_base::empty()
     } else {
-        match file_body(cfg, rel, rep, start, count) {
+        match file_body(cfg, rel, rep, (start, count), ask.file_regions) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, path = %rel.display(), "cannot read file");
@@ -389,8 +398,8 @@ fn file_body(
     cfg: &StaticRoute,
     rel: &Path,
     rep: Representation,
-    start: u64,
-    count: u64,
+    (start, count): (u64, u64),
+    file_regions: Option<&Arc<FileRegions>>,
 ) -> std::io::Result<Body> {
     let len = rep.meta.size();
     let whole = match rep.source {
@@ -416,18 +425,25 @@ fn file_body(
             }
             bytes
         }
-        Source::File(mut file) => {
-            if start > 0 {
-                file.seek(SeekFrom::Start(start))?;
-            }
-            return Ok(FileBody::new(file, count).boxed());
-        }
+        Source::File(file) if count >= SENDFILE_MIN => match file_regions {
+            Some(regions) => return Ok(http_base::full(regions.map(file, start, count)?)),
+            None => return streamed(file, start, count),
+        },
+        Source::File(file) => return streamed(file, start, count),
     };
     let end = usize::try_from(start + count)
         .unwrap_or(usize::MAX)
         .min(whole.len());
     let begin = usize::try_from(start).unwrap_or(usize::MAX).min(end);
     Ok(http_base::full(whole.slice(begin..end)))
+}
+
+/// A large file read a chunk at a time (TLS, HTTP/2).
+fn streamed(mut file: File, start: u64, count: u64) -> std::io::Result<Body> {
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))?;
+    }
+    Ok(FileBody::new(file, count).boxed())
 }
 
 fn compressed_body(source: Source, enc: Encoding) -> Body {

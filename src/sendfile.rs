@@ -1,0 +1,238 @@
+//! Large static files leave through sendfile(2), though hyper writes every response.
+//!
+//! Reading a file into memory and writing it to the socket copies every byte twice; nginx's
+//! `sendfile on` copies none in user space, which made a 1 MiB file cost gatehouse about
+//! four times nginx's CPU at 64 connections. hyper owns the socket and takes a body only
+//! as bytes, so a large file's body is one frame whose bytes are a read-only mapping of the
+//! file, registered here. Nothing in gatehouse reads those bytes: the connection's writer
+//! (`server::conn`) recognises the slice by its address when hyper hands it over and sends
+//! that part of the file with sendfile(2) instead, so no page is ever faulted in.
+//!
+//! Only plaintext HTTP/1 connections get a `FileRegions`: TLS and HTTP/2 copy the bytes
+//! into their own records and frames. If anything did read the mapping, it would read the
+//! file's own bytes, so the response stays correct either way; the kernel (a plain write)
+//! turns a page past a truncated end into EFAULT, never a signal. A file truncated while
+//! being sent makes sendfile return 0: hyper then closes the connection, as nginx does.
+
+use bytes::Bytes;
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The mapped file bodies of one connection that hyper has not finished writing.
+#[derive(Default)]
+pub(crate) struct FileRegions {
+    /// How many are registered: a write with none pays one atomic load.
+    count: AtomicUsize,
+    list: Mutex<Vec<Region>>,
+}
+
+struct Region {
+    /// Address and length of the body's bytes in the mapping.
+    start: usize,
+    len: usize,
+    file: Arc<File>,
+    /// Where `start` is in the file.
+    offset: u64,
+}
+
+/// What to do with the slices hyper asks to write.
+pub(crate) enum Write {
+    /// The first `n` slices are ordinary bytes; a mapped body follows them.
+    Before(usize),
+    /// The first slice is (part of) a mapped body: send `len` bytes of `file` at `offset`.
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+    },
+}
+
+impl FileRegions {
+    fn lock(&self) -> MutexGuard<'_, Vec<Region>> {
+        // A panic elsewhere cannot leave the list half-changed: push and swap_remove.
+        self.list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `len` bytes of `file` from `offset`, as a body frame that the connection's writer
+    /// sends with sendfile(2). `len` must be > 0.
+    pub(crate) fn map(self: &Arc<Self>, file: File, offset: u64, len: u64) -> io::Result<Bytes> {
+        let page = page_size();
+        let skip = (offset % page) as usize;
+        let body_len = usize::try_from(len).map_err(|_| io::ErrorKind::FileTooLarge)?;
+        let map_len = body_len
+            .checked_add(skip)
+            .ok_or(io::ErrorKind::FileTooLarge)?;
+        let map_offset =
+            libc::off_t::try_from(offset - skip as u64).map_err(|_| io::ErrorKind::FileTooLarge)?;
+        // SAFETY: a new shared, read-only mapping of an open file; the kernel picks the
+        // address. Nothing dereferences it in user space (see the module's comment), and
+        // `Mapping` unmaps it exactly once.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                map_offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let start = ptr as usize + skip;
+        let mapping = Mapping {
+            ptr,
+            map_len,
+            start,
+            regions: self.clone(),
+        };
+        self.lock().push(Region {
+            start,
+            len: body_len,
+            file: Arc::new(file),
+            offset,
+        });
+        self.count.fetch_add(1, Ordering::Release);
+        Ok(Bytes::from_owner(mapping).slice(skip..))
+    }
+
+    /// Whether `bufs` reach a mapped body, and where.
+    pub(crate) fn find(&self, bufs: &[IoSlice<'_>]) -> Option<Write> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let list = self.lock();
+        for (i, buf) in bufs.iter().enumerate() {
+            let at = buf.as_ptr() as usize;
+            let Some(r) = list.iter().find(|r| at >= r.start && at < r.start + r.len) else {
+                continue;
+            };
+            if i > 0 {
+                return Some(Write::Before(i));
+            }
+            let into = at - r.start;
+            return Some(Write::File {
+                file: r.file.clone(),
+                offset: r.offset + into as u64,
+                len: buf.len().min(r.len - into),
+            });
+        }
+        None
+    }
+
+    fn remove(&self, start: usize) {
+        let mut list = self.lock();
+        if let Some(i) = list.iter().position(|r| r.start == start) {
+            list.swap_remove(i);
+            self.count.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+/// Owns one mapping; deregisters it before unmapping, so that no later allocation at the
+/// same address is ever taken for file bytes.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    map_len: usize,
+    start: usize,
+    regions: Arc<FileRegions>,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone; the pointer is only
+// handed out as a byte slice (which is Send and Sync) and unmapped in Drop.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: shared access is read-only.
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `map_len` bytes until Drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.map_len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        self.regions.remove(self.start);
+        // SAFETY: the mapping made in `map`, unmapped once; no slice of it outlives the
+        // `Bytes` that owned this value.
+        unsafe { libc::munmap(self.ptr, self.map_len) };
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// One sendfile(2) of up to `len` bytes of `file` at `offset` to the socket `out`
+/// (non-blocking: WouldBlock when the socket is full). Ok(0) means the file ended early.
+pub(crate) fn send(out: &impl AsRawFd, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::FileTooLarge)?;
+    // SAFETY: both descriptors are open for the call; `off` is a valid local.
+    let n = unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &mut off, len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn file_of(len: usize) -> (File, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        (f, data)
+    }
+
+    #[test]
+    fn a_mapped_body_is_found_by_address_and_forgotten_when_dropped() {
+        let regions = Arc::new(FileRegions::default());
+        let (f, data) = file_of(10_000);
+        // An offset that is not page-aligned: the mapping starts earlier, the body does not.
+        let body = regions.map(f, 5_000, 4_000).unwrap();
+        assert_eq!(&body[..], &data[5_000..9_000]);
+        let head = b"HTTP/1.1 200 OK\r\n\r\n";
+        let bufs = [IoSlice::new(head), IoSlice::new(&body[100..])];
+        assert!(matches!(regions.find(&bufs), Some(Write::Before(1))));
+        match regions.find(&bufs[1..]) {
+            Some(Write::File { offset, len, .. }) => assert_eq!((offset, len), (5_100, 3_900)),
+            _ => panic!("the body was not found"),
+        }
+        assert!(regions.find(&[IoSlice::new(head)]).is_none());
+        drop(body);
+        assert!(regions.find(&[IoSlice::new(head)]).is_none());
+        assert_eq!(regions.count.load(Ordering::Acquire), 0);
+        assert!(regions.lock().is_empty());
+    }
+
+    #[test]
+    fn send_writes_the_files_bytes_and_reports_its_end() {
+        let (f, data) = file_of(300_000);
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut &b, &mut got).unwrap();
+            got
+        });
+        let mut at = 1_000u64;
+        while at < data.len() as u64 {
+            let n = send(&a, &f, at, 1 << 20).unwrap();
+            assert!(n > 0);
+            at += n as u64;
+        }
+        assert_eq!(send(&a, &f, at, 1 << 20).unwrap(), 0, "past the end");
+        a.flush().unwrap();
+        drop(a);
+        assert!(reader.join().unwrap() == data[1_000..]);
+    }
+}
