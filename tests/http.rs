@@ -197,16 +197,7 @@ fn http2_prior_knowledge_on_the_same_listener() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .expect("h2c handshake");
-        tokio::spawn(conn);
+        let mut send = h2c(port).await;
         for (host, want) in [("example.com", 200), ("nope.example", 404)] {
             let req = http::Request::get(format!("http://{host}/"))
                 .body(http_body_util::Empty::<bytes::Bytes>::new())

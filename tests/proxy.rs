@@ -405,16 +405,7 @@ fn http2_clients_reach_http1_upstreams_with_their_authority_as_host() {
         .build()
         .unwrap();
     let (status, x_upstream) = rt.block_on(async {
-        let io = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(io),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = h2c(port).await;
         let req = http::Request::get("http://app.example.com:8443/h2/path?q=1")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();

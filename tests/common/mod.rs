@@ -599,3 +599,21 @@ pub fn slow_client(port: u16) -> TcpStream {
         .expect("read timeout");
     s
 }
+
+/// An HTTP/2 connection with prior knowledge (h2c) to `port`, its driver spawned on the
+/// current runtime.
+pub async fn h2c(
+    port: u16,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    send
+}

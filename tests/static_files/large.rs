@@ -85,16 +85,7 @@ fn large_files_over_http2_are_read_not_mapped() {
         .build()
         .unwrap();
     let body = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.port))
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .expect("h2c handshake");
-        tokio::spawn(conn);
+        let mut send = crate::common::h2c(site.port).await;
         let req = http::Request::get("http://t/large.bin")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
