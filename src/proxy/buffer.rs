@@ -37,7 +37,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::AbortHandle;
 
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
@@ -227,7 +227,7 @@ async fn flush(shared: &Shared, temp_dir: &Arc<Path>) -> bool {
         (batch, st.written, truncate, st.file.clone())
     };
     let dir = temp_dir.clone();
-    let written = tokio::task::spawn_blocking(move || {
+    let written = spool::file_work(move || {
         let file = match file {
             Some(f) => f,
             None => match TempFile::create(&dir) {
@@ -280,7 +280,7 @@ async fn flush(shared: &Shared, temp_dir: &Arc<Path>) -> bool {
 struct Buffered {
     shared: Arc<Shared>,
     /// A read from the temporary file in flight.
-    reading: Option<JoinHandle<io::Result<Bytes>>>,
+    reading: Option<spool::ChunkRead>,
     pump: AbortHandle,
     /// Bytes still to deliver, when the upstream declared a length.
     remaining: Option<u64>,
@@ -322,8 +322,11 @@ impl hyper::body::Body for Buffered {
                 return this.delivered(data);
             }
             if st.read < st.written {
-                if let Some(file) = &st.file {
-                    this.reading = Some(spool::read_chunk(file, st.read, st.written));
+                if let Some(file) = st.file.clone() {
+                    let (from, to) = (st.read, st.written);
+                    // Not holding the lock while the file is read: the pump needs it.
+                    drop(st);
+                    this.reading = Some(spool::read_chunk(&file, from, to));
                     continue;
                 }
             }
