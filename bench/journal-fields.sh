@@ -14,7 +14,8 @@
 # static row: one path, one client). journald configs: `fwd`, Debian's as shipped
 # (ForwardToSyslog=yes, the compile-time default: journald hands every entry with a MESSAGE
 # to /run/systemd/journal/syslog even when no syslog daemon listens, as on a default
-# Debian 12), and `nofwd`, a journald.conf.d drop-in with ForwardToSyslog=no.
+# Debian 12); `nofwd`, a journald.conf.d drop-in with ForwardToSyslog=no; `notice`, one with
+# MaxLevelSyslog=notice.
 #
 # Per run: journald's CPU per entry (utime + stime from /proc/PID/stat, journald pinned to
 # $SERVER_CPU, read once it has drained the socket), entries/s (the sender's rate, which
@@ -27,7 +28,7 @@
 # Environment: JF_COUNT (entries per run, 50000), JF_MAX_SECONDS (per run, 30), JF_RUNS
 # (space-separated CONFIG/CONTEXT:FIELDS:PROFILE, default below), BENCH_REPS (3), SERVER_CPU (0,
 # journald), CLIENT_CPU (1, the sender); GATEHOUSE_E2E_MACHINE / GATEHOUSE_E2E_WORK (defaults
-# gatehouse-jf and /var/tmp/gatehouse-jf).
+# gatehouse-jf and /var/tmp/gatehouse-jf), GATEHOUSE_E2E_SUITE (the host's Debian release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root (systemd-nspawn)" >&2; exit 1; }
@@ -50,7 +51,7 @@ read -r -a RUNS <<<"$(echo ${JF_RUNS:-$(default_runs)})"
 export GATEHOUSE_E2E_MACHINE=${GATEHOUSE_E2E_MACHINE:-gatehouse-jf}
 export GATEHOUSE_E2E_WORK=${GATEHOUSE_E2E_WORK:-/var/tmp/gatehouse-jf}
 . /etc/os-release
-export GATEHOUSE_E2E_SUITE=$VERSION_CODENAME
+export GATEHOUSE_E2E_SUITE=${GATEHOUSE_E2E_SUITE:-$VERSION_CODENAME}
 . bench/lib.sh
 . tests/e2e/lib/machine.sh
 . bench/guest.sh
@@ -64,12 +65,15 @@ copy_in "$E2E_WORK/journal-send" /usr/local/bin
 
 journald_pid() { G systemctl show -p MainPID --value systemd-journald.service; }
 # journald as Debian ships it (fwd: ForwardToSyslog=yes, its compile-time default, though
-# no syslog daemon listens), or with ForwardToSyslog=no (nofwd); pinned to $SERVER_CPU.
-journald_config() { # fwd|nofwd
+# no syslog daemon listens), with ForwardToSyslog=no (nofwd), or with MaxLevelSyslog=notice
+# (notice: info entries, the access log's, are not forwarded); pinned to $SERVER_CPU.
+# zz-: drop-ins apply in file-name order, and Debian 13 turns forwarding on in syslog.conf.
+journald_config() { # fwd|nofwd|notice
     G mkdir -p /etc/systemd/journald.conf.d
     case $1 in
-        fwd) G rm -f /etc/systemd/journald.conf.d/bench.conf ;;
-        nofwd) printf '[Journal]\nForwardToSyslog=no\n' | G sh -c 'cat >/etc/systemd/journald.conf.d/bench.conf' ;;
+        fwd) G rm -f /etc/systemd/journald.conf.d/zz-bench.conf ;;
+        nofwd) printf '[Journal]\nForwardToSyslog=no\n' | G sh -c 'cat >/etc/systemd/journald.conf.d/zz-bench.conf' ;;
+        notice) printf '[Journal]\nMaxLevelSyslog=notice\n' | G sh -c 'cat >/etc/systemd/journald.conf.d/zz-bench.conf' ;;
         *) echo "unknown journald config $1" >&2; exit 2 ;;
     esac
     G systemctl restart systemd-journald.service
