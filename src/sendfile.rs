@@ -57,16 +57,24 @@ impl FileRegions {
     }
 
     /// `len` bytes of `file` from `offset`, as a body frame that the connection's writer
-    /// sends with sendfile(2). `len` must be > 0.
-    pub(crate) fn map(self: &Arc<Self>, file: File, offset: u64, len: u64) -> io::Result<Bytes> {
+    /// sends with sendfile(2). `len` must be > 0. The file comes back if it cannot be mapped
+    /// (a filesystem without mmap): it can still be read.
+    pub(crate) fn map(
+        self: &Arc<Self>,
+        file: File,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, (io::Error, File)> {
         let page = page_size();
         let skip = (offset % page) as usize;
-        let body_len = usize::try_from(len).map_err(|_| io::ErrorKind::FileTooLarge)?;
-        let map_len = body_len
-            .checked_add(skip)
-            .ok_or(io::ErrorKind::FileTooLarge)?;
-        let map_offset =
-            libc::off_t::try_from(offset - skip as u64).map_err(|_| io::ErrorKind::FileTooLarge)?;
+        let sizes = usize::try_from(len).ok().and_then(|body_len| {
+            let map_len = body_len.checked_add(skip)?;
+            let map_offset = libc::off_t::try_from(offset - skip as u64).ok()?;
+            Some((body_len, map_len, map_offset))
+        });
+        let Some((body_len, map_len, map_offset)) = sizes else {
+            return Err((io::ErrorKind::FileTooLarge.into(), file));
+        };
         // SAFETY: a new shared, read-only mapping of an open file; the kernel picks the
         // address. Nothing dereferences it in user space (see the module's comment), and
         // `Mapping` unmaps it exactly once.
@@ -81,7 +89,7 @@ impl FileRegions {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            return Err((io::Error::last_os_error(), file));
         }
         let start = ptr as usize + skip;
         let mapping = Mapping {
@@ -199,7 +207,7 @@ mod tests {
         let regions = Arc::new(FileRegions::default());
         let (f, data) = file_of(10_000);
         // An offset that is not page-aligned: the mapping starts earlier, the body does not.
-        let body = regions.map(f, 5_000, 4_000).unwrap();
+        let body = regions.map(f, 5_000, 4_000).map_err(|(e, _)| e).unwrap();
         assert_eq!(&body[..], &data[5_000..9_000]);
         let head = b"HTTP/1.1 200 OK\r\n\r\n";
         let bufs = [IoSlice::new(head), IoSlice::new(&body[100..])];

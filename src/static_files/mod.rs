@@ -426,7 +426,13 @@ fn file_body(
             bytes
         }
         Source::File(file) if count >= SENDFILE_MIN => match file_regions {
-            Some(regions) => return Ok(http_base::full(regions.map(file, start, count)?)),
+            Some(regions) => match regions.map(file, start, count) {
+                Ok(mapped) => return Ok(http_base::full(mapped)),
+                Err((e, file)) => {
+                    tracing::debug!(error = %e, "cannot map a file for sendfile: reading it");
+                    return streamed(file, start, count);
+                }
+            },
             None => return streamed(file, start, count),
         },
         Source::File(file) => return streamed(file, start, count),
