@@ -13,7 +13,7 @@
 
 use super::escape::{write_escaped, Style};
 use super::line_format::{needs_quotes, write_timestamp, write_value};
-use crate::systemd::journal::{EntryBatch, JournalSocket};
+use gatehouse_kit::journal::{EntryBatch, JournalSocket};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -192,7 +192,7 @@ fn push_message(out: &mut String, e: &Entry<'_>) {
     }
 }
 
-/// The fields tracing-journald wrote for the access event (see `systemd::journal::layer`).
+/// The fields tracing-journald wrote for the access event (see `gatehouse_kit::journal::layer`).
 fn journal_entry(batch: &mut EntryBatch, message: &mut String, e: &Entry<'_>) {
     message.clear();
     push_message(message, e);

@@ -12,7 +12,7 @@ pub(crate) use access::flush as flush_access;
 pub(crate) use access::{use_file as use_access_file, AccessFile};
 pub(crate) use peer_noise::summarize as summarize_peer_noise;
 
-use crate::systemd;
+use gatehouse_kit::journal;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
@@ -36,12 +36,12 @@ pub(crate) fn init(level: Option<&str>, target: LogTarget) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let peer_noise = peer_noise::PeerNoise::new(&filter.to_string());
     let want_journal = match target {
-        LogTarget::Auto => systemd::journal::stderr_is_journal(),
+        LogTarget::Auto => journal::stderr_is_journal(),
         LogTarget::Journald => true,
         LogTarget::Stderr => false,
     };
     if want_journal {
-        match systemd::journal::layer() {
+        match journal::layer("gatehouse") {
             Ok(layer) => {
                 let installed = tracing_subscriber::registry()
                     .with(filter)
@@ -51,7 +51,7 @@ pub(crate) fn init(level: Option<&str>, target: LogTarget) {
                     .try_init()
                     .is_ok();
                 // Without a socket of our own the access log takes the tracing path.
-                if let (true, Ok(socket)) = (installed, systemd::journal::JournalSocket::open()) {
+                if let (true, Ok(socket)) = (installed, journal::JournalSocket::open()) {
                     access::use_journal(socket);
                 }
                 return;
