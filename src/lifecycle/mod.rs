@@ -69,7 +69,8 @@ pub(crate) fn run(opts: ServeOptions) -> ExitCode {
         }
     };
     use_access_file_or_default(config.server.access_log_file.as_deref());
-    let runtime = match build_runtime(config.server.workers) {
+    // Its threads flush the buffered access entries whenever they run out of work.
+    let runtime = match kit::build_runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -119,28 +120,6 @@ fn use_access_file_or_default(path: Option<&std::path::Path>) {
             path.unwrap_or(std::path::Path::new(""))
         ),
     }
-}
-
-/// One worker → a current-thread runtime: no work-stealing machinery or cross-thread
-/// wake-ups, the cheapest way to use one CPU. Otherwise a work-stealing pool.
-fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = match workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    builder
-        .enable_all()
-        // Buffered access lines go out when a thread has nothing left to do.
-        .on_thread_park(log::flush_access)
-        .on_thread_stop(log::flush_access)
-        .build()
 }
 
 /// What `run` hands the serving runtime.
