@@ -83,7 +83,7 @@ pub enum VsockKind {
 
 /// A `NOTIFY_SOCKET` value this process cannot use.
 #[derive(Debug, thiserror::Error)]
-#[error("NOTIFY_SOCKET={value:?} is unusable ({reason}); no state will reach the service manager")]
+#[error("NOTIFY_SOCKET={value:?} is unusable ({reason}): systemd gets no READY=1, STATUS= or WATCHDOG=1 from this process")]
 pub struct NotifyAddressError {
     /// The variable's value.
     pub value: String,
@@ -358,7 +358,7 @@ pub fn init(value: Option<&OsStr>) -> Option<String> {
                         n
                     })
                     .map_err(|e| {
-                    format!("NOTIFY_SOCKET={value:?} is unusable ({e}); no state will reach the service manager")
+                    format!("NOTIFY_SOCKET={value:?} is unusable ({e}): systemd gets no READY=1, STATUS= or WATCHDOG=1 from this process")
                 })
             });
         made.map_err(|e| problem = Some(e)).ok()
