@@ -45,7 +45,7 @@ pub(crate) struct RequestContext<'a> {
     /// Set by a proxy route to the upstream it forwarded to: the access log's UPSTREAM.
     pub(crate) upstream: &'a std::sync::OnceLock<std::sync::Arc<str>>,
     /// The connection's place in the open count: a WebSocket tunnel takes it over.
-    pub(crate) connection: &'a crate::connections::ConnSlot,
+    pub(crate) connection: &'a gatehouse_kit::connections::ConnSlot,
     /// The connection sends mapped file bodies with sendfile(2) (see `sendfile`).
     pub(crate) file_regions: Option<&'a std::sync::Arc<crate::sendfile::FileRegions>>,
 }

@@ -9,7 +9,8 @@
 //! `server::request` decides with the `snapshot`'s `router` and calls `handlers`, then
 //! finishes the answer and writes the access log (`log`). Follow a configuration: `config`
 //! validates it, `snapshot` builds its runtime objects, `lifecycle` starts them and swaps
-//! them on reload. Only `systemd` speaks systemd's protocols.
+//! them on reload. Nothing here speaks systemd's protocols: gatehouse-kit (crates/kit) does,
+//! for this binary and for the apps behind it alike.
 
 mod acme;
 mod admin;
@@ -17,12 +18,10 @@ mod apps;
 mod certs;
 pub mod cli;
 mod config;
-mod connections;
 mod deploy;
 mod handlers;
 mod http_base;
 mod lifecycle;
-mod liveness;
 mod log;
 mod metrics;
 mod proxy;
@@ -34,5 +33,4 @@ mod shared;
 mod snapshot;
 mod static_files;
 mod status;
-mod systemd;
 mod tls;

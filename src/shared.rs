@@ -17,14 +17,15 @@
 //!   in the proxy, logging and ACME code, which hold no `Metrics`; `Metrics::new` registers them.
 //! - `log::access::{SINK, PENDING}`, `log::SAMPLED`, `log::peer_noise::{HELD, LATEST}`: the
 //!   access log's journal socket, batching and sampling.
-//! - `systemd::notify::{NOTIFIER, SEND_FAILED}`: the `$NOTIFY_SOCKET`, taken once at start.
+//! - in gatehouse-kit: the `$NOTIFY_SOCKET` (`notify`), the early-SIGHUP flag (`signals`)
+//!   and the access log's batch and sinks (`log`), each taken or set once at start.
 
 use crate::config::Config;
-use crate::connections::Connections;
-use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
+use gatehouse_kit::connections::Connections;
+use gatehouse_kit::liveness::Liveness;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -56,7 +57,8 @@ impl Shared {
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(config, &metrics)?;
         let server = &snapshot.config.server;
-        let conns = Connections::new(server.max_connections, server.admin_max_connections);
+        let conns =
+            Connections::with_admin_limit(server.max_connections, server.admin_max_connections);
         Ok(Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             conns: Arc::new(conns),

@@ -8,21 +8,22 @@ pub(crate) mod reload_status;
 mod standby;
 
 use crate::config::{Config, ConfigOrigin};
-use crate::liveness::Liveness;
 use crate::log::{self, LogTarget};
 use crate::server::listener::{self, ListenerSet, OpenListener};
 use crate::shared::Shared;
 use crate::status;
-use crate::systemd::{self, notify, PassedSocket};
+use gatehouse_kit::lifecycle::{self as kit, StopReason};
+use gatehouse_kit::liveness::Liveness;
+use gatehouse_kit::signals::{Signal, Signals};
+use gatehouse_kit::{notify, Environment, PassedSocket};
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use std::time::Duration;
 
 /// EX_CONFIG from sysexits.h: the configuration (or the sockets systemd passed) is wrong.
 /// The unit's RestartPreventExitStatus=78 keeps systemd from restarting into the same error.
-pub(crate) const EXIT_CONFIG: u8 = 78;
+pub(crate) const EXIT_CONFIG: u8 = gatehouse_kit::EXIT_CONFIG;
 
 pub(crate) struct ServeOptions {
     pub(crate) origin: ConfigOrigin,
@@ -36,12 +37,11 @@ enum Failure {
 }
 
 pub(crate) fn run(opts: ServeOptions) -> ExitCode {
-    // First: SIGHUP's default action would kill a server that is still starting.
-    set_hangup_blocked(true);
-    // SAFETY: no thread exists yet: clap ran on this thread and the runtime starts below.
-    let env = unsafe { systemd::take_environment() };
+    // First, while no thread exists yet (clap ran on this one; the runtime starts below):
+    // it also keeps a SIGHUP during start-up from killing the server (a reload, later).
+    let env = Environment::take();
     log::init(opts.log_level.as_deref(), opts.log_target);
-    if let Some(problem) = &env.notify_problem {
+    for problem in &env.warnings {
         tracing::error!("{problem}");
     }
     fd_limit::raise();
@@ -69,7 +69,8 @@ pub(crate) fn run(opts: ServeOptions) -> ExitCode {
         }
     };
     use_access_file_or_default(config.server.access_log_file.as_deref());
-    let runtime = match build_runtime(config.server.workers) {
+    // Its threads flush the buffered access entries whenever they run out of work.
+    let runtime = match kit::build_runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -87,9 +88,6 @@ pub(crate) fn run(opts: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // On this thread, which `block_on` polls `serve` on: a SIGHUP that came during start-up
-    // is delivered now, and becomes a reload.
-    set_hangup_blocked(false);
     let start = Start {
         origin: opts.origin,
         config,
@@ -121,61 +119,6 @@ fn use_access_file_or_default(path: Option<&std::path::Path>) {
             "cannot open access_log_file {:?}: {e}; access entries go to the default log meanwhile",
             path.unwrap_or(std::path::Path::new(""))
         ),
-    }
-}
-
-/// Blocks or unblocks SIGHUP for this thread. Threads created while it is blocked (the
-/// runtime's) keep it blocked, so the signal always reaches the main thread's handler.
-fn set_hangup_blocked(blocked: bool) {
-    let how = if blocked {
-        libc::SIG_BLOCK
-    } else {
-        libc::SIG_UNBLOCK
-    };
-    // SAFETY: sigemptyset initialises the set we own; pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
-}
-
-/// One worker → a current-thread runtime: no work-stealing machinery or cross-thread
-/// wake-ups, the cheapest way to use one CPU. Otherwise a work-stealing pool.
-fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = match workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    builder
-        .enable_all()
-        // Buffered access lines go out when a thread has nothing left to do.
-        .on_thread_park(log::flush_access)
-        .on_thread_stop(log::flush_access)
-        .build()
-}
-
-struct Signals {
-    hup: Signal,
-    term: Signal,
-    int: Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        Ok(Signals {
-            hup: signal(SignalKind::hangup())?,
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
     }
 }
 
@@ -232,7 +175,7 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
     let noise_task = tokio::spawn(log::summarize_peer_noise());
     let watchdog_task = watchdog.map(|interval| {
         let liveness = shared.liveness.clone();
-        tokio::spawn(systemd::watchdog::run(interval, move || {
+        tokio::spawn(gatehouse_kit::watchdog::run(interval, move || {
             let liveness = liveness.clone();
             async move { liveness.check(interval).await }
         }))
@@ -244,15 +187,14 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
         let standby = standby::is_standby(&current.config);
         drop(current);
         tokio::select! {
-            _ = signals.hup.recv() => {}
+            signal = signals.recv() => match signal {
+                Signal::Hangup => {}
+                stop => break StopReason::Signal(stop),
+            },
             () = watch.changed(), if standby => {
                 tracing::info!("the configuration file changed: loading it");
             }
-            _ = signals.term.recv() => break "SIGTERM".to_owned(),
-            _ = signals.int.recv() => break "SIGINT".to_owned(),
-            idle = idle_elapsed(&shared, idle_after) => {
-                break format!("no connection for {}", humantime::format_duration(idle));
-            }
+            idle = kit::idle_elapsed(&shared.conns, idle_after) => break StopReason::Idle(idle),
         }
         // A reload: asked for by SIGHUP, or a fix of the file while in standby.
         watch.reading();
@@ -264,7 +206,7 @@ async fn serve(start: Start, mut signals: Signals) -> Result<(), Failure> {
         }
     };
 
-    drain(&shared, &mut listeners, &mut signals, &reason).await;
+    drain(&shared, &mut listeners, &mut signals, &reason.to_string()).await;
     status_task.abort();
     trim_task.abort();
     expiry_task.abort();
@@ -346,34 +288,10 @@ async fn refresh_status(shared: Arc<Shared>) {
     }
 }
 
-/// Resolves once no connection has been open for `idle_after` (never if `None`).
-async fn idle_elapsed(shared: &Shared, idle_after: Option<Duration>) -> Duration {
-    let Some(idle_after) = idle_after else {
-        return std::future::pending().await;
-    };
-    let poll = (idle_after / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
-    loop {
-        tokio::time::sleep(poll).await;
-        if shared
-            .conns
-            .idle_for()
-            .is_some_and(|idle| idle >= idle_after)
-        {
-            return idle_after;
-        }
-    }
-}
-
 /// STOPPING=1, stop accepting, let in-flight requests finish within `shutdown_timeout`.
 async fn drain(shared: &Shared, listeners: &mut ListenerSet, signals: &mut Signals, reason: &str) {
     let timeout = shared.snapshot.load().config.server.shutdown_timeout;
-    // First, so /healthz already answers 503 when systemd learns we are stopping.
-    shared.conns.start_drain();
-    notify::stopping(&format!(
-        "stopping ({reason}): draining {} connections",
-        shared.conns.open()
-    ));
-    tracing::info!(reason, open = shared.conns.open(), "stopping");
+    kit::begin_stop(&shared.conns, reason);
     // Closing our copies of systemd's sockets leaves them listening in systemd: clients
     // that connect now wait in the backlog for the next instance. Admin listeners stay
     // until the end, so the drain can be watched.
@@ -381,30 +299,7 @@ async fn drain(shared: &Shared, listeners: &mut ListenerSet, signals: &mut Signa
     listeners
         .stop_where(|name, _| !snapshot.config.is_admin_listener(name))
         .await;
-
-    let deadline = Instant::now() + timeout;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            tracing::warn!(
-                open = shared.conns.open(),
-                "shutdown_timeout reached; closing the remaining connections"
-            );
-            break;
-        }
-        tokio::select! {
-            _ = shared.conns.all_closed() => break,
-            _ = tick.tick() => {
-                // "Expect another message within this time", so systemd waits while we drain.
-                notify::extend_timeout(remaining.min(Duration::from_secs(3)) + Duration::from_secs(2));
-                notify::status(&format!("stopping ({reason}): draining {} connections", shared.conns.open()));
-            }
-            _ = tokio::time::sleep(remaining) => {}
-            _ = signals.term.recv() => { tracing::warn!("second SIGTERM: exiting now"); break; }
-            _ = signals.int.recv() => { tracing::warn!("second SIGINT: exiting now"); break; }
-        }
-    }
+    kit::wait_drained(&shared.conns, signals, timeout, reason).await;
     listeners.stop_all().await;
     tracing::info!("stopped");
 }

@@ -6,7 +6,7 @@ use crate::server::listener::{self, ListenerSet, OpenListener, Origin};
 use crate::shared::ReloadOutcome;
 use crate::shared::Shared;
 use crate::status;
-use crate::systemd::notify;
+use gatehouse_kit::notify;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;

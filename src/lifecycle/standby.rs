@@ -9,7 +9,7 @@
 //! — `systemctl reload` or `restart`, or on its own within a second of the file changing.
 
 use crate::config::{self, Config, ConfigOrigin};
-use crate::systemd::PassedSocket;
+use gatehouse_kit::PassedSocket;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,23 +1,17 @@
-//! Logging: native journald entries under systemd, readable lines on stderr otherwise, and
-//! the per-request access log with its journal fields.
+//! Logging: gatehouse's choices on top of gatehouse-kit's `log` (native journald entries
+//! under systemd, readable lines on stderr otherwise, the access log's batched sinks and
+//! its file): the CLI's `--log-target`, the peer-noise filter, access-log sampling, and
+//! the access entry with its journal fields.
 
-mod access;
-mod escape;
-mod line_format;
 mod peer_noise;
 
-pub(crate) use escape::is_unsafe_char;
-
-pub(crate) use access::flush as flush_access;
-pub(crate) use access::{use_file as use_access_file, AccessFile};
+pub(crate) use gatehouse_kit::access::Remote;
+pub(crate) use gatehouse_kit::log::is_unsafe_char;
+pub(crate) use gatehouse_kit::log::{flush_access, use_access_file, AccessFile};
 pub(crate) use peer_noise::summarize as summarize_peer_noise;
 
-use crate::systemd;
-use std::net::SocketAddr;
+use gatehouse_kit::access::AccessEntry;
 use std::time::Duration;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogTarget {
@@ -30,96 +24,19 @@ pub(crate) enum LogTarget {
 /// Installs the global subscriber. `level` is a tracing filter ("info", "gatehouse=debug");
 /// without it RUST_LOG is used, then "info".
 pub(crate) fn init(level: Option<&str>, target: LogTarget) {
-    let filter = level
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let peer_noise = peer_noise::PeerNoise::new(&filter.to_string());
-    let want_journal = match target {
-        LogTarget::Auto => systemd::journal::stderr_is_journal(),
-        LogTarget::Journald => true,
-        LogTarget::Stderr => false,
+    let options = gatehouse_kit::log::LogOptions {
+        identifier: "gatehouse".to_owned(),
+        filter: level.map(str::to_owned),
+        target: match target {
+            LogTarget::Auto => gatehouse_kit::log::LogTarget::Auto,
+            LogTarget::Journald => gatehouse_kit::log::LogTarget::Journald,
+            LogTarget::Stderr => gatehouse_kit::log::LogTarget::Stderr,
+        },
+        access_target: ACCESS_TARGET,
     };
-    if want_journal {
-        match systemd::journal::layer() {
-            Ok(layer) => {
-                let installed = tracing_subscriber::registry()
-                    .with(filter)
-                    .with(peer_noise)
-                    .with(FlushAccessFirst)
-                    .with(layer)
-                    .try_init()
-                    .is_ok();
-                // Without a socket of our own the access log takes the tracing path.
-                if let (true, Ok(socket)) = (installed, systemd::journal::JournalSocket::open()) {
-                    access::use_journal(socket);
-                }
-                return;
-            }
-            Err(e) => eprintln!("gatehouse: journald unavailable ({e}); logging to stderr"),
-        }
-    }
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(|| access::OrderedStderr)
-        .with_ansi(false)
-        .event_format(line_format::LineFormat);
-    if tracing_subscriber::registry()
-        .with(filter)
-        .with(peer_noise)
-        .with(fmt)
-        .try_init()
-        .is_ok()
-    {
-        access::use_stderr();
-    }
-}
-
-/// Sends the batched access entries before any other event reaches the journal, so the
-/// journal keeps the order in which things happened.
-struct FlushAccessFirst;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FlushAccessFirst {
-    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        access::flush();
-    }
-}
-
-/// Where a request came from, for REMOTE_ADDR.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Remote {
-    Tcp(SocketAddr),
-    Unix,
-}
-
-impl std::fmt::Display for Remote {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; log them as a.b.c.d
-            // so `journalctl REMOTE_ADDR=…` finds them.
-            Remote::Tcp(a) => write!(f, "{}", a.ip().to_canonical()),
-            Remote::Unix => f.write_str("unix"),
-        }
-    }
-}
-
-impl Remote {
-    /// The Display text, once per connection. IPv4 (the common case) is written without
-    /// core::fmt, which took ~1.4k instructions of a new connection's ~39k.
-    pub(crate) fn text(&self) -> Box<str> {
-        if let Remote::Tcp(addr) = self {
-            if let std::net::IpAddr::V4(v4) = addr.ip().to_canonical() {
-                let mut text = String::with_capacity(15);
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push('.');
-                    }
-                    text.push_str(itoa::Buffer::new().format(octet));
-                }
-                return text.into_boxed_str();
-            }
-        }
-        self.to_string().into_boxed_str()
-    }
+    gatehouse_kit::log::init_with_layer(&options, |filter| {
+        peer_noise::PeerNoise::new(&filter.to_string())
+    });
 }
 
 /// Requests answered below 400 since start, for `access_log_sample`.
@@ -159,23 +76,25 @@ pub(crate) fn access(
     elapsed: Duration,
     remote: &str,
 ) {
-    let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let duration_us = gatehouse_kit::access::duration_us(elapsed);
     let method = method.as_str();
     let status = status.as_u16();
+    let entry = AccessEntry {
+        method,
+        path,
+        status,
+        upstream,
+        host,
+        duration_us,
+        remote,
+        target: ACCESS_TARGET,
+    };
     // Huge entries (a raised max_header_size) take the tracing path, whose journald
     // layer passes what does not fit a datagram in a memfd; a file takes any size.
-    if access::direct() && (access::to_file() || path.len() + host.len() <= access::DIRECT_MAX) {
+    if gatehouse_kit::log::access_direct(&entry) {
         // The filter still decides (RUST_LOG=gatehouse::access=off silences it).
         if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
-            access::write(&access::Entry {
-                method,
-                path,
-                status,
-                upstream,
-                host,
-                duration_us,
-                remote,
-            });
+            gatehouse_kit::log::write_access(&entry);
         }
         return;
     }
@@ -190,44 +109,6 @@ pub(crate) fn access(
         http_duration_us = duration_us,
         remote_addr = remote,
         "{method} {path} {status}{}",
-        Via(upstream)
+        gatehouse_kit::access::Via(upstream)
     );
-}
-
-/// " via UPSTREAM" in the access message of a proxied request, nothing otherwise.
-struct Via<'a>(Option<&'a str>);
-
-impl std::fmt::Display for Via<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(u) => write!(f, " via {u}"),
-            None => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Remote;
-
-    #[test]
-    fn remote_text_matches_its_display() {
-        for addr in [
-            "127.0.0.1:80",
-            "10.200.3.45:1",
-            "0.0.0.0:0",
-            "255.255.255.255:65535",
-            "[::ffff:192.0.2.7]:8080",
-            "[2001:db8::1]:443",
-            "[::1]:80",
-        ] {
-            let remote = Remote::Tcp(addr.parse().unwrap());
-            assert_eq!(&*remote.text(), remote.to_string(), "{addr}");
-        }
-        assert_eq!(&*Remote::Unix.text(), "unix");
-        assert_eq!(
-            &*Remote::Tcp("[::ffff:192.0.2.7]:1".parse().unwrap()).text(),
-            "192.0.2.7"
-        );
-    }
 }

@@ -5,7 +5,7 @@
 
 use super::balance::InFlight;
 use super::body::Activity;
-use crate::connections::ConnGuard;
+use gatehouse_kit::connections::ConnGuard;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;

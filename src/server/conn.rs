@@ -6,10 +6,10 @@ use super::listener::Stream;
 use super::read_ahead::{FirstRead, Protocol};
 use super::request;
 use super::send_file::SendFile;
-use crate::connections::{ConnGuard, ConnSlot};
 use crate::log::Remote;
 use crate::sendfile;
 use crate::shared::Shared;
+use gatehouse_kit::connections::{ConnGuard, ConnSlot};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
@@ -183,7 +183,7 @@ async fn serve_io<I>(
 async fn first_bytes<I: AsyncRead + Unpin>(
     io: &mut ClientIo<I>,
     timeout: Duration,
-    mut drain: Pin<&mut crate::connections::DrainWait<'_>>,
+    mut drain: Pin<&mut gatehouse_kit::connections::DrainWait<'_>>,
 ) -> Option<Protocol> {
     let deadline = tokio::time::Instant::now() + timeout;
     let ClientIo {
@@ -222,7 +222,7 @@ async fn first_bytes<I: AsyncRead + Unpin>(
 async fn drive<C>(
     conn: impl FnOnce() -> C,
     shutdown: impl FnOnce(Pin<&mut C>),
-    mut drain: Pin<&mut crate::connections::DrainWait<'_>>,
+    mut drain: Pin<&mut gatehouse_kit::connections::DrainWait<'_>>,
     ctx: &request::ConnContext,
     timers: (Duration, Option<Duration>),
 ) where

@@ -2,10 +2,10 @@
 
 use super::conn;
 use crate::config::{BindAddr, Config};
-use crate::liveness::Heartbeat;
 use crate::log::Remote;
 use crate::shared::Shared;
-use crate::systemd::{PassedListener, PassedSocket};
+use gatehouse_kit::liveness::Heartbeat;
+use gatehouse_kit::{PassedListener, PassedSocket};
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;

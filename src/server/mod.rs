@@ -1,6 +1,6 @@
 //! The serving side: listeners and their accept loops, one hyper connection per client, and
 //! the per-request pipeline (host → route → handler → access log). Connection accounting is
-//! `crate::connections`; the configuration generation it serves, `crate::snapshot`.
+//! `gatehouse_kit::connections`; the configuration generation it serves, `crate::snapshot`.
 //!
 //! A request's path: `listener::accept_loop` → `conn::serve` → `request::handle` →
 //! `router::Router::route` → `handlers::dispatch` → `respond`, `static_files::serve` or
@@ -20,9 +20,9 @@ mod watch;
 #[cfg(test)]
 mod future_sizes {
     use super::{conn, listener, request, watch};
-    use crate::connections::ConnGuard;
     use crate::log::Remote;
     use crate::shared::Shared;
+    use gatehouse_kit::connections::ConnGuard;
     use std::sync::Arc;
 
     /// `size_of` what `f` returns, without a value to call it with.

@@ -32,7 +32,7 @@ pub(crate) struct ConnContext {
     /// The connection is TLS.
     pub(crate) tls: bool,
     /// The connection's place in the count; a WebSocket tunnel takes it over.
-    pub(crate) slot: crate::connections::ConnSlot,
+    pub(crate) slot: gatehouse_kit::connections::ConnSlot,
     /// What the connection's send and idle timers look at (see `watch`).
     pub(crate) watch: Arc<super::watch::ConnWatch>,
     /// Set on plaintext HTTP/1 connections: large files go out with sendfile(2).

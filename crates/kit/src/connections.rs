@@ -11,7 +11,7 @@
 //! use gatehouse_kit::connections::Connections;
 //! use std::sync::Arc;
 //! let conns = Arc::new(Connections::new(10_000));
-//! let guard = conns.opened(conns.reserve().await);
+//! let guard = conns.opened(conns.reserve(false).await);
 //! assert_eq!(conns.open(), 1);
 //! drop(guard); // the connection closed
 //! assert!(conns.idle_for().is_some());
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// The open connections of a service and its limit.
+/// The open connections of a service and its limits.
 pub struct Connections {
     open: AtomicUsize,
     accepted: AtomicU64,
@@ -36,48 +36,48 @@ pub struct Connections {
     last_change_ms: AtomicU64,
     epoch: Instant,
     all_closed: Notify,
-    limit: Arc<Semaphore>,
-    limit_value: Mutex<usize>,
+    /// `max_connections`: public connections (and whatever else a service counts against
+    /// it, such as HTTP/2 streams beyond a connection's first).
+    limit: Budget,
+    /// Admin listeners have their own, so that clients of the public listeners cannot leave
+    /// monitoring without an answer.
+    admin_limit: Budget,
     draining: AtomicBool,
     drain_started: Notify,
 }
 
-impl Connections {
-    /// At most `max` connections open at once.
-    pub fn new(max: usize) -> Connections {
-        Connections {
-            open: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
-            last_change_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            all_closed: Notify::new(),
-            limit: Arc::new(Semaphore::new(max)),
-            limit_value: Mutex::new(max),
-            draining: AtomicBool::new(false),
-            drain_started: Notify::new(),
+/// A limit that a reload may change.
+struct Budget {
+    permits: Arc<Semaphore>,
+    value: Mutex<usize>,
+}
+
+impl Budget {
+    fn new(max: usize) -> Budget {
+        Budget {
+            permits: Arc::new(Semaphore::new(max)),
+            value: Mutex::new(max),
         }
     }
 
-    /// Waits for room under `max_connections`. Until then the accept loop does not call
-    /// accept(), so extra clients wait in the kernel backlog rather than being refused.
-    pub async fn reserve(&self) -> OwnedSemaphorePermit {
-        match self.limit.clone().acquire_owned().await {
+    async fn reserve(&self) -> OwnedSemaphorePermit {
+        match self.permits.clone().acquire_owned().await {
             Ok(permit) => permit,
             // The semaphore is never closed.
             Err(_) => std::future::pending().await,
         }
     }
 
-    /// Applies a new limit (after a reload). Lowering it closes nothing: permits held by
-    /// open connections are retired as those close.
-    pub fn set_limit(&self, new: usize) {
-        let mut current = self.limit_value.lock().unwrap_or_else(|e| e.into_inner());
+    /// Lowering the limit closes nothing: permits held by open connections are retired as
+    /// those close.
+    fn set(&self, new: usize) {
+        let mut current = self.value.lock().unwrap_or_else(|e| e.into_inner());
         if new > *current {
-            self.limit.add_permits(new - *current);
+            self.permits.add_permits(new - *current);
         } else if new < *current {
             // Permits held by open connections cannot be revoked; take them as they return.
             let shrink = u32::try_from(*current - new).unwrap_or(u32::MAX);
-            let sem = self.limit.clone();
+            let sem = self.permits.clone();
             tokio::spawn(async move {
                 if let Ok(p) = sem.acquire_many_owned(shrink).await {
                     p.forget();
@@ -85,6 +85,56 @@ impl Connections {
             });
         }
         *current = new;
+    }
+}
+
+impl Connections {
+    /// At most `max` connections open at once (and, apart, `max` on admin listeners).
+    pub fn new(max: usize) -> Connections {
+        Connections::with_admin_limit(max, max)
+    }
+
+    /// At most `max` public connections and `admin_max` admin ones open at once.
+    pub fn with_admin_limit(max: usize, admin_max: usize) -> Connections {
+        Connections {
+            open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            last_change_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            all_closed: Notify::new(),
+            limit: Budget::new(max),
+            admin_limit: Budget::new(admin_max),
+            draining: AtomicBool::new(false),
+            drain_started: Notify::new(),
+        }
+    }
+
+    fn budget(&self, admin: bool) -> &Budget {
+        match admin {
+            false => &self.limit,
+            true => &self.admin_limit,
+        }
+    }
+
+    /// Waits for room under the limit (the admin one if `admin`). Until then the accept
+    /// loop does not call accept(), so extra clients wait in the kernel backlog rather than
+    /// being refused.
+    pub async fn reserve(&self, admin: bool) -> OwnedSemaphorePermit {
+        self.budget(admin).reserve().await
+    }
+
+    /// Room for one more unit of work on a connection that is open already (an HTTP/2
+    /// stream beyond its first, which can hold a file or an upstream connection as a
+    /// connection does), if there is any.
+    pub fn try_reserve_stream(&self, admin: bool) -> Option<OwnedSemaphorePermit> {
+        self.budget(admin).permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Applies new limits (after a reload). Lowering one closes nothing: permits held by
+    /// open connections are retired as those close.
+    pub fn set_limit(&self, max: usize, admin_max: usize) {
+        self.limit.set(max);
+        self.admin_limit.set(admin_max);
     }
 
     /// Counts a connection accepted with `permit` as open until the guard is dropped.
@@ -198,8 +248,27 @@ impl Future for DrainWait<'_> {
     }
 }
 
+/// A connection's place in the open count and under the limit, kept where a request
+/// handler can reach it so that an upgraded connection can take it over: a WebSocket
+/// tunnel outlives the HTTP connection, and must count for idle exit, drain, the limit and
+/// STATUS alike.
+pub struct ConnSlot(Mutex<Option<ConnGuard>>);
+
+impl ConnSlot {
+    /// A slot holding `guard`.
+    pub fn new(guard: ConnGuard) -> ConnSlot {
+        ConnSlot(Mutex::new(Some(guard)))
+    }
+
+    /// Hands the place over (to a tunnel); the connection then holds none.
+    pub fn take(&self) -> Option<ConnGuard> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// Held by a connection task for as long as the connection is open; moved into whatever
-/// outlives the connection's HTTP exchange (an upgraded tunnel), so that still counts.
+/// outlives the connection's HTTP exchange (an upgraded tunnel, see [`ConnSlot`]), so that
+/// still counts.
 pub struct ConnGuard {
     conns: Arc<Connections>,
     counted: bool,

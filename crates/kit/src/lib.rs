@@ -37,7 +37,7 @@
 //! | [`watchdog`], [`liveness`] | `WATCHDOG=1` only while the runtime and every registered loop are alive |
 //! | [`signals`], [`lifecycle`] | SIGHUP reload, SIGTERM drain with `EXTEND_TIMEOUT_USEC`, second signal exits now, idle exit |
 //! | [`connections`] | open-connection count, limit, drain signal |
-//! | [`journal`], [`log`], [`access`] | journald's native protocol, the access log |
+//! | [`journal`], [`log`], [`access`] | journald's native protocol, the access log (journal, stderr or a file of its own) |
 //! | [`rlimit`] | the soft `RLIMIT_NOFILE` raised to the hard limit |
 #![deny(missing_docs)]
 

@@ -83,7 +83,7 @@ pub enum VsockKind {
 
 /// A `NOTIFY_SOCKET` value this process cannot use.
 #[derive(Debug, thiserror::Error)]
-#[error("NOTIFY_SOCKET={value:?} is unusable ({reason}); no state will reach the service manager")]
+#[error("NOTIFY_SOCKET={value:?} is unusable ({reason}): systemd gets no READY=1, STATUS= or WATCHDOG=1 from this process")]
 pub struct NotifyAddressError {
     /// The variable's value.
     pub value: String,
@@ -114,7 +114,7 @@ impl NotifyAddress {
         let text = std::str::from_utf8(bytes).map_err(|_| refuse("not UTF-8"))?;
         let Some((prefix, rest)) = text.split_once(':') else {
             return Err(refuse(
-                "a relative path; systemd passes an absolute path or an @abstract name",
+                "a relative path, not an absolute path, an abstract @name or a vsock:CID:PORT address",
             ));
         };
         let kind = match prefix {
@@ -124,7 +124,7 @@ impl NotifyAddress {
             "vsock-stream" => Some(VsockKind::Stream),
             _ => {
                 return Err(refuse(
-                    "a relative path; systemd passes an absolute path or an @abstract name",
+                    "a relative path, not an absolute path, an abstract @name or a vsock:CID:PORT address",
                 ))
             }
         };
@@ -221,9 +221,13 @@ impl Notifier {
         if let Err(e) = self.send_raw(&message) {
             let to = &self.address;
             if self.warned.swap(true, Ordering::Relaxed) {
-                tracing::debug!(error = %e, "sd_notify to {to} failed");
+                tracing::debug!(notify_socket = %to, error = %e, "sd_notify failed");
             } else {
-                tracing::warn!(error = %e, "sd_notify to {to} failed; the service manager may not see READY, STATUS or watchdog pings");
+                tracing::warn!(
+                    notify_socket = %to,
+                    error = %e,
+                    "sd_notify failed: the service manager may not hear READY=1, STATUS= or WATCHDOG=1 (further failures are logged at debug level)"
+                );
             }
         }
     }
@@ -347,8 +351,14 @@ pub fn init(value: Option<&OsStr>) -> Option<String> {
         let made = NotifyAddress::parse(value)
             .map_err(|e| e.to_string())
             .and_then(|address| {
-                Notifier::new(&address).map_err(|e| {
-                    format!("NOTIFY_SOCKET={value:?} is unusable ({e}); no state will reach the service manager")
+                Notifier::new(&address)
+                    .map(|mut n| {
+                        // Messages name the address as the service manager wrote it.
+                        n.address = value.to_string_lossy().into_owned();
+                        n
+                    })
+                    .map_err(|e| {
+                    format!("NOTIFY_SOCKET={value:?} is unusable ({e}): systemd gets no READY=1, STATUS= or WATCHDOG=1 from this process")
                 })
             });
         made.map_err(|e| problem = Some(e)).ok()

@@ -80,8 +80,9 @@ pub fn log_request(entry: &AccessEntry<'_>) {
     );
 }
 
-/// " via UPSTREAM" in the message of a proxied request, nothing otherwise.
-struct Via<'a>(Option<&'a str>);
+/// `" via UPSTREAM"` in the message of a proxied request, nothing otherwise (for an access
+/// event of a service's own tracing target).
+pub struct Via<'a>(pub Option<&'a str>);
 
 impl std::fmt::Display for Via<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

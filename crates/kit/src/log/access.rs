@@ -6,18 +6,23 @@
 //! so entries keep the order in which they were logged.
 //!
 //! On stderr the line is the one `LineFormat` writes for the same event; in the journal the
-//! entry has the fields tracing-journald gave it, sent in one sendmmsg(2) per batch.
+//! entry has the fields tracing-journald gave it, sent in one sendmmsg(2) per batch. With an
+//! access file (gatehouse's `server.access_log_file`) the stderr line goes to that file
+//! instead, one write(2) per batch: journald spends more CPU on an entry than gatehouse on
+//! the request (gatehouse's bench/deployed.sh), a file line costs a few hundred bytes of an
+//! appending write.
 
-use super::line_format::{needs_quotes, write_timestamp};
+use super::escape::{write_escaped, Style};
+use super::line_format::{needs_quotes, write_timestamp, write_value};
 use crate::access::AccessEntry as Entry;
 use crate::journal::{EntryBatch, JournalSocket};
-use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const FLUSH_BYTES: usize = 32 * 1024;
-/// Path plus host bytes above which an entry is left to tracing (see `log::access`): the
+/// Path plus host bytes above which an entry is left to tracing (see `access_direct`): the
 /// journal entry carries the path twice and must fit one datagram.
 pub(super) const DIRECT_MAX: usize = 16 * 1024;
 const FLUSH_AGE: Duration = Duration::from_millis(200);
@@ -30,6 +35,11 @@ enum Sink {
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// The access file, when set: it takes the entries instead of `SINK`. Locked after
+/// `PENDING` whenever both are held.
+static FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+static TO_FILE: AtomicBool = AtomicBool::new(false);
 
 struct Pending {
     text: String,
@@ -47,11 +57,49 @@ static PENDING: Mutex<Pending> = Mutex::new(Pending {
     oldest: Duration::ZERO,
 });
 
-fn pending() -> std::sync::MutexGuard<'static, Pending> {
+fn pending() -> MutexGuard<'static, Pending> {
     // A panic while holding the lock leaves at worst a half-written entry: keep logging.
     PENDING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn file() -> MutexGuard<'static, Option<std::fs::File>> {
+    FILE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The access log's file, opened (appending, created 0640) but not yet in use (see
+/// [`use_access_file`](super::use_access_file)): a reload opens it before it commits, so a
+/// path it cannot open leaves the old log in place.
+#[derive(Debug)]
+pub struct AccessFile(Option<std::fs::File>);
+
+impl AccessFile {
+    /// Opens `path` for appending, creating it `0640`; `None`: no file (entries go to the
+    /// journal or stderr).
+    pub fn open(path: Option<&std::path::Path>) -> std::io::Result<AccessFile> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let Some(path) = path else {
+            return Ok(AccessFile(None));
+        };
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)?;
+        Ok(AccessFile(Some(file)))
+    }
+}
+
+/// Entries from now on go to `file` (or, for none, back to the journal or stderr); those
+/// buffered so far go where they were meant to. Reopening the same path after logrotate
+/// moved it starts a new file.
+pub(super) fn use_file(opened: AccessFile) {
+    let mut pending = pending();
+    write_pending(SINK.get(), &mut pending);
+    let mut current = file();
+    TO_FILE.store(opened.0.is_some(), Ordering::Relaxed);
+    *current = opened.0;
 }
 
 /// Access entries go to stderr as lines.
@@ -64,15 +112,21 @@ pub(super) fn use_journal(socket: JournalSocket, identifier: String) {
     let _ = SINK.set(Sink::Journal(socket, identifier));
 }
 
+pub(super) fn to_file() -> bool {
+    TO_FILE.load(Ordering::Relaxed)
+}
+
 pub(super) fn direct() -> bool {
-    SINK.get().is_some()
+    TO_FILE.load(Ordering::Relaxed) || SINK.get().is_some()
 }
 
 /// Buffers the entry for the sink chosen at start-up.
 pub(super) fn write(entry: &Entry<'_>) {
-    let Some(sink) = SINK.get() else {
+    let to_file = TO_FILE.load(Ordering::Relaxed);
+    let sink = SINK.get();
+    if !to_file && sink.is_none() {
         return;
-    };
+    }
     let now = SystemTime::now();
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut pending = pending();
@@ -80,34 +134,39 @@ pub(super) fn write(entry: &Entry<'_>) {
         pending.oldest = since_epoch;
     }
     match sink {
-        // Writing into a String cannot fail.
-        Sink::Stderr => drop(format_line(&mut pending.text, now, entry)),
-        Sink::Journal(_, identifier) => {
+        Some(Sink::Journal(_, identifier)) if !to_file => {
             let Pending {
                 journal, message, ..
             } = &mut *pending;
             journal_entry(journal, message, identifier, entry);
         }
+        // Writing into a String cannot fail.
+        _ => drop(format_line(&mut pending.text, now, entry)),
     }
     // A wall clock stepped back makes the age unknowable: flush rather than hold on.
     if pending.text.len() + pending.journal.queued_bytes() >= FLUSH_BYTES
         || since_epoch < pending.oldest
         || since_epoch - pending.oldest >= FLUSH_AGE
     {
-        write_out(sink, &mut pending);
+        write_pending(sink, &mut pending);
     }
 }
 
 fn format_line(out: &mut String, now: SystemTime, e: &Entry<'_>) -> std::fmt::Result {
     write_timestamp(out, now)?;
     out.push_str(" INFO ");
-    push_message(out, e);
-    out.push_str(" http_host=");
-    if needs_quotes(e.host) {
-        write!(out, "{:?}", e.host)?;
-    } else {
-        out.push_str(e.host);
+    // The journal's MESSAGE keeps the bytes as they came; a terminal line must not.
+    write_escaped(out, e.method, Style::Bare)?;
+    out.push(' ');
+    write_escaped(out, e.path, Style::Bare)?;
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(e.status));
+    if let Some(upstream) = e.upstream {
+        out.push_str(" via ");
+        write_escaped(out, upstream, Style::Bare)?;
     }
+    out.push_str(" http_host=");
+    write_value(out, e.host, needs_quotes(e.host))?;
     out.push_str(" http_duration_us=");
     out.push_str(itoa::Buffer::new().format(e.duration_us));
     out.push_str(" remote_addr=");
@@ -154,28 +213,46 @@ fn journal_entry(batch: &mut EntryBatch, message: &mut String, identifier: &str,
 
 /// Writes the buffered access entries. Called when a runtime thread parks or stops, before
 /// any other log line (to keep the order), and at exit.
-pub(crate) fn flush() {
-    let Some(sink) = SINK.get() else {
+pub(super) fn flush() {
+    let sink = SINK.get();
+    if sink.is_none() && !TO_FILE.load(Ordering::Relaxed) {
         return;
-    };
+    }
     let mut pending = pending();
     if !pending.text.is_empty() || !pending.journal.is_empty() {
-        write_out(sink, &mut pending);
+        write_pending(sink, &mut pending);
+    }
+}
+
+fn write_pending(sink: Option<&Sink>, pending: &mut Pending) {
+    match sink {
+        Some(sink) => write_out(sink, pending),
+        None => write_text(&mut pending.text),
     }
 }
 
 fn write_out(sink: &Sink, pending: &mut Pending) {
-    match sink {
-        Sink::Stderr => {
-            // A closed or full stderr loses the lines, as it would lose any other log line.
-            let _ = std::io::stderr().lock().write_all(pending.text.as_bytes());
-            pending.text.clear();
-            // A burst must not pin a large buffer for the life of the process.
-            if pending.text.capacity() > 2 * FLUSH_BYTES {
-                pending.text.shrink_to(FLUSH_BYTES);
-            }
+    if !pending.text.is_empty() {
+        write_text(&mut pending.text);
+    }
+    if let Sink::Journal(socket, _) = sink {
+        if !pending.journal.is_empty() {
+            pending.journal.send(socket);
         }
-        Sink::Journal(socket, _) => pending.journal.send(socket),
+    }
+}
+
+/// Lines to the access file when there is one, else to stderr. A full disk or a closed
+/// stderr loses the lines, as it would lose any other log line.
+fn write_text(text: &mut String) {
+    match &mut *file() {
+        Some(file) => drop(file.write_all(text.as_bytes())),
+        None => drop(std::io::stderr().lock().write_all(text.as_bytes())),
+    }
+    text.clear();
+    // A burst must not pin a large buffer for the life of the process.
+    if text.capacity() > 2 * FLUSH_BYTES {
+        text.shrink_to(FLUSH_BYTES);
     }
 }
 

@@ -5,8 +5,9 @@
 //! line; for the access log that was half of a request's instructions. This one writes
 //! values as they are, numbers with itoa, and the timestamp once per second.
 
+use super::escape::{write_escaped, Escaping, Style};
 use std::cell::RefCell;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -16,8 +17,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// The stderr format of every event; `access_target` is the tracing target whose events are
 /// access-log entries (written `GET /path 200 key=value…`).
-pub struct LineFormat {
-    pub access_target: &'static str,
+pub(super) struct LineFormat {
+    pub(super) access_target: &'static str,
 }
 
 /// A `key=value` value is quoted only when it would otherwise be ambiguous on one line.
@@ -91,8 +92,10 @@ struct LineVisitor<'a, 'w> {
 }
 
 impl LineVisitor<'_, '_> {
+    /// Also `log.file`, `log.line`, … that events from the `log` crate carry: a library's
+    /// source location on the build machine says nothing to whoever reads this line.
     fn skip(&self, field: &Field) -> bool {
-        self.access && field.name() == "message"
+        (self.access && field.name() == "message") || field.name().starts_with("log.")
     }
 
     fn bare(&self, field: &Field) -> bool {
@@ -122,12 +125,11 @@ impl Visit for LineVisitor<'_, '_> {
         if self.result.is_err() || self.skip(field) {
             return;
         }
-        self.result = self.key(field).and_then(|()| {
-            if !self.unquoted(field) && needs_quotes(value) {
-                write!(self.writer, "{value:?}")
-            } else {
-                self.writer.write_str(value)
-            }
+        let quoted = !self.unquoted(field) && needs_quotes(value);
+        let message = field.name() == "message";
+        self.result = self.key(field).and_then(|()| match message {
+            true => write_escaped(self.writer, value, Style::Message),
+            false => write_value(self.writer, value, quoted),
         });
     }
 
@@ -153,8 +155,31 @@ impl Visit for LineVisitor<'_, '_> {
         if self.result.is_err() || self.skip(field) {
             return;
         }
-        self.result = self
-            .key(field)
-            .and_then(|()| write!(self.writer, "{value:?}"));
+        // `%display` and `?debug` values (errors, paths) are escaped like strings; they
+        // are not quoted, as before.
+        self.result = self.key(field).and_then(|()| {
+            let style = match field.name() {
+                "message" => Style::Message,
+                _ => Style::Bare,
+            };
+            let mut escaping = Escaping {
+                out: &mut *self.writer,
+                style,
+            };
+            write!(escaping, "{value:?}")
+        });
     }
+}
+
+/// A value with unsafe characters escaped (see `escape`), in quotes if `quoted`.
+pub(super) fn write_value(out: &mut impl fmt::Write, value: &str, quoted: bool) -> fmt::Result {
+    if quoted {
+        out.write_char('"')?;
+    }
+    let style = if quoted { Style::Quoted } else { Style::Bare };
+    write_escaped(out, value, style)?;
+    if quoted {
+        out.write_char('"')?;
+    }
+    Ok(())
 }

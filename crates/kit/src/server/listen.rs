@@ -201,7 +201,7 @@ async fn accept_loop(
                 _ = &mut stop => break,
                 _ = beat.tick() => { heartbeat.beat(); continue; }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                p = shared.conns.reserve() => permit = Some(p),
+                p = shared.conns.reserve(false) => permit = Some(p),
             }
         }
         let accepted = tokio::select! {

@@ -9,8 +9,9 @@
 use std::fmt::{self, Write};
 
 /// A character a log line must not carry as it is: C0 and C1 controls, DEL, the line and
-/// paragraph separators, and the bidirectional formatting characters.
-pub(crate) fn is_unsafe_char(c: char) -> bool {
+/// paragraph separators, and the bidirectional formatting characters. (For a service's own
+/// output that a client's text reaches, such as a directory listing.)
+pub fn is_unsafe_char(c: char) -> bool {
     matches!(c,
         '\u{0}'..='\u{1f}'
         | '\u{7f}'..='\u{9f}'
