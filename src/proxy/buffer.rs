@@ -227,7 +227,7 @@ async fn flush(shared: &Shared, temp_dir: &Arc<Path>) -> bool {
         (batch, st.written, truncate, st.file.clone())
     };
     let dir = temp_dir.clone();
-    let written = spool::file_work(move || {
+    let written = super::file_work::run(move || {
         let file = match file {
             Some(f) => f,
             None => match TempFile::create(&dir) {

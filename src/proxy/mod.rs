@@ -12,6 +12,7 @@ pub(crate) mod balance;
 pub(crate) mod body;
 pub(crate) mod buffer;
 pub(crate) mod connector;
+mod file_work;
 pub(crate) mod headers;
 pub(crate) mod health;
 pub(crate) mod pool;

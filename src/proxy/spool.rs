@@ -4,9 +4,10 @@
 //! `temp_dir`: it has no name, so no other process can open it and it never outlives its
 //! request, crash included. A filesystem without `O_TMPFILE` gets a named file that is
 //! unlinked as soon as it is open. File I/O runs on the connection's thread, as nginx does
-//! it, until an operation shows the disk stalling (see `file_work`).
+//! it, until the disk proves slow (see `file_work`).
 
 use super::body::{poll_incoming, IdleTimeout, Stall};
+use super::file_work;
 use crate::config::proxy::ProxyConfig;
 use crate::http_base::BoxError;
 use crate::metrics::BUFFERS;
@@ -15,17 +16,13 @@ use http::header::{HeaderMap, CONTENT_TYPE};
 use http::StatusCode;
 use hyper::body::Incoming;
 use std::fs::{File, OpenOptions};
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 
 /// Bytes read back from a temporary file at a time: hyper's write buffer to the client
 /// holds about that much (`max_buf_size`), so a chunk never waits beside a full one.
@@ -160,92 +157,17 @@ fn open_named_then_unlink(dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// A temporary-file operation slower than this means the disk is stalling (a write to the
-/// page cache, or a read of bytes just written, takes microseconds).
-const SLOW_FILE_OP: Duration = Duration::from_millis(20);
-/// How long file work then stays on the blocking pool.
-const OFFLOAD_FOR: Duration = Duration::from_secs(60);
-
-/// Until when (milliseconds after `clock_base`) file work runs on the blocking pool.
-static OFFLOADED_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
-
-fn clock_base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(clock_base().elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-fn offloaded() -> bool {
-    let until = OFFLOADED_UNTIL_MS.load(Ordering::Relaxed);
-    until != 0 && now_ms() < until
-}
-
-/// Runs `work` here, and sends later file work to the blocking pool if it was slow because
-/// the thread slept in it. Slow because the thread was preempted (a busy machine) is not the
-/// disk's fault: the blocking pool would not help.
-fn timed<T>(work: impl FnOnce() -> T) -> T {
-    let start = Instant::now();
-    let slept = voluntary_switches();
-    let result = work();
-    let took = start.elapsed();
-    if took > SLOW_FILE_OP && voluntary_switches() > slept {
-        let until = now_ms().saturating_add(OFFLOAD_FOR.as_millis() as u64);
-        if OFFLOADED_UNTIL_MS.swap(until, Ordering::Relaxed) <= now_ms() {
-            tracing::warn!(
-                "a temporary-file operation took {} ms: file work moves off the connection threads for {} s",
-                took.as_millis(),
-                OFFLOAD_FOR.as_secs()
-            );
-        }
-    }
-    result
-}
-
-/// How many times this thread has given up the CPU to wait (for a disk, a lock, …).
-fn voluntary_switches() -> i64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_THREAD is valid on Linux.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
-    if rc != 0 {
-        return 0;
-    }
-    // SAFETY: filled by the successful call above.
-    unsafe { usage.assume_init() }.ru_nvcsw
-}
-
-/// Runs temporary-file work on the connection's thread, as nginx does: writing to the page
-/// cache or reading back what was just written costs about a memcpy, where each hop to
-/// tokio's blocking pool cost futex calls on both threads (bench/proxy.sh, POST 1 MiB to
-/// disk: ~180 futex calls per request, 0.43× nginx's rate). A disk that stalls would stall
-/// every connection of the thread, though: after one operation that slept longer than
-/// `SLOW_FILE_OP`, file work runs on the blocking pool for `OFFLOAD_FOR`. Err: it panicked
-/// there.
-pub(crate) async fn file_work<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    if offloaded() {
-        return tokio::task::spawn_blocking(work).await;
-    }
-    Ok(timed(work))
-}
-
-/// `file_work` for io::Result work.
+/// Runs file work where `file_work` says, for io::Result work.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    file_work(work)
+    file_work::run(work)
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
-/// A chunk of a temporary file being read: done already, or on the blocking pool.
-pub(crate) enum ChunkRead {
-    Done(Option<io::Result<Bytes>>),
-    Offloaded(JoinHandle<io::Result<Bytes>>),
-}
+/// A chunk of a temporary file being read.
+pub(crate) type ChunkRead = file_work::Started<io::Result<Bytes>>;
 
 /// Reads the next chunk of `file[offset..end]` (see `file_work` for where).
 pub(crate) fn read_chunk(file: &Arc<TempFile>, offset: u64, end: u64) -> ChunkRead {
@@ -254,28 +176,14 @@ pub(crate) fn read_chunk(file: &Arc<TempFile>, offset: u64, end: u64) -> ChunkRe
     // stays in this thread's malloc arena instead of growing one per blocking thread
     // (bench/proxy.sh, 50 concurrent 1 MiB uploads: peak RSS 61-68 → 45 MiB).
     let buf = vec![0u8; len];
-    if offloaded() {
-        let file = file.clone();
-        return ChunkRead::Offloaded(tokio::task::spawn_blocking(move || {
-            file.read_into(buf, offset)
-        }));
-    }
-    ChunkRead::Done(Some(timed(|| file.read_into(buf, offset))))
+    let file = file.clone();
+    file_work::start(move || file.read_into(buf, offset))
 }
 
 /// Polls a `read_chunk`.
 pub(crate) fn poll_chunk(read: &mut ChunkRead, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
-    match read {
-        ChunkRead::Done(chunk) => Poll::Ready(
-            chunk
-                .take()
-                .unwrap_or_else(|| Err(io::Error::other("a chunk read twice"))),
-        ),
-        ChunkRead::Offloaded(handle) => {
-            let r = ready!(Pin::new(handle).poll(cx));
-            Poll::Ready(r.unwrap_or_else(|e| Err(io::Error::other(e))))
-        }
-    }
+    read.poll(cx)
+        .map(|r| r.unwrap_or_else(|e| Err(io::Error::other(e))))
 }
 
 /// A request body read whole: its frames in memory, or a temporary file. Every attempt to
@@ -487,31 +395,6 @@ fn spill(e: io::Error, temp_dir: &Path) -> ReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// File work runs inline until one operation is slow, then on the blocking pool; both
-    /// read the same bytes. (Other tests in this process may meanwhile take either path.)
-    #[tokio::test]
-    async fn a_slow_file_operation_moves_file_work_off_the_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(TempFile::create(dir.path()).unwrap());
-        file.write_at(&[Bytes::from_static(b"hello world")], 0)
-            .unwrap();
-        OFFLOADED_UNTIL_MS.store(0, Ordering::Relaxed);
-        let mut read = read_chunk(&file, 0, 11);
-        assert!(matches!(read, ChunkRead::Done(_)), "inline at first");
-        let got = std::future::poll_fn(|cx| poll_chunk(&mut read, cx)).await;
-        assert_eq!(&got.unwrap()[..], b"hello world");
-        timed(|| std::thread::sleep(SLOW_FILE_OP + Duration::from_millis(5)));
-        assert!(offloaded());
-        let mut read = read_chunk(&file, 6, 11);
-        assert!(
-            matches!(read, ChunkRead::Offloaded(_)),
-            "on the pool after a slow one"
-        );
-        let got = std::future::poll_fn(|cx| poll_chunk(&mut read, cx)).await;
-        assert_eq!(&got.unwrap()[..], b"world");
-        OFFLOADED_UNTIL_MS.store(0, Ordering::Relaxed);
-    }
 
     #[test]
     fn temp_files_have_no_name_and_read_back_what_was_written() {
