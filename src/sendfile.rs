@@ -9,17 +9,26 @@
 //! that part of the file with sendfile(2) instead, so no page is ever faulted in.
 //!
 //! Only plaintext HTTP/1 connections get a `FileRegions`: TLS and HTTP/2 copy the bytes
-//! into their own records and frames. If anything did read the mapping, it would read the
-//! file's own bytes, so the response stays correct either way; the kernel (a plain write)
-//! turns a page past a truncated end into EFAULT, never a signal. A file truncated while
-//! being sent makes sendfile return 0: hyper then closes the connection, as nginx does.
+//! into their own records and frames. The kernel reading the mapping (a plain write) would
+//! still send the file's bytes, and turns a page past a truncated end into EFAULT; but a
+//! read in user space of such a page raises SIGBUS and ends the process. So the mapping is
+//! handed out only as a body (`Full`), whose bytes only hyper's writer takes, and hyper
+//! is held to queueing them (`snapshot`: `writev(true)`). A file truncated while being sent
+//! makes sendfile return 0: hyper then closes the connection, as nginx does.
 
 use bytes::Bytes;
+use http_body_util::Full;
 use std::fs::File;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Mappings alive in the process: each takes one of the kernel's `vm.max_map_count` (65530
+/// by default), which every other mmap (large allocations, thread stacks) shares. Past this
+/// many, files are read instead.
+const MAX_MAPPINGS: usize = 16 * 1024;
+static MAPPINGS: AtomicUsize = AtomicUsize::new(0);
 
 /// The mapped file bodies of one connection that hyper has not finished writing.
 #[derive(Default)]
@@ -56,15 +65,15 @@ impl FileRegions {
         self.list.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `len` bytes of `file` from `offset`, as a body frame that the connection's writer
-    /// sends with sendfile(2). `len` must be > 0. The file comes back if it cannot be mapped
-    /// (a filesystem without mmap): it can still be read.
+    /// `len` bytes of `file` from `offset`, as a body that the connection's writer sends
+    /// with sendfile(2). `len` must be > 0. The file comes back if it cannot be mapped (a
+    /// filesystem without mmap, too many mappings): it can still be read.
     pub(crate) fn map(
         self: &Arc<Self>,
         file: File,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes, (io::Error, File)> {
+    ) -> Result<Full<Bytes>, (io::Error, File)> {
         let page = page_size();
         let skip = (offset % page) as usize;
         let sizes = usize::try_from(len).ok().and_then(|body_len| {
@@ -75,6 +84,10 @@ impl FileRegions {
         let Some((body_len, map_len, map_offset)) = sizes else {
             return Err((io::ErrorKind::FileTooLarge.into(), file));
         };
+        if MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPINGS {
+            MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+            return Err((io::Error::other("too many files mapped"), file));
+        }
         // SAFETY: a new shared, read-only mapping of an open file; the kernel picks the
         // address. Nothing dereferences it in user space (see the module's comment), and
         // `Mapping` unmaps it exactly once.
@@ -89,6 +102,7 @@ impl FileRegions {
             )
         };
         if ptr == libc::MAP_FAILED {
+            MAPPINGS.fetch_sub(1, Ordering::Relaxed);
             return Err((io::Error::last_os_error(), file));
         }
         let start = ptr as usize + skip;
@@ -105,7 +119,7 @@ impl FileRegions {
             offset,
         });
         self.count.fetch_add(1, Ordering::Release);
-        Ok(Bytes::from_owner(mapping).slice(skip..))
+        Ok(Full::new(Bytes::from_owner(mapping).slice(skip..)))
     }
 
     /// Whether `bufs` reach a mapped body, and where.
@@ -169,6 +183,7 @@ impl Drop for Mapping {
         // SAFETY: the mapping made in `map`, unmapped once; no slice of it outlives the
         // `Bytes` that owned this value.
         unsafe { libc::munmap(self.ptr, self.map_len) };
+        MAPPINGS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -202,12 +217,23 @@ mod tests {
         (f, data)
     }
 
+    /// What hyper would take from the body (reading the mapping: fine in a test).
+    fn the_bytes(mut body: Full<Bytes>) -> Bytes {
+        use http_body::Body as _;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap(),
+            _ => panic!("a Full body has its frame at once"),
+        }
+    }
+
     #[test]
     fn a_mapped_body_is_found_by_address_and_forgotten_when_dropped() {
         let regions = Arc::new(FileRegions::default());
         let (f, data) = file_of(10_000);
         // An offset that is not page-aligned: the mapping starts earlier, the body does not.
         let body = regions.map(f, 5_000, 4_000).map_err(|(e, _)| e).unwrap();
+        let body = the_bytes(body);
         assert_eq!(&body[..], &data[5_000..9_000]);
         let head = b"HTTP/1.1 200 OK\r\n\r\n";
         let bufs = [IoSlice::new(head), IoSlice::new(&body[100..])];
@@ -221,6 +247,11 @@ mod tests {
         assert!(regions.find(&[IoSlice::new(head)]).is_none());
         assert_eq!(regions.count.load(Ordering::Acquire), 0);
         assert!(regions.lock().is_empty());
+        assert_eq!(
+            MAPPINGS.load(Ordering::Relaxed),
+            0,
+            "the mapping is counted and gone"
+        );
     }
 
     #[test]

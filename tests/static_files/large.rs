@@ -1,7 +1,7 @@
 //! Files large enough to leave through sendfile(2) on plaintext HTTP/1 (see `src/sendfile.rs`):
-//! every byte, in order, whatever the range or the pipeline; the same bytes over HTTP/2,
-//! which reads them instead; and a file cut short while being sent ends that response's
-//! connection, never the server.
+//! every byte, in order, whatever the range or the pipeline, and never a page of the file in
+//! the server's memory; the same bytes over HTTP/2, which reads them instead; and a file cut
+//! short while being sent ends that response's connection, never the server.
 
 use super::{get, start_site, Mode};
 use std::io::{Read, Write};
@@ -77,7 +77,7 @@ fn pipelined_large_responses_stay_in_order() {
 }
 
 #[test]
-fn large_files_over_http2_are_read_not_mapped() {
+fn large_files_over_http2_arrive_whole() {
     let site = start_site(Mode::Openat2);
     let data = write_large(&site.root);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -134,4 +134,37 @@ fn a_file_cut_short_while_sent_closes_only_its_connection() {
     let now = get(site.port, "/large.bin", "");
     assert_eq!(now.status, 200);
     assert!(now.body == data[..100_000]);
+}
+
+/// While a slow client takes a large file, the server holds a mapping of it (the body hyper
+/// writes) and not one page of it is resident: the bytes went by sendfile(2), not through
+/// user space. The test that would catch a server reading the file it claims to send.
+#[test]
+fn a_large_file_is_mapped_for_sendfile_and_never_read() {
+    let site = start_site(Mode::Openat2);
+    write_large(&site.root);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(site.root.join("large.bin"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", site.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = vec![0u8; 256 * 1024];
+    s.read_exact(&mut first).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", site.server.pid())).unwrap();
+    let mut resident = Vec::new();
+    let mut lines = smaps.lines();
+    while let Some(line) = lines.next() {
+        if line.ends_with("/large.bin") {
+            let rss = lines
+                .find_map(|l| l.strip_prefix("Rss:"))
+                .map(|v| v.trim().to_owned());
+            resident.push(rss.unwrap_or_default());
+        }
+    }
+    assert_eq!(resident, ["0 kB"], "mappings of large.bin and their Rss");
 }
