@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 GH=${1:-target/release/gatehouse}
 RUNS=${2:-20}
 command -v systemd-socket-activate >/dev/null || { apt-get update -q >/dev/null; apt-get install -y -q systemd >/dev/null; }
-[ -x "$GH" ] || cargo build --release --locked -q
+[ -x "$GH" ] || cargo build --release --locked -q -p gatehouse
 WORK=$(mktemp -d /tmp/gatehouse-cold.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/www"

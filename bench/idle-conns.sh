@@ -11,7 +11,7 @@ need_tools
 GH=${1:-}
 N=${2:-1000}
 if [ -z "$GH" ]; then
-    cargo build --release --locked -q
+    cargo build --release --locked -q -p gatehouse
     GH=target/release/gatehouse
 fi
 ulimit -n $((N + 256))

@@ -23,7 +23,7 @@ need_tools
 
 GH=${1:-}
 if [ -z "$GH" ]; then
-    cargo build --release --locked -q
+    cargo build --release --locked -q -p gatehouse
     GH=target/release/gatehouse
 fi
 declare -a LABELS=(gatehouse) BINS=("$GH")

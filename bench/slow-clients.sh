@@ -40,7 +40,7 @@ GH=${1:-}
 COUNTS=("${@:-1 10 50}")
 read -r -a COUNTS <<<"${COUNTS[*]}"
 if [ -z "$GH" ]; then
-    cargo build --release --locked -q
+    cargo build --release --locked -q -p gatehouse
     GH=target/release/gatehouse
 fi
 PROBES=${PROBES:-5}

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 need_tools
 GH=${1:-}
 if [ -z "$GH" ]; then
-    cargo build --release --locked -q
+    cargo build --release --locked -q -p gatehouse
     GH=target/release/gatehouse
 fi
 

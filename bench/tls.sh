@@ -13,7 +13,7 @@ need_tools
 command -v openssl >/dev/null || { echo "openssl (the CLI) is needed to make the test certificate" >&2; exit 1; }
 GH=${1:-}
 if [ -z "$GH" ]; then
-    cargo build --release --locked -q
+    cargo build --release --locked -q -p gatehouse
     GH=target/release/gatehouse
 fi
 
