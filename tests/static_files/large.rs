@@ -22,6 +22,30 @@ fn write_large(root: &Path) -> Vec<u8> {
     data
 }
 
+/// The file grown to 1 GiB with a sparse tail: far more than loopback's socket buffers hold,
+/// so a response of it is still being sent while the test looks.
+const SPARSE_LEN: u64 = 1 << 30;
+
+fn grow_sparse(root: &Path) -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("large.bin"))
+        .unwrap();
+    file.set_len(SPARSE_LEN).unwrap();
+    file
+}
+
+/// A client that asks for `/large.bin` with `headers` and takes the first `n` bytes only.
+fn slow_reader(port: u16, headers: &str, n: usize) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("GET /large.bin HTTP/1.1\r\nHost: t\r\n{headers}\r\n").as_bytes())
+        .unwrap();
+    let mut first = vec![0u8; n];
+    s.read_exact(&mut first).unwrap();
+    (s, first)
+}
+
 #[test]
 fn large_files_arrive_whole_with_ranges_and_head() {
     let site = start_site(Mode::Openat2);
@@ -105,18 +129,10 @@ fn large_files_over_http2_arrive_whole() {
 /// (a sparse tail), so the server cannot have sent it all before the truncation.
 #[test]
 fn a_file_cut_short_while_sent_closes_only_its_connection() {
-    const SPARSE_LEN: u64 = 1 << 30;
     let mut site = start_site(Mode::Openat2);
-    let path = site.root.join("large.bin");
     let data = write_large(&site.root);
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.set_len(SPARSE_LEN).unwrap();
-    let mut s = TcpStream::connect(("127.0.0.1", site.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET /large.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut first = vec![0u8; 64 * 1024];
-    s.read_exact(&mut first).unwrap();
+    let file = grow_sparse(&site.root);
+    let (mut s, first) = slow_reader(site.port, "Connection: close\r\n", 64 * 1024);
     file.set_len(100_000).unwrap();
     let mut rest = Vec::new();
     // The server closes the connection (a reset is fine too): it cannot finish the body.
@@ -143,18 +159,8 @@ fn a_file_cut_short_while_sent_closes_only_its_connection() {
 fn a_large_file_is_mapped_for_sendfile_and_never_read() {
     let site = start_site(Mode::Openat2);
     write_large(&site.root);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(site.root.join("large.bin"))
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
-    let mut s = TcpStream::connect(("127.0.0.1", site.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut first = vec![0u8; 256 * 1024];
-    s.read_exact(&mut first).unwrap();
+    grow_sparse(&site.root);
+    let (_client, _) = slow_reader(site.port, "", 256 * 1024);
     let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", site.server.pid())).unwrap();
     let mut resident = Vec::new();
     let mut lines = smaps.lines();
