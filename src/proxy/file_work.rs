@@ -14,11 +14,10 @@
 //!
 //! A panic in the work is caught on either path and reported as [`Panicked`].
 
-use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,17 +30,50 @@ const SURELY_SLOW: Duration = Duration::from_millis(250);
 /// How long file work then stays on the blocking pool.
 const OFFLOAD_FOR: Duration = Duration::from_secs(60);
 
-/// Until when (milliseconds after `clock_base`) file work runs on the blocking pool.
-static OFFLOADED_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
-
-/// Threads that ran file work inline, each with its own slot: 0 when idle, else 1 + the
-/// start (in ms) of the operation it is in. Threads beyond the slots use the pool.
+/// Threads that run file work inline get a slot each (the same in every `Policy`), given
+/// back when the thread ends; threads beyond the slots use the pool.
 const SLOTS: usize = 64;
-static RUNNING_SINCE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
-static SLOTS_TAKEN: AtomicUsize = AtomicUsize::new(0);
+static SLOT_USED: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+/// 1 + the highest slot ever taken: how far `offloaded` looks.
+static SLOTS_HIGH: AtomicUsize = AtomicUsize::new(0);
+
+struct SlotGuard(Option<usize>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            SLOT_USED[i].store(false, Ordering::Release);
+        }
+    }
+}
 
 thread_local! {
-    static SLOT: Cell<Option<Option<usize>>> = const { Cell::new(None) };
+    static SLOT: SlotGuard = SlotGuard(take_slot());
+}
+
+fn take_slot() -> Option<usize> {
+    let i = SLOT_USED.iter().position(|used| {
+        used.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })?;
+    SLOTS_HIGH.fetch_max(i + 1, Ordering::Relaxed);
+    Some(i)
+}
+
+/// This thread's slot; `None` when all are taken (or the thread is ending).
+fn my_slot() -> Option<usize> {
+    SLOT.try_with(|slot| slot.0).ok().flatten()
+}
+
+/// The process's policy (tests make their own, so that others' file work cannot disturb
+/// them).
+static POLICY: Policy = Policy::new();
+
+struct Policy {
+    /// Until when (milliseconds after `clock_base`) file work runs on the blocking pool.
+    offloaded_until_ms: AtomicU64,
+    /// Per thread slot: 0 when idle, else 1 + the start (in ms) of its inline operation.
+    running_since: [AtomicU64; SLOTS],
 }
 
 /// File work that panicked.
@@ -75,88 +107,99 @@ impl<T> Started<T> {
 
 /// Starts `work` where it should run (see the module's comment).
 pub(crate) fn start<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Started<T> {
-    match my_slot() {
-        Some(slot) if !offloaded() => Started::Done(Some(inline(slot, work))),
-        _ => Started::Pooled(tokio::task::spawn_blocking(move || {
-            let begun = Instant::now();
-            let result = work();
-            let took = begun.elapsed();
-            if took > SLOW {
-                offload(took, "on the blocking pool");
-            }
-            result
-        })),
-    }
+    POLICY.start(work)
 }
 
 /// Runs `work` where it should run, to its end.
 pub(crate) async fn run<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Panicked> {
-    let mut started = start(work);
-    std::future::poll_fn(|cx| started.poll(cx)).await
+    POLICY.run(work).await
 }
 
-fn inline<T>(slot: usize, work: impl FnOnce() -> T) -> Result<T, Panicked> {
-    let before = ThreadTimes::now();
-    RUNNING_SINCE[slot].store(now_ms() + 1, Ordering::Relaxed);
-    let result = std::panic::catch_unwind(AssertUnwindSafe(work));
-    RUNNING_SINCE[slot].store(0, Ordering::Relaxed);
-    let after = ThreadTimes::now();
-    let off_cpu = after
-        .wall
-        .saturating_sub(before.wall + (after.cpu - before.cpu));
-    let asleep_only = after.involuntary == before.involuntary && after.voluntary > before.voluntary;
-    if (off_cpu > SLOW && asleep_only) || off_cpu > SURELY_SLOW {
-        offload(off_cpu, "asleep");
-    }
-    result.map_err(|_| Panicked)
-}
-
-fn offload(took: Duration, how: &str) {
-    let now = now_ms();
-    let until = now.saturating_add(OFFLOAD_FOR.as_millis() as u64);
-    if OFFLOADED_UNTIL_MS.swap(until, Ordering::Relaxed) <= now {
-        tracing::warn!(
-            "a temporary-file operation took {} ms ({how}): file work moves off the connection threads for {} s",
-            took.as_millis(),
-            OFFLOAD_FOR.as_secs()
-        );
-    }
-}
-
-/// Whether file work goes to the pool now: the disk was slow lately, or an inline
-/// operation has been running for longer than `SLOW`.
-pub(crate) fn offloaded() -> bool {
-    let now = now_ms();
-    if now < OFFLOADED_UNTIL_MS.load(Ordering::Relaxed) {
-        return true;
-    }
-    let taken = SLOTS_TAKEN.load(Ordering::Relaxed).min(SLOTS);
-    let stuck = RUNNING_SINCE[..taken].iter().find_map(|since| {
-        let since = since.load(Ordering::Relaxed).checked_sub(1)?;
-        Some(Duration::from_millis(now.saturating_sub(since))).filter(|d| *d > SLOW)
-    });
-    match stuck {
-        Some(running) => {
-            offload(running, "still running");
-            true
+impl Policy {
+    const fn new() -> Policy {
+        Policy {
+            offloaded_until_ms: AtomicU64::new(0),
+            running_since: [const { AtomicU64::new(0) }; SLOTS],
         }
-        None => false,
     }
-}
 
-/// This thread's slot; `None` once all are taken.
-fn my_slot() -> Option<usize> {
-    SLOT.with(|slot| match slot.get() {
-        Some(mine) => mine,
-        None => {
-            let n = SLOTS_TAKEN.fetch_add(1, Ordering::Relaxed);
-            let mine = (n < SLOTS).then_some(n);
-            slot.set(Some(mine));
-            mine
+    fn start<T: Send + 'static>(
+        &'static self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Started<T> {
+        match my_slot() {
+            Some(slot) if !self.offloaded() => Started::Done(Some(self.inline(slot, work))),
+            _ => Started::Pooled(tokio::task::spawn_blocking(move || {
+                let begun = Instant::now();
+                let result = work();
+                let took = begun.elapsed();
+                if took > SLOW {
+                    self.offload(took, "on the blocking pool");
+                }
+                result
+            })),
         }
-    })
+    }
+
+    async fn run<T: Send + 'static>(
+        &'static self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Panicked> {
+        let mut started = self.start(work);
+        std::future::poll_fn(|cx| started.poll(cx)).await
+    }
+
+    fn inline<T>(&self, slot: usize, work: impl FnOnce() -> T) -> Result<T, Panicked> {
+        let before = ThreadTimes::now();
+        self.running_since[slot].store(now_ms() + 1, Ordering::Relaxed);
+        let result = std::panic::catch_unwind(AssertUnwindSafe(work));
+        self.running_since[slot].store(0, Ordering::Relaxed);
+        let after = ThreadTimes::now();
+        let off_cpu = after
+            .wall
+            .saturating_sub(before.wall + (after.cpu.saturating_sub(before.cpu)));
+        let asleep_only =
+            after.involuntary == before.involuntary && after.voluntary > before.voluntary;
+        if (off_cpu > SLOW && asleep_only) || off_cpu > SURELY_SLOW {
+            self.offload(off_cpu, "asleep");
+        }
+        result.map_err(|_| Panicked)
+    }
+
+    fn offload(&self, took: Duration, how: &str) {
+        let now = now_ms();
+        let until = now.saturating_add(OFFLOAD_FOR.as_millis() as u64);
+        if self.offloaded_until_ms.swap(until, Ordering::Relaxed) <= now {
+            tracing::warn!(
+                "a temporary-file operation took {} ms ({how}): file work moves off the connection threads for {} s",
+                took.as_millis(),
+                OFFLOAD_FOR.as_secs()
+            );
+        }
+    }
+
+    /// Whether file work goes to the pool now: the disk was slow lately, or an inline
+    /// operation has been running for longer than `SLOW`.
+    fn offloaded(&self) -> bool {
+        let now = now_ms();
+        if now < self.offloaded_until_ms.load(Ordering::Relaxed) {
+            return true;
+        }
+        let taken = SLOTS_HIGH.load(Ordering::Relaxed).min(SLOTS);
+        let stuck = self.running_since[..taken].iter().find_map(|since| {
+            let since = since.load(Ordering::Relaxed).checked_sub(1)?;
+            Some(Duration::from_millis(now.saturating_sub(since))).filter(|d| *d > SLOW)
+        });
+        match stuck {
+            Some(running) => {
+                self.offload(running, "still running");
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn clock_base() -> Instant {
@@ -209,20 +252,16 @@ impl ThreadTimes {
 }
 
 #[cfg(test)]
-pub(super) fn reset_for_test() {
-    OFFLOADED_UNTIL_MS.store(0, Ordering::Relaxed);
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
-    // One test: the policy is process-wide, and the test harness runs tests in parallel.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn file_work_leaves_the_thread_when_the_disk_sleeps_not_when_the_cpu_is_busy() {
-        reset_for_test();
+        // A policy of its own: other tests' file work cannot move this one's.
+        let policy: &'static Policy = Box::leak(Box::new(Policy::new()));
+        let reset = || policy.offloaded_until_ms.store(0, Ordering::Relaxed);
         // Busy on the CPU for longer than SLOW: not the disk's fault.
-        let spin = start(|| {
+        let spin = policy.start(|| {
             let until = Instant::now() + SLOW * 2;
             while Instant::now() < until {
                 std::hint::spin_loop();
@@ -230,27 +269,35 @@ mod tests {
             1
         });
         assert!(matches!(spin, Started::Done(_)), "inline at first");
-        assert!(!offloaded(), "CPU work moved file work to the pool");
-        // A panic is an error, on the inline path too.
-        assert!(run(|| -> u8 { panic!("boom") }).await.is_err());
-        assert!(!offloaded());
+        assert!(!policy.offloaded(), "CPU work moved file work to the pool");
+        // A panic is an error, on the inline path too. (Printing its backtrace may itself
+        // be slow enough to move file work: not what is tested here.)
+        assert!(policy.run(|| -> u8 { panic!("boom") }).await.is_err());
+        reset();
         // Asleep for longer than SLOW: the disk.
-        let sleep = run(|| std::thread::sleep(SLOW + Duration::from_millis(10))).await;
+        let sleep = policy
+            .run(|| std::thread::sleep(SLOW + Duration::from_millis(10)))
+            .await;
         assert!(sleep.is_ok());
-        assert!(offloaded(), "a sleeping operation did not move file work");
-        assert!(matches!(start(|| 2), Started::Pooled(_)));
         assert!(
-            run(|| -> u8 { panic!("boom") }).await.is_err(),
+            policy.offloaded(),
+            "a sleeping operation did not move file work"
+        );
+        assert!(matches!(policy.start(|| 2), Started::Pooled(_)));
+        assert!(
+            policy.run(|| -> u8 { panic!("boom") }).await.is_err(),
             "a panic on the pool"
         );
-        reset_for_test();
+        reset();
         // Still running after SLOW: others go to the pool at once, before it ends.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let hung = std::thread::spawn(move || inline(my_slot().unwrap(), || rx.recv()));
+        let hung = std::thread::spawn(move || policy.inline(my_slot().unwrap(), || rx.recv()));
         std::thread::sleep(SLOW * 3);
-        assert!(offloaded(), "a hung operation left the others inline");
+        assert!(
+            policy.offloaded(),
+            "a hung operation left the others inline"
+        );
         tx.send(()).unwrap();
         hung.join().unwrap().unwrap().unwrap();
-        reset_for_test();
     }
 }
