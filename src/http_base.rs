@@ -13,7 +13,12 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 pub(crate) fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
+    boxed_full(Full::new(bytes))
+}
+
+/// A `Full` body made elsewhere (a mapped file: see `sendfile`), boxed as every body is.
+pub(crate) fn boxed_full(body: Full<Bytes>) -> Body {
+    body.map_err(|never| match never {}).boxed()
 }
 
 pub(crate) fn empty() -> Body {

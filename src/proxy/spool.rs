@@ -157,8 +157,8 @@ fn open_named_then_unlink(dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Runs file work where `file_work` says, for io::Result work.
-pub(crate) async fn blocking<T: Send + 'static>(
+/// Runs io::Result file work where `file_work` says.
+async fn file_io<T: Send + 'static>(
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     file_work::run(work)
@@ -352,7 +352,7 @@ pub(crate) async fn read_request(
                 Some(f) => f.clone(),
                 None => {
                     let dir = temp_dir.clone();
-                    let created = blocking(move || TempFile::create(&dir)).await;
+                    let created = file_io(move || TempFile::create(&dir)).await;
                     file.insert(Arc::new(created.map_err(|e| spill(e, temp_dir))?))
                         .clone()
                 }
@@ -381,7 +381,7 @@ pub(crate) async fn read_request(
 }
 
 async fn write(file: Arc<TempFile>, frames: Vec<Bytes>, offset: u64) -> io::Result<u64> {
-    blocking(move || file.write_at(&frames, offset)).await
+    file_io(move || file.write_at(&frames, offset)).await
 }
 
 fn spill(e: io::Error, temp_dir: &Path) -> ReadError {

@@ -145,7 +145,7 @@ async fn serve_io<I>(
     let server = &snapshot.config.server;
     match protocol {
         Protocol::Http1 => {
-            if tls.is_none() {
+            if I::SENDS_FILES {
                 let _ = conn_ctx.file_regions.set(Arc::default());
             }
             let service = service_fn(move |req| {

@@ -9,6 +9,9 @@ use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
 pub(crate) trait SendFile {
+    /// Whether `poll_send_file` works: only then does a connection get mapped file bodies.
+    const SENDS_FILES: bool = false;
+
     /// Sends up to `len` bytes of `file` from `offset`; Ok(0) if the file ended early.
     fn poll_send_file(
         self: Pin<&mut Self>,
@@ -24,6 +27,8 @@ pub(crate) trait SendFile {
 macro_rules! send_file_on_socket {
     ($stream:ty) => {
         impl SendFile for $stream {
+            const SENDS_FILES: bool = true;
+
             fn poll_send_file(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,

@@ -427,7 +427,7 @@ fn file_body(
         }
         Source::File(file) if count >= SENDFILE_MIN => match file_regions {
             Some(regions) => match regions.map(file, start, count) {
-                Ok(mapped) => return Ok(mapped.map_err(|never| match never {}).boxed()),
+                Ok(mapped) => return Ok(http_base::boxed_full(mapped)),
                 Err((e, file)) => {
                     tracing::debug!(error = %e, "cannot map a file for sendfile: reading it");
                     return streamed(file, start, count);
