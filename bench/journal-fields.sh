@@ -3,7 +3,7 @@
 # (tests/e2e/lib/machine.sh: Debian with systemd as PID 1 in systemd-nspawn), a small sender
 # (bench/journal-send.c, built statically on the host) writes COUNT native-protocol datagrams
 # to /run/systemd/journal/socket as gatehouse does (64 per sendmmsg, blocking: as fast as
-# journald takes them), each one variant of gatehouse's access entry (src/log/access.rs and crates/kit/src/log/access.rs).
+# journald takes them), each one variant of gatehouse's access entry (crates/kit/src/log/access.rs).
 #
 # Contexts: `unit`, the sender started by `systemd-run` as a service with gatehouse.service's
 # LogRateLimitIntervalSec=1s / LogRateLimitBurst=1000000 (journald attaches the unit's

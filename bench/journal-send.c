@@ -1,4 +1,4 @@
-/* Sends access-log journal entries the way gatehouse does (src/log/access.rs and crates/kit/src/log/access.rs,
+/* Sends access-log journal entries the way gatehouse does (crates/kit/src/log/access.rs,
  * crates/kit/src/journal.rs): native-protocol datagrams to /run/systemd/journal/socket,
  * 64 per sendmmsg(2), blocking, so it goes as fast as journald takes them. Used by
  * bench/journal-fields.sh, which builds it statically and runs it inside the e2e machine.

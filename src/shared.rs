@@ -15,10 +15,11 @@
 //! - `acme::manager::WAKE`: wakes the certificate manager after a reload.
 //! - `metrics::{UPSTREAMS, PROTOCOL_ERRORS, BUFFERS, ACME}`: metric families fed from deep
 //!   in the proxy, logging and ACME code, which hold no `Metrics`; `Metrics::new` registers them.
-//! - `log::access::{SINK, PENDING}`, `log::SAMPLED`, `log::peer_noise::{HELD, LATEST}`: the
-//!   access log's journal socket, batching and sampling.
-//! - in gatehouse-kit: the `$NOTIFY_SOCKET` (`notify`), the early-SIGHUP flag (`signals`)
-//!   and the access log's batch and sinks (`log`), each taken or set once at start.
+//! - `log::SAMPLED`, `log::peer_noise::{HELD, LATEST}`: access-log sampling and the
+//!   peer-noise summary.
+//! - in gatehouse-kit: the `$NOTIFY_SOCKET` (`notify`) and the early-SIGHUP flag
+//!   (`signals`), set once at start; the access log's batch and sink (`log`), chosen at
+//!   start, and its file, swapped by each reload.
 
 use crate::config::Config;
 use crate::metrics::Metrics;

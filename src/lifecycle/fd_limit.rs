@@ -19,15 +19,10 @@ pub(crate) fn raise() {
             "raised the soft RLIMIT_NOFILE"
         ),
         Ok(_) => {}
-        Err(e) => match gatehouse_kit::rlimit::nofile() {
-            Ok((soft, hard)) => tracing::warn!(
-                error = %e,
-                soft,
-                hard,
-                "cannot raise the soft RLIMIT_NOFILE to the hard limit"
-            ),
-            Err(_) => tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE"),
-        },
+        // `check` reports the limits themselves when max_connections does not fit them.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the soft RLIMIT_NOFILE to the hard limit")
+        }
     }
 }
 

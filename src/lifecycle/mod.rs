@@ -21,9 +21,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// EX_CONFIG from sysexits.h: the configuration (or the sockets systemd passed) is wrong.
-/// The unit's RestartPreventExitStatus=78 keeps systemd from restarting into the same error.
-pub(crate) const EXIT_CONFIG: u8 = gatehouse_kit::EXIT_CONFIG;
+/// EX_CONFIG (78): the configuration (or the sockets systemd passed) is wrong.
+pub(crate) use gatehouse_kit::EXIT_CONFIG;
 
 pub(crate) struct ServeOptions {
     pub(crate) origin: ConfigOrigin,

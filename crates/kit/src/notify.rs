@@ -81,6 +81,10 @@ pub enum VsockKind {
     Stream,
 }
 
+/// Why a `NOTIFY_SOCKET` value of no known form is refused.
+const NOT_AN_ADDRESS: &str =
+    "a relative path, not an absolute path, an abstract @name or a vsock:CID:PORT address";
+
 /// A `NOTIFY_SOCKET` value this process cannot use.
 #[derive(Debug, thiserror::Error)]
 #[error("NOTIFY_SOCKET={value:?} is unusable ({reason}): systemd gets no READY=1, STATUS= or WATCHDOG=1 from this process")]
@@ -113,20 +117,14 @@ impl NotifyAddress {
         }
         let text = std::str::from_utf8(bytes).map_err(|_| refuse("not UTF-8"))?;
         let Some((prefix, rest)) = text.split_once(':') else {
-            return Err(refuse(
-                "a relative path, not an absolute path, an abstract @name or a vsock:CID:PORT address",
-            ));
+            return Err(refuse(NOT_AN_ADDRESS));
         };
         let kind = match prefix {
             "vsock" => None,
             "vsock-dgram" => Some(VsockKind::Datagram),
             "vsock-seqpacket" => Some(VsockKind::SeqPacket),
             "vsock-stream" => Some(VsockKind::Stream),
-            _ => {
-                return Err(refuse(
-                    "a relative path, not an absolute path, an abstract @name or a vsock:CID:PORT address",
-                ))
-            }
+            _ => return Err(refuse(NOT_AN_ADDRESS)),
         };
         let (cid, port) = rest
             .split_once(':')
@@ -358,8 +356,12 @@ pub fn init(value: Option<&OsStr>) -> Option<String> {
                         n
                     })
                     .map_err(|e| {
-                    format!("NOTIFY_SOCKET={value:?} is unusable ({e}): systemd gets no READY=1, STATUS= or WATCHDOG=1 from this process")
-                })
+                        NotifyAddressError {
+                            value: value.to_string_lossy().into_owned(),
+                            reason: e.to_string(),
+                        }
+                        .to_string()
+                    })
             });
         made.map_err(|e| problem = Some(e)).ok()
     });
