@@ -5,7 +5,7 @@
 # systemd-nspawn). Each server's unit gets one drop-in, CPUAffinity=$SERVER_CPU (and nginx
 # `worker_processes 1`, so both use one core); wrk runs inside the guest on $CLIENT_CPU.
 #
-# Rows: the static welcome page, and a proxied GET to an upstream on a unix socket (a
+# Rows: the static welcome page, a 1 MiB file, and a proxied GET to an upstream on a unix socket (a
 # separate nginx returning 20 bytes, in a transient unit on $CLIENT_CPU; both proxies keep
 # upstream connections alive). Each at every connection count in $CONNS, alternating the
 # two servers, $BENCH_REPS runs of $BENCH_DURATION. LOG_MODES (default "all file off")
@@ -86,6 +86,8 @@ dropin nginx.service "[Service]
 CPUAffinity=$SERVER_CPU"
 
 guest_install_deb "$DEB"
+# A large file, which both send with sendfile(2) (Debian's nginx.conf has `sendfile on`).
+G sh -c 'head -c 1048576 /dev/urandom >/usr/share/gatehouse/www/bench-1m.bin'
 gatehouse_config() { # all|file|off
     local file=
     [ "$1" = file ] && file='access_log_file = "/var/log/gatehouse/access.log"'
@@ -129,7 +131,7 @@ server_pids() { # gatehouse|nginx
 }
 
 declare -A R
-ROWS=("static|/index.html" "proxy|/api/hello")
+ROWS=("static|/index.html" "static-1m|/bench-1m.bin" "proxy|/api/hello")
 SERVERS=()
 for mode in $LOG_MODES; do SERVERS+=("gatehouse-$mode"); done
 SERVERS+=(nginx)
