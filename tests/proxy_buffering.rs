@@ -182,6 +182,60 @@ fn a_buffered_upload_reaches_the_upstream_whole_with_a_content_length() {
     });
 }
 
+/// The Rss of each mapping of a file in `dir` (a temporary file shows as "DIR/#INODE
+/// (deleted)").
+fn mapped_from(pid: i32, dir: &Path) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let dir = format!("{}/", dir.display());
+    let mut rss = Vec::new();
+    let mut lines = smaps.lines();
+    while let Some(line) = lines.next() {
+        if line.contains(&dir) {
+            let r = lines.find_map(|l| l.strip_prefix("Rss:"));
+            rss.push(r.unwrap_or_default().trim().to_owned());
+        }
+    }
+    rss
+}
+
+#[test]
+fn a_spooled_upload_leaves_through_sendfile_byte_exact_and_never_read() {
+    let t = start("", "");
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut c = TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    write!(
+        c,
+        "POST /digest?pause_ms=1000 HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(&body).unwrap();
+    // The upstream pauses after its first read: the rest of the body waits, mapped, for
+    // the socket to take it. sendfile(2) sends it, so no page of it is ever faulted in
+    // (the read-back path has no mapping at all).
+    let pid = t.server.pid();
+    wait_until(
+        "the spooled body to be mapped",
+        Duration::from_secs(5),
+        || !mapped_from(pid, &t.temp).is_empty(),
+    );
+    // Time for a writer that wrote the mapping's bytes to fault in what the socket took.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        mapped_from(pid, &t.temp),
+        ["0 kB"],
+        "mappings of the temporary file and their Rss"
+    );
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).unwrap();
+    let r = parse_reply(&buf).unwrap();
+    let want = format!("{} {}", body.len(), proxy_upstream::fnv1a(&body));
+    assert_eq!((r.status, r.text()), (200, want));
+    wait_until("the mapping to go", Duration::from_secs(5), || {
+        mapped_from(pid, &t.temp).is_empty()
+    });
+}
+
 #[test]
 fn a_chunked_upload_over_max_body_is_413_before_the_app_sees_anything() {
     let t = start(", max_body = \"1MiB\"", "");

@@ -1,6 +1,9 @@
-//! Opens connections to one upstream, over TCP or a unix socket, for its pool (`pool`).
+//! Opens connections to one upstream, over TCP or a unix socket, for its pool (`pool`). Their
+//! writer sends request bodies spooled to a temporary file with sendfile(2) (`spool`).
 
+use super::spool::SPOOLED_FILES;
 use crate::config::Upstream;
+use crate::sendfile::{SendFile, Write};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -160,6 +163,19 @@ impl PeerWatch {
     }
 }
 
+impl Socket {
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+}
+
 impl AsyncRead for UpstreamStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -190,9 +206,14 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().socket {
-            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        let socket = &mut self.get_mut().socket;
+        match SPOOLED_FILES.find(bufs) {
+            None => socket.poll_write_vectored(cx, bufs),
+            Some(Write::Before(n)) => socket.poll_write_vectored(cx, &bufs[..n]),
+            Some(Write::File { file, offset, len }) => match socket {
+                Socket::Tcp(s) => Pin::new(s).poll_send_file(cx, &file, offset, len),
+                Socket::Unix(s) => Pin::new(s).poll_send_file(cx, &file, offset, len),
+            },
         }
     }
 

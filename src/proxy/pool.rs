@@ -175,7 +175,11 @@ impl ConnPool {
         let mut io = self.connector.connect().await.map_err(SendError::Connect)?;
         let watch = io.watch();
         // An HTTP/1 handshake does no I/O; it only sets the connection up.
-        let (tx, conn) = http1::handshake(TokioIo::new(io))
+        // writev: hyper queues body bytes instead of copying them into its buffer, so a
+        // spooled body's mapped bytes reach the writer, which sends them with sendfile(2).
+        let (tx, conn) = http1::Builder::new()
+            .writev(true)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Handshake)?;
         tokio::spawn(async move {

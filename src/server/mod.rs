@@ -11,7 +11,6 @@ mod fin_merge;
 pub(crate) mod listener;
 mod read_ahead;
 pub(crate) mod request;
-mod send_file;
 mod watch;
 
 /// Sizes that comments in this module rely on: a refactor that makes these futures larger

@@ -6,6 +6,8 @@
 //! - `/stall`         sends headers and one chunk, then nothing
 //! - `/big/N`         streams N bytes of 'x'
 //! - `/upload`        reads the body, reports the first byte on `first_byte`, answers its size
+//! - `/digest`        reads the body (pausing `?pause_ms=MS` after its first frame) and
+//!   answers "SIZE FNV" (`fnv1a` of the bytes)
 //! - `/healthz`       200 or 503 per `set_healthy`
 //! - anything else    echoes "METHOD PATH\nname: value\n..." of what it received
 //!
@@ -341,6 +343,29 @@ async fn answer_inner(mut req: Request<Incoming>, state: Arc<State>) -> Response
         }
         return text(StatusCode::OK, format!("received {total}"));
     }
+    if path == "/digest" {
+        let pause = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("pause_ms="))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        let mut body = req.into_body();
+        let (mut total, mut hash) = (0u64, FNV_OFFSET);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return text(StatusCode::BAD_REQUEST, "body error");
+            };
+            if let Some(d) = frame.data_ref() {
+                if total == 0 {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                total += d.len() as u64;
+                hash = fnv1a_from(hash, d);
+            }
+        }
+        return text(StatusCode::OK, format!("{total} {hash:016x}"));
+    }
     let mut out = format!("{} {}\n", req.method(), req.uri());
     for (k, v) in req.headers() {
         out.push_str(&format!(
@@ -405,4 +430,18 @@ impl Body for Stall {
         self.sent = true;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"partial")))))
     }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a_from(mut hash: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// FNV-1a, 64 bits, as `/digest` answers it.
+pub fn fnv1a(bytes: &[u8]) -> String {
+    format!("{:016x}", fnv1a_from(FNV_OFFSET, bytes))
 }

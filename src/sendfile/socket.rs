@@ -1,5 +1,6 @@
-//! The socket side of `crate::sendfile`: how each kind of client stream sends part of a
-//! file. Plain sockets call sendfile(2) when writable; TLS never gets a mapped body.
+//! The socket side of `crate::sendfile`: how each kind of stream sends part of a
+//! file. Plain sockets (clients and upstreams) call sendfile(2) when writable; TLS never
+//! gets a mapped body.
 
 use std::fs::File;
 use std::io;
@@ -40,7 +41,7 @@ macro_rules! send_file_on_socket {
                 loop {
                     std::task::ready!(stream.poll_write_ready(cx))?;
                     let sent = stream.try_io(Interest::WRITABLE, || {
-                        crate::sendfile::send(&*stream, file, offset, len)
+                        super::send(&*stream, file, offset, len)
                     });
                     match sent {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

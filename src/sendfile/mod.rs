@@ -8,7 +8,11 @@
 //! (`server::conn`) recognises the slice by its address when hyper hands it over and sends
 //! that part of the file with sendfile(2) instead, so no page is ever faulted in.
 //!
-//! Only plaintext HTTP/1 connections get a `FileRegions`: TLS and HTTP/2 copy the bytes
+//! Request bodies that were read whole into a temporary file (`proxy::spool`) go to the
+//! upstream the same way: one process-wide `FileRegions` for them, which every upstream
+//! connection's writer (`proxy::connector`) consults.
+//!
+//! Only plaintext HTTP/1 client connections get a `FileRegions`: TLS and HTTP/2 copy the bytes
 //! into their own records and frames. The kernel reading the mapping (a plain write) would
 //! still send the file's bytes, and turns a page past a truncated end into EFAULT; but a
 //! read in user space of such a page raises SIGBUS and ends the process. So the mapping is
@@ -23,6 +27,9 @@ use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+mod socket;
+pub(crate) use socket::SendFile;
 
 /// Mappings alive in the process: each takes one of the kernel's `vm.max_map_count` (65530
 /// by default), which every other mmap (large allocations, thread stacks) shares. Past this
@@ -74,37 +81,29 @@ impl FileRegions {
         offset: u64,
         len: u64,
     ) -> Result<Full<Bytes>, (io::Error, File)> {
-        let page = page_size();
-        let skip = (offset % page) as usize;
-        let sizes = usize::try_from(len).ok().and_then(|body_len| {
-            let map_len = body_len.checked_add(skip)?;
-            let map_offset = libc::off_t::try_from(offset - skip as u64).ok()?;
-            Some((body_len, map_len, map_offset))
-        });
-        let Some((body_len, map_len, map_offset)) = sizes else {
-            return Err((io::ErrorKind::FileTooLarge.into(), file));
-        };
-        if MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPINGS {
-            MAPPINGS.fetch_sub(1, Ordering::Relaxed);
-            return Err((io::Error::other("too many files mapped"), file));
+        match RawMapping::new(&file, offset, len) {
+            Ok(raw) => Ok(Full::new(self.register(raw, Arc::new(file)))),
+            Err(e) => Err((e, file)),
         }
-        // SAFETY: a new shared, read-only mapping of an open file; the kernel picks the
-        // address. Nothing dereferences it in user space (see the module's comment), and
-        // `Mapping` unmaps it exactly once.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                map_offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            MAPPINGS.fetch_sub(1, Ordering::Relaxed);
-            return Err((io::Error::last_os_error(), file));
-        }
+    }
+
+    /// `len` bytes of a file that no other process can open and that nothing truncates
+    /// while it is mapped (a request body's unnamed temporary file), for a writer that
+    /// sends it with sendfile(2). Such a file has no page past its end, so these bytes
+    /// are even safe to read (only slow: every page faults in); a file someone else can
+    /// truncate must go through `map`. `len` must be > 0.
+    pub(crate) fn map_private(self: &Arc<Self>, file: &Arc<File>, len: u64) -> io::Result<Bytes> {
+        let raw = RawMapping::new(file, 0, len)?;
+        Ok(self.register(raw, file.clone()))
+    }
+
+    fn register(self: &Arc<Self>, raw: RawMapping, file: Arc<File>) -> Bytes {
+        let RawMapping {
+            ptr,
+            map_len,
+            skip,
+            offset,
+        } = raw;
         let start = ptr as usize + skip;
         let mapping = Mapping {
             ptr,
@@ -114,12 +113,12 @@ impl FileRegions {
         };
         self.lock().push(Region {
             start,
-            len: body_len,
-            file: Arc::new(file),
+            len: map_len - skip,
+            file,
             offset,
         });
         self.count.fetch_add(1, Ordering::Release);
-        Ok(Full::new(Bytes::from_owner(mapping).slice(skip..)))
+        Bytes::from_owner(mapping).slice(skip..)
     }
 
     /// Whether `bufs` reach a mapped body, and where.
@@ -152,6 +151,57 @@ impl FileRegions {
             list.swap_remove(i);
             self.count.fetch_sub(1, Ordering::Release);
         }
+    }
+}
+
+/// A mapping just made, not yet owned by a `Mapping` (counted in `MAPPINGS`).
+struct RawMapping {
+    ptr: *mut libc::c_void,
+    map_len: usize,
+    /// Where the body starts in the mapping (which starts on a page boundary).
+    skip: usize,
+    /// Where the body starts in the file.
+    offset: u64,
+}
+
+impl RawMapping {
+    fn new(file: &File, offset: u64, len: u64) -> io::Result<RawMapping> {
+        let skip = (offset % page_size()) as usize;
+        let sizes = usize::try_from(len).ok().and_then(|body_len| {
+            let map_len = body_len.checked_add(skip)?;
+            let map_offset = libc::off_t::try_from(offset - skip as u64).ok()?;
+            Some((map_len, map_offset))
+        });
+        let Some((map_len, map_offset)) = sizes else {
+            return Err(io::ErrorKind::FileTooLarge.into());
+        };
+        if MAPPINGS.fetch_add(1, Ordering::Relaxed) >= MAX_MAPPINGS {
+            MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::other("too many files mapped"));
+        }
+        // SAFETY: a new shared, read-only mapping of an open file; the kernel picks the
+        // address. Nothing dereferences it in user space (see the module's comment), and
+        // `Mapping` unmaps it exactly once.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                map_offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RawMapping {
+            ptr,
+            map_len,
+            skip,
+            offset,
+        })
     }
 }
 
