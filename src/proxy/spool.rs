@@ -309,11 +309,11 @@ impl ReadError {
     }
 }
 
-/// Once a body is in a file, what is written to it at a time: each write(2) to ext4 pays
-/// for a journalled inode update besides the copy, so fewer, larger writes are cheaper
-/// (POST 1 MiB at 64 connections, bench/proxy.sh: batches of 64 KiB cost 1064-1130 µs of
-/// CPU a request, of 256 KiB 968-981; nginx writes its 128 KiB buffer, 908-917). The
-/// frames wait in memory meanwhile: this is the most a spilled body keeps there.
+/// Once a body is in a file, what is written to it at a time. Fewer, larger writes were
+/// cheaper (POST 1 MiB at 64 connections, 6 alternating pairs of 3 s runs: 1228-1383 µs
+/// of CPU a request in batches of 64 KiB, 1171-1266 in batches of 256 KiB; nginx writes
+/// its 128 KiB buffer at a time). The frames wait in memory meanwhile: this is the most a
+/// spilled body keeps there.
 const SPILL_BATCH: usize = 256 * 1024;
 
 /// Without `buffer_requests`, request bodies up to this size with a Content-Length are still
