@@ -1,4 +1,4 @@
-//! Files large enough to leave through sendfile(2) on plaintext HTTP/1 (see `src/sendfile.rs`):
+//! Files large enough to leave through sendfile(2) on plaintext HTTP/1 (see `src/sendfile/`):
 //! every byte, in order, whatever the range or the pipeline, and never a page of the file in
 //! the server's memory; the same bytes over HTTP/2, which reads them instead; and a file cut
 //! short while being sent ends that response's connection, never the server.
