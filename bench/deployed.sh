@@ -5,9 +5,11 @@
 # systemd-nspawn). Each server's unit gets one drop-in, CPUAffinity=$SERVER_CPU (and nginx
 # `worker_processes 1`, so both use one core); wrk runs inside the guest on $CLIENT_CPU.
 #
-# Rows: the static welcome page, a 1 MiB file, and a proxied GET to an upstream on a unix socket (a
+# Rows: the static welcome page, a 1 MiB file, a proxied GET to an upstream on a unix socket (a
 # separate nginx returning 20 bytes, in a transient unit on $CLIENT_CPU; both proxies keep
-# upstream connections alive). Each at every connection count in $CONNS, alternating the
+# upstream connections alive), and a proxied 1 MiB upload, which both proxies buffer to a
+# temporary file first (the upstream reads it whole before answering, as bench/proxy.sh's).
+# ROWS_ONLY=REGEX picks rows by name. Each at every connection count in $CONNS, alternating the
 # two servers, $BENCH_REPS runs of $BENCH_DURATION. LOG_MODES (default "all file off")
 # prices the journal: gatehouse with `server.access_log = "all"` to the journal (shipped),
 # with `access_log_file = "/var/log/gatehouse/access.log"` (a buffered file, like nginx's),
@@ -64,9 +66,30 @@ events { worker_connections 4096; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    server { listen unix:/run/bench-upstream.sock; location / { return 200 "hello from upstream\n"; } }
+    server {
+        listen unix:/run/bench-upstream.sock;
+        # Read the upload whole, then answer (see bench/proxy.sh's upstream for why).
+        location /api/upload {
+            root /var/lib/bench-upstream;
+            client_max_body_size 10m;
+            client_body_buffer_size 2m;
+            mirror /sink;
+            mirror_request_body on;
+            error_page 405 =200 @ok;
+        }
+        location = /sink { internal; return 204; }
+        location @ok { return 200 "hello from upstream\n"; }
+        location / { return 200 "hello from upstream\n"; }
+    }
 }
 NGINX
+G mkdir -p /var/lib/bench-upstream/api
+G touch /var/lib/bench-upstream/api/upload
+put /root/post1m.lua <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+LUA
 
 # nginx as Debian ships it (its nginx.conf and access_log), serving the same files.
 for deb in "$E2E_WORK"/debs/*.deb; do copy_in "$deb" /root; done
@@ -79,6 +102,7 @@ upstream app { server unix:/run/bench-upstream.sock; keepalive 64; }
 server {
     listen 8080 default_server;
     root /usr/share/gatehouse/www;
+    client_max_body_size 10m;
     location /api/ { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
 }
 NGINX
@@ -131,7 +155,11 @@ server_pids() { # gatehouse|nginx
 }
 
 declare -A R
-ROWS=("static|/index.html" "static-1m|/bench-1m.bin" "proxy|/api/hello")
+# name|path|more wrk arguments
+ROWS=("static|/index.html|" "static-1m|/bench-1m.bin|" "proxy|/api/hello|" "upload-1m|/api/upload|-s /root/post1m.lua")
+if [ -n "${ROWS_ONLY:-}" ]; then
+    mapfile -t ROWS < <(printf '%s\n' "${ROWS[@]}" | grep -E -- "^[^|]*($ROWS_ONLY)")
+fi
 SERVERS=()
 for mode in $LOG_MODES; do SERVERS+=("gatehouse-$mode"); done
 SERVERS+=(nginx)
@@ -148,7 +176,8 @@ for conns in $CONNS; do
                 G systemctl restart gatehouse.service
             fi
             for row in "${ROWS[@]}"; do
-                name=${row%%|*} url=http://127.0.0.1:$port${row#*|}
+                IFS='|' read -r name path wrk_args <<<"$row"
+                url=http://127.0.0.1:$port$path
                 G curl -sf -o /dev/null "$url" || { echo "$server does not serve $url" >&2; exit 1; }
                 sleep 0.5
                 pids=$(server_pids "${server%%-*}") jpid=$(journald_pid)
@@ -158,7 +187,8 @@ for conns in $CONNS; do
                     *) l0=0 cursor=$(journal_cursor) ;;
                 esac
                 s0=$(guest_ticks $pids) j0=$(guest_ticks "$jpid")
-                read -r rps n p99 < <(guest_wrk "$conns" "$url")
+                # shellcheck disable=SC2086
+                read -r rps n p99 < <(guest_wrk "$conns" "$url" $wrk_args)
                 s1=$(guest_ticks $pids) j1=$(guest_ticks "$jpid")
                 [ "$rps" != ERROR ] && [ -n "$n" ] || { echo "$server $url: wrk failed (log: $BENCH_LOG)" >&2; exit 1; }
                 sleep 1

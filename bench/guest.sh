@@ -37,9 +37,9 @@ guest_wrk_install() {
 
 # wrk -t1 inside the guest on $CLIENT_CPU; its output goes to $BENCH_LOG.
 # Prints "req/s requests p99_ms", or "ERROR" when a request failed.
-guest_wrk() { # connections url
+guest_wrk() { # connections url [more wrk arguments]
     G env LD_LIBRARY_PATH=/usr/local/lib/wrk taskset -c "$CLIENT_CPU" wrk -t1 -c"$1" \
-        -d"$BENCH_DURATION" --latency "$2" | tee -a "$BENCH_LOG" \
+        -d"$BENCH_DURATION" --latency "${@:3}" "$2" | tee -a "$BENCH_LOG" \
         | awk 'function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
                /Requests\/sec/ {r=$2} / requests in / {n=$1} /^ +99%/ {p99=ms($2)}
                /Non-2xx|Socket errors/ {bad=1}
