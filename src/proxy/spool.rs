@@ -384,7 +384,12 @@ pub(crate) async fn read_request(
         }
         mem_len += data.len();
         mem.push(data);
-        if mem_len > memory.max(if file.is_some() { SPILL_BATCH } else { 0 }) {
+        let batch = if file.is_some() {
+            memory.max(SPILL_BATCH)
+        } else {
+            memory
+        };
+        if mem_len > batch {
             let f = match &file {
                 Some(f) => f.clone(),
                 None => {

@@ -180,7 +180,7 @@ impl RawMapping {
             return Err(io::Error::other("too many files mapped"));
         }
         // SAFETY: a new shared, read-only mapping of an open file; the kernel picks the
-        // address. Nothing dereferences it in user space (see the module's comment), and
+        // address. Its bytes are handed out only as `map` and `map_private` say, and
         // `Mapping` unmaps it exactly once.
         let ptr = unsafe {
             libc::mmap(
