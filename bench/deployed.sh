@@ -58,7 +58,7 @@ put() { G sh -c "cat >$1"; } # guest-path <content
 
 # The upstream: 20 bytes from an nginx on a unix socket, on the client's core.
 G mkdir -p /var/lib/bench-upstream
-put /var/lib/bench-upstream/nginx.conf <<'NGINX'
+put /var/lib/bench-upstream/nginx.conf <<NGINX
 worker_processes 1;
 pid /run/bench-upstream.pid;
 error_log stderr warn;
@@ -68,17 +68,7 @@ http {
     keepalive_requests 1000000;
     server {
         listen unix:/run/bench-upstream.sock;
-        # Read the upload whole, then answer (see bench/proxy.sh's upstream for why).
-        location /api/upload {
-            root /var/lib/bench-upstream;
-            client_max_body_size 10m;
-            client_body_buffer_size 2m;
-            mirror /sink;
-            mirror_request_body on;
-            error_page 405 =200 @ok;
-        }
-        location = /sink { internal; return 204; }
-        location @ok { return 200 "hello from upstream\n"; }
+$(upload_locations /api/upload /var/lib/bench-upstream)
         location / { return 200 "hello from upstream\n"; }
     }
 }

@@ -76,20 +76,7 @@ http {
         listen unix:$UP_SOCK;
         listen 127.0.0.1:$UP_PORT;
         location = /big { root $WORK/up; }
-        # An upload is read whole before the answer, as an app reads the body it is sent.
-        # "return" alone would answer at once and discard the body as it comes; a proxy
-        # that sees the answer early may stop sending (nginx does, then reconnects: at 64
-        # connections it forwarded ~45 % of each 1 MiB body). mirror_request_body reads the
-        # body first; the static handler then refuses the POST (405), answered as 200.
-        location /upload {
-            root $WORK/up;
-            client_body_buffer_size 2m;
-            mirror /sink;
-            mirror_request_body on;
-            error_page 405 =200 @ok;
-        }
-        location = /sink { internal; return 204; }
-        location @ok { return 200 "hello from upstream\n"; }
+$(upload_locations /upload "$WORK/up")
         location / { return 200 "hello from upstream\n"; }
     }
 }
