@@ -31,9 +31,9 @@ use std::task::{ready, Context, Poll};
 const READ_CHUNK: u64 = 64 * 1024;
 
 /// Request bodies read back from their temporary files as mappings, for the upstream
-/// connection's writer (`connector`) to send with sendfile(2): the kernel copies from the
-/// page cache to the socket, where reading the file into memory and writing it out again
-/// copied every byte twice more (bench/proxy.sh, POST 1 MiB).
+/// connection's writer (`connector`) to send with sendfile(2): the kernel copies each byte
+/// once, from the page cache to the socket, where reading the file into memory and writing
+/// it out again copied it twice, through a zeroed buffer (bench/proxy.sh, POST 1 MiB).
 pub(crate) static SPOOLED_FILES: LazyLock<Arc<FileRegions>> = LazyLock::new(Default::default);
 
 /// Bytes of a mapped body hyper takes at a time: the request's progress (which times the
