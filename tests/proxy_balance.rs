@@ -232,6 +232,27 @@ fn h2c_upstreams() {
 }
 
 #[test]
+fn a_spooled_upload_to_an_h2c_upstream_arrives_byte_exact() {
+    // Spilled to a temporary file, the body goes upstream as a mapping of that file, which
+    // HTTP/2's frames copy in user space (only HTTP/1's writer uses sendfile).
+    let (l, p) = Listen::tcp();
+    let _up = UpstreamServer::start(l, "h2");
+    let cfg = site(&format!(
+        "[[site.route]]\npath = \"/\"\nproxy = {{ upstreams = [\"http://127.0.0.1:{p}\"], http2 = true }}\n"
+    ));
+    let (_server, port) = start(tempdir(), &cfg);
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "POST /digest HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let r = exchange(&mut c, &[head.as_bytes(), &body].concat()).unwrap();
+    let want = format!("{} {}", body.len(), proxy_upstream::fnv1a(&body));
+    assert_eq!((r.status, r.text()), (200, want));
+}
+
+#[test]
 fn proxy_config_errors_point_at_their_values() {
     let dir = tempdir();
     let cfg = write(

@@ -10,13 +10,15 @@
 //!
 //! Request bodies that were read whole into a temporary file (`proxy::spool`) go to the
 //! upstream the same way: one process-wide `FileRegions` for them, which every upstream
-//! connection's writer (`proxy::connector`) consults.
+//! connection's writer (`proxy::connector`) consults. Those files are unnamed and never
+//! truncated while mapped, so their bytes are safe even to read (`map_private`): HTTP/2
+//! upstreams copy them into frames (tests/proxy_balance.rs has a spooled upload over h2c).
 //!
 //! Only plaintext HTTP/1 client connections get a `FileRegions`: TLS and HTTP/2 copy the bytes
 //! into their own records and frames. The kernel reading the mapping (a plain write) would
 //! still send the file's bytes, and turns a page past a truncated end into EFAULT; but a
-//! read in user space of such a page raises SIGBUS and ends the process. So the mapping is
-//! handed out only as a body (`Full`), whose bytes only hyper's writer takes, and hyper
+//! read in user space of such a page raises SIGBUS and ends the process. So a static file's
+//! mapping is handed out only as a body (`Full`), whose bytes only hyper's writer takes, and hyper
 //! is held to queueing them (`snapshot`: `writev(true)`). A file truncated while being sent
 //! makes sendfile return 0: hyper then closes the connection, as nginx does.
 
