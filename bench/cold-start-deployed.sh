@@ -26,6 +26,8 @@ DEB=$(guest_deb_arg "${1:-}")
 guest_boot
 guest_install_deb "$DEB"
 
+NO_MOUNTS='DynamicUser=no\nProtectSystem=no\nProtectHome=no\nPrivateTmp=no\nPrivateDevices=no\nPrivateUsers=no\nPrivateIPC=no\nPrivateMounts=no\nProtectHostname=no\nProtectClock=no\nProtectKernelTunables=no\nProtectKernelModules=no\nProtectKernelLogs=no\nProtectControlGroups=no\nProtectProc=default\nProcSubset=all\nReadOnlyPaths=\nStateDirectory=\nLogsDirectory='
+NO_SECCOMP='SystemCallFilter=\nSystemCallArchitectures=\nMemoryDenyWriteExecute=no\nRestrictNamespaces=no\nRestrictRealtime=no\nRestrictSUIDSGID=no\nRestrictAddressFamilies=\nLockPersonality=no\nNoNewPrivileges=no'
 # name | drop-in [Service] lines ("\n"-separated)
 VARIANTS=(
     "shipped|"
@@ -45,6 +47,12 @@ VARIANTS=(
     "ProtectHostname=no, ProtectClock=no|ProtectHostname=no\nProtectClock=no"
     "no ReadOnlyPaths=, LogsDirectory=, StateDirectory=|ReadOnlyPaths=\nLogsDirectory=\nStateDirectory="
     "SystemCallFilter= (none)|SystemCallFilter=\nMemoryDenyWriteExecute=no"
+    # Groups: no single option stands out, so what do the mount namespace and the seccomp
+    # filters cost as a whole? Without a mount namespace DynamicUser= goes too (it implies
+    # one): those rows run as root.
+    "no mount namespace (every file-system option off, DynamicUser=no)|$NO_MOUNTS"
+    "no seccomp filters (SystemCallFilter=, Restrict*=, LockPersonality=, ...)|$NO_SECCOMP"
+    "neither (no sandbox at all)|$NO_MOUNTS\n$NO_SECCOMP"
     "shipped (again)|"
 )
 
