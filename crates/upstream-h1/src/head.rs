@@ -1,0 +1,237 @@
+//! The response head and what it says about the body's length.
+
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// The most header lines a head may have (httparse needs the room up front).
+const MAX_HEADERS: usize = 128;
+
+/// Bounds on what an upstream may send as a head.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes, from the status line to the empty line that ends the head.
+    pub max_head: usize,
+    /// Header lines; at most 128.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    /// hyper's client accepts heads up to ~400 KiB; nginx's proxy_buffer_size is 4-8 KiB.
+    /// 64 KiB is room for any app's cookies without letting one response hold much memory.
+    fn default() -> Limits {
+        Limits {
+            max_head: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// How the body after a head ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a 1xx, 204 or 304 response, or any response to HEAD.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding (see [`crate::chunked`]).
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    /// As received, Connection and Transfer-Encoding included: removing the hop-by-hop
+    /// headers is the proxy's job.
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this body has been read.
+    pub keep_alive: bool,
+}
+
+/// What [`parse_head`] found at the start of the buffer.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A whole head, `len` bytes long; the body (or the next head, after a 1xx) follows.
+    Complete { head: Head, len: usize },
+    /// Not all of the head has arrived yet.
+    Partial,
+}
+
+/// Why a head was refused. Each means the connection cannot be trusted any further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Longer than `Limits::max_head`.
+    TooLarge,
+    /// More header lines than `Limits::max_headers`.
+    TooManyHeaders,
+    /// Not an HTTP/1.x status line and header lines (httparse's verdict, or a name or
+    /// value the `http` crate refuses).
+    Malformed,
+    /// Content-Length values that are not all the same decimal number.
+    ContentLength,
+    /// Transfer-Encoding other than a single `chunked`, on an HTTP/1.0 response, or
+    /// beside a Content-Length (RFC 9112 §6.3: a sign of smuggling; nginx refuses it too).
+    TransferEncoding,
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HeadError::TooLarge => "response head too large",
+            HeadError::TooManyHeaders => "too many response header lines",
+            HeadError::Malformed => "malformed response head",
+            HeadError::ContentLength => "invalid Content-Length in response",
+            HeadError::TransferEncoding => "unusable Transfer-Encoding in response",
+        })
+    }
+}
+
+impl std::error::Error for HeadError {}
+
+/// Parses the response head at the start of `buf`, sent in answer to a `method` request.
+/// A 1xx head is returned like any other (with `Framing::Empty`): the caller skips it, or
+/// for a 101 hands the connection over, and parses the next one.
+pub fn parse_head(buf: &[u8], method: &Method, limits: &Limits) -> Result<Parsed, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS)];
+    let mut response = httparse::Response::new(slots);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head => {
+            return Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    if len > limits.max_head {
+        return Err(HeadError::TooLarge);
+    }
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::Malformed),
+    };
+    let status = response
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(HeadError::Malformed)?;
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Malformed)?;
+        headers.append(name, value);
+    }
+    let framing = framing(&headers, status, version, method)?;
+    let keep_alive = framing != Framing::UntilClose && persistent(&headers, version);
+    Ok(Parsed::Complete {
+        head: Head {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        },
+        len,
+    })
+}
+
+/// RFC 9112 §6.3, in its order.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    version: Version,
+    method: &Method,
+) -> Result<Framing, HeadError> {
+    let chunked = transfer_encoding(headers, version)?;
+    let length = content_length(headers)?;
+    if chunked && length.is_some() {
+        return Err(HeadError::TransferEncoding);
+    }
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    Ok(match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::UntilClose,
+    })
+}
+
+/// Whether the body is chunked. Any other coding is refused rather than read until the
+/// close: the proxy removes Transfer-Encoding, so a client would get the coded bytes with
+/// nothing saying how they are coded.
+fn transfer_encoding(headers: &HeaderMap, version: Version) -> Result<bool, HeadError> {
+    let mut codings = 0;
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::TransferEncoding);
+            }
+            codings += 1;
+        }
+    }
+    match codings {
+        0 if headers.contains_key(TRANSFER_ENCODING) => Err(HeadError::TransferEncoding),
+        0 => Ok(false),
+        // HTTP/1.0 has no transfer codings (RFC 9112 §6.1).
+        1 if version == Version::HTTP_11 => Ok(true),
+        _ => Err(HeadError::TransferEncoding),
+    }
+}
+
+/// The Content-Length, if any: every value, in every line and list, the same number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let n = decimal(item.trim_ascii()).ok_or(HeadError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// 1*DIGIT as a u64: no sign, no spaces, no overflow.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// HTTP/1.1 keeps the connection unless it says `close`; HTTP/1.0 only if it says
+/// `keep-alive`.
+fn persistent(headers: &HeaderMap, version: Version) -> bool {
+    let says = |token: &[u8]| {
+        headers.get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    if says(b"close") {
+        return false;
+    }
+    version == Version::HTTP_11 || says(b"keep-alive")
+}
