@@ -11,6 +11,7 @@
 //!   upstream's in-flight count until the response is done.
 
 use super::balance::{ms_of, now_ms, InFlight};
+use super::lean::UpstreamBody;
 use super::spool::{Replay, Spooled};
 use crate::http_base::BoxError;
 use bytes::Bytes;
@@ -374,7 +375,7 @@ pub(crate) struct DownBody {
 enum Down {
     /// Small or finished responses: the kernel's socket buffers absorb them whatever the
     /// client does.
-    Direct(Incoming),
+    Direct(UpstreamBody),
     /// Larger responses: a watchdog releases the upstream if the client stops reading.
     Watched(Arc<Watched>),
 }
@@ -383,7 +384,7 @@ enum Down {
 /// the client reads, so a client that stops reading would otherwise keep the upstream
 /// connection (and an app worker behind it) busy until it goes away.
 struct Watched {
-    inner: Mutex<Option<Incoming>>,
+    inner: Mutex<Option<UpstreamBody>>,
     /// `now_ms()` of the last frame handed to the client.
     delivered: AtomicU64,
 }
@@ -392,7 +393,7 @@ struct Watched {
 const WATCH_ABOVE: u64 = 64 * 1024;
 
 impl DownBody {
-    pub(crate) fn new(inner: Incoming, idle: Duration, in_flight: InFlight) -> DownBody {
+    pub(crate) fn new(inner: UpstreamBody, idle: Duration, in_flight: InFlight) -> DownBody {
         let small =
             inner.is_end_stream() || inner.size_hint().exact().is_some_and(|n| n <= WATCH_ABOVE);
         let inner = if small || tokio::runtime::Handle::try_current().is_err() {

@@ -21,6 +21,7 @@ mod queue;
 
 use super::balance::InFlight;
 use super::body::{poll_incoming, DownBody, Stall};
+use super::lean::UpstreamBody;
 use super::spool::{self, TempFile};
 use crate::config::proxy::ProxyConfig;
 use crate::http_base::{Body, BoxError};
@@ -28,7 +29,7 @@ use crate::metrics::BUFFERS;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use queue::{wake, End, Shared, State};
 use std::collections::VecDeque;
 use std::io;
@@ -45,7 +46,7 @@ static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-bufferin
 /// the route and the response ask. `headers` are the response's (X-Accel-Buffering is
 /// taken out of them).
 pub(crate) fn response_body(
-    mut incoming: Incoming,
+    mut incoming: UpstreamBody,
     headers: &mut HeaderMap,
     cfg: &ProxyConfig,
     in_flight: InFlight,
@@ -104,7 +105,7 @@ struct Upstream<G> {
 
 /// Takes the frames the upstream has delivered already, up to the memory limit; the end
 /// of the body if it came too.
-fn take_ready(incoming: &mut Incoming, state: &mut State) -> Option<End> {
+fn take_ready(incoming: &mut UpstreamBody, state: &mut State) -> Option<End> {
     let mut cx = Context::from_waker(Waker::noop());
     while state.mem_len < state.memory {
         if incoming.is_end_stream() {
@@ -117,7 +118,7 @@ fn take_ready(incoming: &mut Incoming, state: &mut State) -> Option<End> {
                 }
                 Err(frame) => return Some(End::Done(frame.into_trailers().ok())),
             },
-            Poll::Ready(Some(Err(e))) => return Some(End::Failed(Some(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => return Some(End::Failed(Some(e))),
             Poll::Ready(None) => return Some(End::Done(None)),
             Poll::Pending => return None,
         };
@@ -167,15 +168,28 @@ where
         in_flight,
     } = upstream;
     let mut stall = Stall::new(idle);
+    let mut yielded = false;
     loop {
-        let full = !shared.lock().has_room();
+        let (full, memory_full) = {
+            let st = shared.lock();
+            (!st.has_room(), !st.spilling() && st.mem_len >= st.memory)
+        };
         if full {
             // However long: a client that takes nothing loses its connection after the
             // server's send_timeout, judged at its socket, and this task with it.
             room(&shared).await;
             // That wait was the client's: the upstream's silence is timed from now.
             stall.progress();
+        } else if memory_full && !yielded {
+            // The next frame would start the temporary file. A body that is always ready
+            // (the lean client reads its socket directly; hyper's arrives a frame per run
+            // of its connection task) would get there before a client that keeps up had
+            // its turn: give it one, and spill only if it took nothing.
+            yielded = true;
+            tokio::task::yield_now().await;
+            continue;
         }
+        yielded = memory_full;
         let frame = std::future::poll_fn(|cx| poll_incoming(&mut incoming, &mut stall, cx)).await;
         let end = match frame {
             Some(Ok(frame)) => match frame.into_data() {

@@ -129,6 +129,21 @@ impl UpstreamStream {
     }
 }
 
+impl UpstreamStream {
+    /// Whether the reactor has seen this idle connection turn readable: the peer closed or
+    /// reset it, or sent bytes nobody asked for. No syscall: it is what tokio learned from
+    /// epoll (a close it has not processed yet fails the next exchange, which the lean
+    /// client then sends again). A last read that filled its buffer exactly leaves the
+    /// connection marked readable too: it is dropped, never misread.
+    pub(crate) fn readable_while_idle(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match &self.socket {
+            Socket::Tcp(s) => s.poll_read_ready(&mut cx).is_ready(),
+            Socket::Unix(s) => s.poll_read_ready(&mut cx).is_ready(),
+        }
+    }
+}
+
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
         // Runs before the socket field is dropped (and its descriptor closed).

@@ -15,6 +15,7 @@ pub(crate) mod connector;
 mod file_work;
 pub(crate) mod headers;
 pub(crate) mod health;
+pub(crate) mod lean;
 pub(crate) mod pool;
 mod replay;
 mod retry;
@@ -398,7 +399,7 @@ async fn send(
     response_header_timeout: Duration,
     activity: &Activity,
     now: std::time::Instant,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<lean::UpstreamBody>, SendError> {
     let fut = u.conns.send(req, now);
     tokio::pin!(fut);
     // The timer runs from the last request byte sent, so a long upload is not cut short;
@@ -419,7 +420,7 @@ async fn send(
 }
 
 fn respond(
-    mut resp: Response<Incoming>,
+    mut resp: Response<lean::UpstreamBody>,
     u: &UpstreamState,
     cfg: &ProxyConfig,
     in_flight: InFlight,

@@ -17,7 +17,8 @@
 //! (uvicorn after an unhandled exception), and a request written into that moment is lost.
 
 use super::body::UpBody;
-use super::connector::{ConnectError, Connector, PeerWatch};
+use super::connector::{ConnectError, Connector, PeerWatch, UpstreamStream};
+use super::lean::{self, LeanError, UpstreamBody};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -48,6 +49,8 @@ struct Idle {
     /// Most recently used last: reusing the warmest connection lets the others expire.
     h1: Vec<(H1Conn, Instant)>,
     h2: Option<http2::SendRequest<UpBody>>,
+    /// Connections of the lean client (`lean`) between requests, most recent last.
+    lean: Vec<(UpstreamStream, Instant)>,
     /// A task closes expired idle connections while there are any.
     reaper: bool,
 }
@@ -61,6 +64,8 @@ pub(crate) enum SendError {
     Handshake(hyper::Error),
     /// Sent (at least partly), then the connection or the request body failed.
     Request(hyper::Error),
+    /// The lean client's request failed, or its response head was refused.
+    Lean(LeanError),
 }
 
 impl std::fmt::Display for SendError {
@@ -69,7 +74,7 @@ impl std::fmt::Display for SendError {
             // Says "connect failed" or "connect timed out" itself.
             SendError::Connect(e) => e.fmt(f),
             SendError::Handshake(_) => f.write_str("http2 handshake failed"),
-            SendError::Request(_) => f.write_str("request failed"),
+            SendError::Request(_) | SendError::Lean(_) => f.write_str("request failed"),
         }
     }
 }
@@ -79,6 +84,7 @@ impl std::error::Error for SendError {
         match self {
             SendError::Connect(e) => e.source(),
             SendError::Handshake(e) | SendError::Request(e) => Some(e),
+            SendError::Lean(e) => Some(e),
         }
     }
 }
@@ -116,12 +122,42 @@ impl ConnPool {
         self: &Arc<Self>,
         req: Request<UpBody>,
         now: Instant,
-    ) -> Result<Response<Incoming>, SendError> {
-        if self.http2 {
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let resp = if self.http2 {
             self.send_h2(req).await
+        } else if lean::takes(&req) {
+            return lean::send(self, &req, now).await;
         } else {
             self.send_h1(req, now).await
+        };
+        resp.map(|r| r.map(UpstreamBody::Hyper))
+    }
+
+    pub(super) async fn connect(&self) -> Result<UpstreamStream, SendError> {
+        self.connector.connect().await.map_err(SendError::Connect)
+    }
+
+    /// The most recently parked lean connection that has not expired and on which nothing
+    /// arrived while it waited (no task reads an idle lean connection: bytes there would be
+    /// taken for the next request's response). Its upstream may still have closed it
+    /// unseen: `lean::send` finds that out and sends again.
+    pub(super) fn checkout_lean(&self, now: Instant) -> Option<UpstreamStream> {
+        let mut idle = self.lock();
+        while let Some((io, since)) = idle.lean.pop() {
+            if now.saturating_duration_since(since) < self.keepalive && !io.readable_while_idle() {
+                return Some(io);
+            }
         }
+        None
+    }
+
+    pub(super) fn checkin_lean(self: &Arc<Self>, io: UpstreamStream, since: Instant) {
+        let mut idle = self.lock();
+        if idle.lean.len() >= MAX_IDLE {
+            return;
+        }
+        idle.lean.push((io, since));
+        self.start_reaper(&mut idle);
     }
 
     async fn send_h1(
@@ -218,6 +254,10 @@ impl ConnPool {
             return;
         }
         idle.h1.push((conn, since));
+        self.start_reaper(&mut idle);
+    }
+
+    fn start_reaper(self: &Arc<Self>, idle: &mut Idle) {
         if !idle.reaper {
             idle.reaper = true;
             tokio::spawn(reap(Arc::downgrade(self), self.keepalive));
@@ -291,7 +331,8 @@ async fn reap(pool: Weak<ConnPool>, keepalive: Duration) {
         let mut idle = pool.lock();
         idle.h1
             .retain(|(conn, since)| !conn.tx.is_closed() && since.elapsed() < keepalive);
-        if idle.h1.is_empty() {
+        idle.lean.retain(|(_, since)| since.elapsed() < keepalive);
+        if idle.h1.is_empty() && idle.lean.is_empty() {
             idle.reaper = false;
             return;
         }
@@ -337,7 +378,9 @@ mod tests {
         let upstream = Upstream::Http { authority: addr };
         let connector = Connector::new(&upstream, Duration::from_secs(2));
         let pool = ConnPool::new(connector, false, Duration::from_secs(30));
+        // DELETE: hyper's client (a GET would take the lean one).
         let req = Request::builder()
+            .method(Method::DELETE)
             .uri("/")
             .header("host", "a")
             .body(UpBody::empty())

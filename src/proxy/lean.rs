@@ -1,0 +1,367 @@
+//! A purpose-built HTTP/1.1 client for the upstream requests that need no more than one: a
+//! GET or HEAD without a body and without an upgrade, to an HTTP/1 upstream. Everything
+//! else goes through hyper's client (`pool`).
+//!
+//! Why: a fifth of a proxied GET's instructions were hyper's client machinery (the
+//! connection task, its dispatch channel, `Incoming`), bench/RESULTS.md 2026-12-07 16:33.
+//! Here the request's own task writes the head and reads the response; the connection
+//! waits between requests on a list, with no task.
+//!
+//! What a reader of upstream bytes must get right lives in `crates/upstream-h1`: the head
+//! and the body's framing (RFC 9112 §6.3, refusing what nginx refuses) and chunked
+//! decoding, with the desync corpus and the fuzz target. This module only moves bytes:
+//! the head out, the response in, and the connection back to the pool when its response
+//! ended exactly where its framing said, with nothing after it.
+
+use super::connector::UpstreamStream;
+use super::pool::{ConnPool, SendError};
+use crate::http_base::BoxError;
+use bytes::{Bytes, BytesMut};
+use http::{header, Method, Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use upstream_h1::chunked::Decoder;
+use upstream_h1::{parse_head, Framing, Limits, Parsed};
+
+/// What hyper's client accepts (its `DEFAULT_MAX_HEADERS` and default read-buffer limit),
+/// so a GET, read here, and a POST, read by hyper, fail on the same heads.
+const LIMITS: Limits = Limits {
+    max_head: 8192 + 4096 * 100,
+    max_headers: 100,
+};
+
+/// Bytes asked of the socket by the first read: a whole small response, head and body.
+const READ_SIZE: usize = 8 * 1024;
+/// A body's reads double while they fill the space offered, up to this: a large response
+/// goes through in few reads, and few frames for the client's writes (hyper's client
+/// reads up to ~400 KiB at a time; 64 KiB made a 1 MiB response 22 reads and 17 writes).
+const READ_MAX: usize = 256 * 1024;
+
+/// Whether `req` can go through this client.
+pub(super) fn takes<B: Body>(req: &Request<B>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && req.body().is_end_stream()
+        && !req.headers().contains_key(header::UPGRADE)
+}
+
+/// An upstream response's body: from hyper's client, or from this one.
+pub(crate) enum UpstreamBody {
+    Hyper(Incoming),
+    Lean(LeanBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Lean(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Lean(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Lean(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why this client got no usable response.
+#[derive(Debug)]
+pub(crate) enum LeanError {
+    Io(io::Error),
+    /// The head, or a chunked body's framing, was refused.
+    Framing(Box<dyn std::error::Error + Send + Sync>),
+    /// The connection closed before the response's head, or its body, was complete.
+    Incomplete,
+}
+
+impl std::fmt::Display for LeanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeanError::Io(e) => e.fmt(f),
+            LeanError::Framing(e) => e.fmt(f),
+            LeanError::Incomplete => f.write_str("upstream closed the connection mid-response"),
+        }
+    }
+}
+
+impl std::error::Error for LeanError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LeanError::Io(e) => Some(e),
+            LeanError::Framing(e) => Some(e.as_ref()),
+            LeanError::Incomplete => None,
+        }
+    }
+}
+
+/// Sends `req` (which `takes` accepted) and reads the response head. A parked connection
+/// that turns out closed before a byte of the response came back is replaced by a new
+/// one: the request is a GET or HEAD, safe to send again.
+pub(super) async fn send<B>(
+    pool: &Arc<ConnPool>,
+    req: &Request<B>,
+    now: Instant,
+) -> Result<Response<UpstreamBody>, SendError> {
+    let head = encode(req);
+    loop {
+        let (mut io, reused) = match pool.checkout_lean(now) {
+            Some(io) => (io, true),
+            None => (Box::pin(pool.connect()).await?, false),
+        };
+        match exchange(&mut io, &head, req.method()).await {
+            Ok((head, rest)) => return Ok(response(pool, io, head, rest)),
+            Err((e, nothing_back)) if !(reused && nothing_back) => return Err(SendError::Lean(e)),
+            Err(_) => tracing::debug!("parked upstream connection was closed; sending again"),
+        }
+    }
+}
+
+/// The request head in HTTP/1.1's origin form. Names and values are valid already: the
+/// `http` crate admits no CR, LF or NUL into either.
+fn encode<B>(req: &Request<B>) -> Vec<u8> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Writes the head and reads up to the final response head (1xx heads other than 101 are
+/// skipped). On failure, whether no byte came back at all.
+async fn exchange(
+    io: &mut UpstreamStream,
+    head: &[u8],
+    method: &Method,
+) -> Result<(upstream_h1::Head, BytesMut), (LeanError, bool)> {
+    io.write_all(head)
+        .await
+        .map_err(|e| (LeanError::Io(e), true))?;
+    let mut buf = BytesMut::new();
+    let mut got_any = false;
+    loop {
+        match parse_head(&buf, method, &LIMITS) {
+            Ok(Parsed::Complete { head, len }) => {
+                let _ = buf.split_to(len);
+                if head.status.is_informational()
+                    && head.status != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Ok((head, buf));
+            }
+            Ok(Parsed::Partial) => {}
+            Err(e) => return Err((LeanError::Framing(Box::new(e)), false)),
+        }
+        buf.reserve(READ_SIZE);
+        match std::future::poll_fn(|cx| {
+            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)
+        })
+        .await
+        {
+            Ok(0) => return Err((LeanError::Incomplete, !got_any)),
+            Ok(_) => got_any = true,
+            Err(e) => return Err((LeanError::Io(e), !got_any)),
+        }
+    }
+}
+
+fn response(
+    pool: &Arc<ConnPool>,
+    io: UpstreamStream,
+    head: upstream_h1::Head,
+    rest: BytesMut,
+) -> Response<UpstreamBody> {
+    let state = match head.framing {
+        Framing::Empty => State::Done,
+        Framing::Length(n) => State::Length(n),
+        Framing::Chunked => State::Chunked(Box::default()),
+        Framing::UntilClose => State::UntilClose,
+    };
+    // A 5xx: the app may be closing this connection (see pool's module doc); a 101 to a
+    // request that asked for no upgrade leaves a connection in an unknown protocol.
+    let reuse = head.keep_alive
+        && !head.status.is_server_error()
+        && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut body = LeanBody {
+        io: Some(io),
+        read_size: READ_SIZE,
+        filled: false,
+        buf: rest,
+        state,
+        reuse,
+        pool: pool.clone(),
+    };
+    if matches!(body.state, State::Done | State::Length(0)) {
+        body.finish();
+    }
+    let mut resp = Response::new(UpstreamBody::Lean(body));
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    // Transfer-Encoding and Connection go with the other hop-by-hop headers in `respond`.
+    *resp.headers_mut() = head.headers;
+    resp
+}
+
+enum State {
+    Length(u64),
+    Chunked(Box<Decoder>),
+    UntilClose,
+    Done,
+}
+
+/// A response body read by this client; its connection goes back to the pool when the
+/// body ended exactly where its framing said.
+pub(crate) struct LeanBody {
+    io: Option<UpstreamStream>,
+    /// What the next read asks for.
+    read_size: usize,
+    /// The last read filled all the space it was offered: more may be waiting, and tokio
+    /// still counts the socket readable.
+    filled: bool,
+    /// Bytes read but not yet handed out.
+    buf: BytesMut,
+    state: State,
+    reuse: bool,
+    pool: Arc<ConnPool>,
+}
+
+impl LeanBody {
+    fn finish(&mut self) {
+        self.state = State::Done;
+        // Bytes beyond the body's end: the upstream does not frame as we read it.
+        let clean = self.buf.is_empty() && (!self.filled || self.drained());
+        if let (true, true, Some(io)) = (self.reuse, clean, self.io.take()) {
+            self.pool.checkin_lean(io, Instant::now());
+        }
+        self.io = None;
+    }
+
+    /// After a read that filled its buffer: one more, which must find nothing waiting
+    /// (and so clears tokio's readiness, which `checkout_lean` looks at).
+    fn drained(&mut self) -> bool {
+        let Some(io) = self.io.as_mut() else {
+            return false;
+        };
+        let mut probe = BytesMut::with_capacity(1);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tokio_util::io::poll_read_buf(Pin::new(io), &mut cx, &mut probe).is_pending()
+    }
+
+    fn fail(&mut self, e: LeanError) -> Poll<Option<Result<Frame<Bytes>, LeanError>>> {
+        self.state = State::Done;
+        self.io = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// Reads more into `buf`: the number of bytes, 0 at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        self.buf.reserve(self.read_size);
+        let offered = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(io),
+            cx,
+            &mut self.buf
+        ))?;
+        self.filled = n == offered;
+        if self.filled {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl Body for LeanBody {
+    type Data = Bytes;
+    type Error = LeanError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, LeanError>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) if !this.buf.is_empty() => {
+                    let n = this
+                        .buf
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    let data = this.buf.split_to(n).freeze();
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Chunked(decoder) => match decoder.decode(&mut this.buf) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) if decoder.is_done() => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return this.fail(LeanError::Framing(Box::new(e))),
+                },
+                State::UntilClose if !this.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+                }
+                State::Length(_) | State::UntilClose => {}
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, State::UntilClose) => {
+                    this.state = State::Done;
+                    this.io = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(LeanError::Incomplete),
+                Ok(_) => {}
+                Err(e) => return this.fail(LeanError::Io(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
