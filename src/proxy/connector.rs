@@ -127,9 +127,7 @@ impl UpstreamStream {
         self.gate = Some(gate.clone());
         PeerWatch(gate)
     }
-}
 
-impl UpstreamStream {
     /// Whether the reactor has seen this idle connection turn readable: the peer closed or
     /// reset it, or sent bytes nobody asked for. No syscall: it is what tokio learned from
     /// epoll (a close it has not processed yet fails the next exchange, which the lean

@@ -1,4 +1,7 @@
-//! Keep-alive connections to one upstream, on hyper's connection-level client API.
+//! Keep-alive connections to one upstream: bodiless GET and HEAD requests to an HTTP/1
+//! upstream on the lean client's connections (`lean`: parked on a list, no task, checked
+//! for anything that arrived while idle), everything else on hyper's connection-level
+//! client API, as below.
 //!
 //! hyper-util's legacy `Client` did this job with more machinery per request than the job
 //! needs when every pool serves exactly one upstream: a HashMap keyed by (scheme, authority)
