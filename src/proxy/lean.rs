@@ -122,14 +122,14 @@ pub(super) async fn send<B>(
     req: &Request<B>,
     now: Instant,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    let head = encode(req);
+    let request_head = encode(req);
     loop {
         let (mut io, reused) = match pool.checkout_lean(now) {
             Some(io) => (io, true),
             None => (Box::pin(pool.connect()).await?, false),
         };
-        match exchange(&mut io, &head, req.method()).await {
-            Ok((head, rest)) => return Ok(response(pool, io, head, rest)),
+        match exchange(&mut io, &request_head, req.method()).await {
+            Ok(answer) => return Ok(response(pool, io, answer)),
             Err((e, nothing_back)) if !(reused && nothing_back) => return Err(SendError::Lean(e)),
             Err(_) => tracing::debug!("parked upstream connection was closed; sending again"),
         }
@@ -155,18 +155,28 @@ fn encode<B>(req: &Request<B>) -> Vec<u8> {
     head
 }
 
-/// Writes the head and reads up to the final response head (1xx heads other than 101 are
-/// skipped). On failure, whether no byte came back at all.
+/// The final response head, and what came after it.
+struct Answer {
+    head: upstream_h1::Head,
+    /// Bytes read past the head: the body's start.
+    rest: BytesMut,
+    /// The last read filled all the space it was offered (see `LeanBody::filled`).
+    filled: bool,
+}
+
+/// Writes the request head and reads up to the final response head (1xx heads other than
+/// 101 are skipped). On failure, whether no byte came back at all.
 async fn exchange(
     io: &mut UpstreamStream,
-    head: &[u8],
+    request_head: &[u8],
     method: &Method,
-) -> Result<(upstream_h1::Head, BytesMut), (LeanError, bool)> {
-    io.write_all(head)
+) -> Result<Answer, (LeanError, bool)> {
+    io.write_all(request_head)
         .await
         .map_err(|e| (LeanError::Io(e), true))?;
     let mut buf = BytesMut::new();
     let mut got_any = false;
+    let mut filled = false;
     loop {
         match parse_head(&buf, method, &LIMITS) {
             Ok(Parsed::Complete { head, len }) => {
@@ -176,30 +186,31 @@ async fn exchange(
                 {
                     continue;
                 }
-                return Ok((head, buf));
+                return Ok(Answer {
+                    head,
+                    rest: buf,
+                    filled,
+                });
             }
             Ok(Parsed::Partial) => {}
             Err(e) => return Err((LeanError::Framing(Box::new(e)), false)),
         }
         buf.reserve(READ_SIZE);
+        let offered = buf.capacity() - buf.len();
         match std::future::poll_fn(|cx| {
             tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)
         })
         .await
         {
             Ok(0) => return Err((LeanError::Incomplete, !got_any)),
-            Ok(_) => got_any = true,
+            Ok(n) => (got_any, filled) = (true, n == offered),
             Err(e) => return Err((LeanError::Io(e), !got_any)),
         }
     }
 }
 
-fn response(
-    pool: &Arc<ConnPool>,
-    io: UpstreamStream,
-    head: upstream_h1::Head,
-    rest: BytesMut,
-) -> Response<UpstreamBody> {
+fn response(pool: &Arc<ConnPool>, io: UpstreamStream, answer: Answer) -> Response<UpstreamBody> {
+    let Answer { head, rest, filled } = answer;
     let state = match head.framing {
         Framing::Empty => State::Done,
         Framing::Length(n) => State::Length(n),
@@ -214,7 +225,7 @@ fn response(
     let mut body = LeanBody {
         io: Some(io),
         read_size: READ_SIZE,
-        filled: false,
+        filled,
         buf: rest,
         state,
         reuse,

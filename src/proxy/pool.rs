@@ -334,7 +334,10 @@ async fn reap(pool: Weak<ConnPool>, keepalive: Duration) {
         let mut idle = pool.lock();
         idle.h1
             .retain(|(conn, since)| !conn.tx.is_closed() && since.elapsed() < keepalive);
-        idle.lean.retain(|(_, since)| since.elapsed() < keepalive);
+        // Closed by the upstream (or sent bytes nobody asked for): its descriptor goes now,
+        // not at the next checkout.
+        idle.lean
+            .retain(|(io, since)| !io.readable_while_idle() && since.elapsed() < keepalive);
         if idle.h1.is_empty() && idle.lean.is_empty() {
             idle.reaper = false;
             return;
@@ -409,6 +412,33 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert!(pool.lock().h1[0].0.tx.is_ready());
         assert!(pool.checkout_h1(Instant::now(), true).is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lean_connection_the_upstream_closed_is_reaped_before_it_expires() {
+        let (addr, close, server) = one_answer_upstream();
+        let connector = Connector::new(&Upstream::Http { authority: addr }, Duration::from_secs(2));
+        // The reaper looks every 500 ms; the connection would expire only after 1 s.
+        let pool = ConnPool::new(connector, false, Duration::from_secs(1));
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "a")
+            .body(UpBody::empty())
+            .unwrap();
+        let resp = pool.send(req, Instant::now()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(
+            pool.lock().lean.len(),
+            1,
+            "a GET's connection is parked for reuse"
+        );
+        close.send(()).unwrap();
+        server.join().unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            pool.lock().lean.is_empty(),
+            "closed, so reaped at the first look"
+        );
     }
 
     #[test]
