@@ -12,6 +12,7 @@ need_tools() {
     command -v nginx >/dev/null || missing+=(nginx-light)
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v python3 >/dev/null || missing+=(python3) # idle-conns.sh's clients
+    [ -z "${RATE:-}" ] || command -v h2load >/dev/null || missing+=(nghttp2-client)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]}" >&2
         apt-get update -q >/dev/null
@@ -64,7 +65,12 @@ rss_kib() { # pid
 }
 
 # wrk on the client core; prints "req_per_sec p50_ms p99_ms errors non2xx requests".
+# With RATE=N (requests per second over all connections) h2load offers that fixed load
+# instead (run_h2load), so both servers are measured at the same load and their latency
+# percentiles compare: wrk's closed loop drives its own core harder against the faster
+# server and counts its own queueing in that server's latency.
 run_wrk() { # url connections [extra wrk args...]
+    [ -z "${RATE:-}" ] || { run_h2load "$@"; return; }
     local url=$1 conns=$2; shift 2
     local out
     out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$conns" -d"$BENCH_DURATION" --latency "$@" "$url" 2>&1)
@@ -79,6 +85,38 @@ run_wrk() { # url connections [extra wrk args...]
         / requests in / {n=$1}
         END {printf "%s %s %s %d %d %d\n", rps, p50, p99, err, non2xx, n}
     ' <<<"$out"
+}
+
+# run_wrk's fixed-rate twin: h2load (HTTP/1.1, one connection per client, --rps each) on
+# the client core, percentiles from its per-request log. wrk's `-s X.lua` becomes `-d X.body`
+# (the caller writes the body there). Same output as run_wrk; "errors" counts failed and
+# errored requests.
+run_h2load() { # url connections [extra wrk args...]
+    local url=$1 conns=$2; shift 2
+    local args=() out rps
+    while [ $# -gt 0 ]; do
+        case $1 in
+            -s) args+=(-d "${2%.lua}.body" -H "Content-Type: application/octet-stream"); shift 2 ;;
+            -H) args+=(-H "$2"); shift 2 ;;
+            *) echo "run_h2load: cannot translate wrk argument $1" >&2; return 1 ;;
+        esac
+    done
+    rps=$(( (RATE + conns - 1) / conns ))
+    rm -f "$WORK/h2load.log"
+    out=$(taskset -c "$CLIENT_CPU" h2load --h1 -c"$conns" --rps="$rps" -D "${BENCH_DURATION%s}" \
+        --log-file="$WORK/h2load.log" "${args[@]}" "$url" 2>&1)
+    echo "$out" >>"$BENCH_LOG"
+    # log lines: start (µs since the epoch), status, duration (µs)
+    sort -n -k3 "$WORK/h2load.log" | awk -v summary="$out" '
+        { d[NR] = $3; if ($2 !~ /^2/ && $2 !~ /^3/) non2xx++ }
+        END {
+            n = split(summary, line, "\n")
+            for (i = 1; i <= n; i++) {
+                if (line[i] ~ /^finished in/) { split(line[i], f, " "); rps = f[4] }
+                if (line[i] ~ /^requests:/) { split(line[i], q, " "); err = q[10] + q[12] }
+            }
+            printf "%s %.3f %.3f %d %d %d\n", rps, d[int(NR * 0.5)] / 1000, d[int(NR * 0.99)] / 1000, err, non2xx, NR
+        }'
 }
 
 # Writes $WORK/nginx.conf: one worker, private paths under $WORK/nginx, an access log, and

@@ -17,6 +17,8 @@
 #
 # Usage: bench/proxy.sh [path/to/gatehouse]   (default: builds target/release/gatehouse)
 #        BENCH_ONLY='POST' bench/proxy.sh …     runs only the scenarios whose name matches
+#        RATE=20000 bench/proxy.sh …            offers that fixed load with h2load instead of
+#                                               wrk's closed loop: latencies at equal load
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -113,6 +115,9 @@ wrk.body = string.rep("x", 65536)
 wrk.headers["Content-Type"] = "application/octet-stream"
 LUA
 sed 's/65536/1048576/' "$WORK/post64k.lua" >"$WORK/post1m.lua"
+# the same bodies for h2load (RATE=N, see bench/lib.sh)
+head -c 65536 /dev/zero | tr '\0' x >"$WORK/post64k.body"
+head -c 1048576 /dev/zero | tr '\0' x >"$WORK/post1m.body"
 
 wait_sock() { # path
     local deadline=$((SECONDS + 10))
@@ -225,6 +230,6 @@ for s in "${SCENARIOS[@]}"; do
 done
 printf "| idle RSS (KiB, nginx = master + worker) | %.0f | %.0f | | | | | | |\n" "$(med gatehouse,idle)" "$(med nginx,idle)"
 echo
-echo "$BENCH_REPS alternating runs of $BENCH_DURATION each, $CONNS connections, medians;" \
+echo "$BENCH_REPS alternating runs of $BENCH_DURATION each, $CONNS connections, medians;${RATE:+ h2load offering $RATE req/s instead of wrk;}" \
     "proxy on CPU $SERVER_CPU, wrk + upstream nginx on CPU $CLIENT_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $("$GH" --version)"
 exit $FAIL
