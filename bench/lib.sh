@@ -103,19 +103,24 @@ run_h2load() { # url connections [extra wrk args...]
     done
     rps=$(( (RATE + conns - 1) / conns ))
     rm -f "$WORK/h2load.log"
-    out=$(taskset -c "$CLIENT_CPU" h2load --h1 -c"$conns" --rps="$rps" -D "${BENCH_DURATION%s}" \
+    out=$(taskset -c "$CLIENT_CPU" h2load --h1 -c"$conns" --rps="$rps" -D "$BENCH_DURATION" \
         --log-file="$WORK/h2load.log" "${args[@]}" "$url" 2>&1)
     echo "$out" >>"$BENCH_LOG"
-    # log lines: start (µs since the epoch), status, duration (µs)
-    sort -n -k3 "$WORK/h2load.log" | awk -v summary="$out" '
-        { d[NR] = $3; if ($2 !~ /^2/ && $2 !~ /^3/) non2xx++ }
+    # log lines: start (µs since the epoch), status (-1: the stream failed), duration (µs).
+    # h2load's "failed" count includes every non-2xx answer, so errors are its "errored"
+    # and "timeout" counts; a server that refused every connection leaves those at 0 and an
+    # empty log, counted as an error here.
+    sort -n -k3 "$WORK/h2load.log" 2>/dev/null | awk -v summary="$out" '
+        function pct(p) { return d[int((NR - 1) * p) + 1] / 1000 }
+        { d[NR] = $3; if ($2 !~ /^[23]/ && $2 != -1) non2xx++ }
         END {
             n = split(summary, line, "\n")
             for (i = 1; i <= n; i++) {
                 if (line[i] ~ /^finished in/) { split(line[i], f, " "); rps = f[4] }
-                if (line[i] ~ /^requests:/) { split(line[i], q, " "); err = q[10] + q[12] }
+                if (line[i] ~ /^requests:/) { split(line[i], q, " "); err = q[12] + q[14] }
             }
-            printf "%s %.3f %.3f %d %d %d\n", rps, d[int(NR * 0.5)] / 1000, d[int(NR * 0.99)] / 1000, err, non2xx, NR
+            if (NR == 0) err++
+            printf "%s %.3f %.3f %d %d %d\n", rps, pct(0.5), pct(0.99), err, non2xx, NR
         }'
 }
 

@@ -44,12 +44,13 @@ SCENARIOS=(
     "404, keep-alive|/missing|50|"
     "1 KiB static, new connection per request|/1k.bin|50|close"
 )
+# h2load cannot pace a new connection per request.
+[ -z "${RATE:-}" ] || mapfile -t SCENARIOS < <(printf '%s\n' "${SCENARIOS[@]}" | grep -v '|close$')
 
 FAIL=0
 for i in "${!SCENARIOS[@]}"; do
     IFS='|' read -r name path conns extra <<<"${SCENARIOS[$i]}"
     conns=${CONNS:-$conns}
-    [ -z "${RATE:-}" ] || [ "$extra" != close ] || continue
     for rep in $(seq "$BENCH_REPS"); do
         for server in gatehouse nginx; do
             if [ $server = gatehouse ]; then port=$GH_PORT; else port=$NGX_PORT; fi
@@ -77,8 +78,7 @@ echo
 echo "| scenario | gatehouse req/s | nginx req/s | ratio | gatehouse p50 / p99 ms | nginx p50 / p99 ms |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for i in "${!SCENARIOS[@]}"; do
-    IFS='|' read -r name _ conns extra <<<"${SCENARIOS[$i]}"
-    [ -z "${RATE:-}" ] || [ "$extra" != close ] || continue
+    IFS='|' read -r name _ conns _ <<<"${SCENARIOS[$i]}"
     name="$name, ${CONNS:-$conns} conns"
     g=$(med "gatehouse,$i,rps"); n=$(med "nginx,$i,rps")
     printf '| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f |\n' "$name" "$g" "$n" \

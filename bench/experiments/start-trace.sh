@@ -35,12 +35,16 @@ for _ in $(seq "${RUNS:-3}"); do
     sleep 0.3
     kill "$tracer"
     wait "$tracer" 2>/dev/null || true
-    # clone() of the service, PID 1's write of its pid into cgroup.procs, READY=1
+    # The service's clone, PID 1's write of its pid into cgroup.procs (none when systemd
+    # clones straight into the cgroup), READY=1.
     awk -v ttfb="$ttfb" '
-        /clone\(/ && !fork { fork = $1 }
+        /clone3?\(/ && !fork { fork = $1 }
         fork && !cg && /write\([0-9]+, "[0-9]+\\n", [0-9]+\)/ { cg = $1; took = substr($NF, 2) + 0 }
         /READY=1/ && !ready { ready = $1 }
-        END { printf "curl %.1f ms | fork -> cgroup.procs write %.1f ms, the write took %.1f ms | fork -> READY=1 %.1f ms\n",
-                     ttfb * 1000, (cg - fork) * 1000, took * 1000, (ready - fork) * 1000 }' "$TRACE"
+        END {
+            move = cg ? sprintf("fork -> cgroup.procs write %.1f ms, the write took %.1f ms", (cg - fork) * 1000, took * 1000) \
+                      : "no write to cgroup.procs"
+            printf "curl %.1f ms | %s | fork -> READY=1 %.1f ms\n", ttfb * 1000, move, (ready - fork) * 1000
+        }' "$TRACE"
 done
 echo "guest: $(G systemctl --version | head -1); host cgroup2: $(awk '$3 == "cgroup2" {print $2, $4}' /proc/mounts | head -1)"
