@@ -12,4 +12,4 @@
 pub mod chunked;
 mod head;
 
-pub use head::{parse_head, Framing, Head, HeadError, Limits, Parsed};
+pub use head::{parse_head, take_head, Framing, Head, HeadError, Limits, Parsed};

@@ -5,13 +5,31 @@
 use bytes::BytesMut;
 use http::{Method, StatusCode, Version};
 use upstream_h1::chunked::{DecodeError, Decoder};
-use upstream_h1::{parse_head, Framing, Head, HeadError, Limits, Parsed};
+use upstream_h1::{parse_head, take_head, Framing, Head, HeadError, Limits, Parsed};
 
+/// The head by both entry points, which must agree: `take_head` (what the proxy uses) also
+/// leaves exactly the bytes after the head in its buffer.
 fn head_for(method: &Method, raw: &str) -> Result<(Head, usize), HeadError> {
-    match parse_head(raw.as_bytes(), method, &Limits::default())? {
-        Parsed::Complete { head, len } => Ok((head, len)),
-        Parsed::Partial => panic!("partial: {raw:?}"),
+    let mut buf = BytesMut::from(raw.as_bytes());
+    let taken = take_head(&mut buf, method, &Limits::default());
+    let parsed = match parse_head(raw.as_bytes(), method, &Limits::default()) {
+        Ok(Parsed::Complete { head, len }) => Ok((head, len)),
+        Ok(Parsed::Partial) => panic!("partial: {raw:?}"),
+        Err(e) => Err(e),
+    };
+    match (&parsed, taken) {
+        (Ok((p, len)), Ok(Some(t))) => {
+            assert_eq!(
+                (t.status, t.version, t.framing),
+                (p.status, p.version, p.framing)
+            );
+            assert_eq!((&t.headers, t.keep_alive), (&p.headers, p.keep_alive));
+            assert_eq!(&buf[..], &raw.as_bytes()[*len..], "{raw:?}");
+        }
+        (Err(p), Err(t)) => assert_eq!(*p, t, "{raw:?}"),
+        (p, t) => panic!("parse_head {p:?}, take_head {t:?}: {raw:?}"),
     }
+    parsed
 }
 
 fn head(raw: &str) -> Result<Head, HeadError> {

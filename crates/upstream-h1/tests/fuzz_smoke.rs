@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use http::Method;
 use upstream_h1::chunked::{DecodeError, Decoder};
-use upstream_h1::{parse_head, Framing, Limits, Parsed};
+use upstream_h1::{parse_head, take_head, Framing, Limits, Parsed};
 
 const HEADS: &[&[u8]] = &[
     b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nContent-Type: text/plain\r\n\r\n",
@@ -104,6 +104,11 @@ fn mutated_heads_never_panic_and_never_overrun() {
                 // gives the same length.
                 let again = parse_head(&raw[..len], &method, &limits);
                 assert!(matches!(again, Ok(Parsed::Complete { len: l, .. }) if l == len));
+                // The proxy's entry point agrees, and leaves what came after the head.
+                let mut buf = BytesMut::from(&raw[..]);
+                let taken = take_head(&mut buf, &method, &limits).unwrap().unwrap();
+                assert_eq!((taken.framing, taken.headers), (head.framing, head.headers));
+                assert_eq!(&buf[..], &raw[len..]);
             }
         }
     }

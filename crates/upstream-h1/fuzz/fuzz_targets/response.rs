@@ -1,4 +1,4 @@
-//! One upstream response, as the proxy would read it: the head, then a chunked body from
+//! One upstream response, as the proxy would read it: the head (both entry points agree), then a chunked body from
 //! the bytes after it, fed in pieces whose size the input's first byte picks. No panic,
 //! no read past the input, and the same body whatever the pieces.
 #![no_main]
@@ -7,19 +7,33 @@ use bytes::BytesMut;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 use upstream_h1::chunked::Decoder;
-use upstream_h1::{parse_head, Limits, Parsed};
+use upstream_h1::{parse_head, take_head, Limits, Parsed};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&step, raw)) = input.split_first() else {
         return;
     };
     let step = usize::from(step % 16) + 1;
-    let body = match parse_head(raw, &Method::GET, &Limits::default()) {
-        Ok(Parsed::Complete { len, .. }) => {
+    let parsed = parse_head(raw, &Method::GET, &Limits::default());
+    // The proxy's entry point: the same verdict, and the head split off its buffer.
+    let mut buf = BytesMut::from(raw);
+    let taken = take_head(&mut buf, &Method::GET, &Limits::default());
+    let body = match parsed {
+        Ok(Parsed::Complete { len, head }) => {
             assert!(len <= raw.len());
+            let taken = taken.ok().flatten().expect("take_head agrees");
+            assert_eq!((taken.framing, taken.headers), (head.framing, head.headers));
+            assert_eq!(&buf[..], &raw[len..]);
             &raw[len..]
         }
-        _ => raw,
+        Ok(Parsed::Partial) => {
+            assert!(matches!(taken, Ok(None)));
+            raw
+        }
+        Err(e) => {
+            assert_eq!(taken.err(), Some(e));
+            raw
+        }
     };
     let decode = |step: usize| {
         let mut decoder = Decoder::new();
