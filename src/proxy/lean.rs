@@ -17,7 +17,7 @@ use super::connector::UpstreamStream;
 use super::pool::{ConnPool, SendError};
 use crate::http_base::BoxError;
 use bytes::{Bytes, BytesMut};
-use http::{header, Method, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -26,7 +26,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use upstream_h1::chunked::Decoder;
-use upstream_h1::{parse_head, Framing, Limits, Parsed};
+use upstream_h1::{take_head, Framing, Limits};
 
 /// What hyper's client accepts (its `DEFAULT_MAX_HEADERS` and default read-buffer limit),
 /// so a GET, read here, and a POST, read by hyper, fail on the same heads.
@@ -42,11 +42,33 @@ const READ_SIZE: usize = 8 * 1024;
 /// reads up to ~400 KiB at a time; 64 KiB made a 1 MiB response 22 reads and 17 writes).
 const READ_MAX: usize = 256 * 1024;
 
-/// Whether `req` can go through this client.
-pub(super) fn takes<B: Body>(req: &Request<B>) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD)
-        && req.body().is_end_stream()
-        && !req.headers().contains_key(header::UPGRADE)
+/// Whether a request can go through this client.
+pub(super) fn takes(method: &Method, headers: &HeaderMap, bodiless: bool) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && bodiless
+        && !headers.contains_key(header::UPGRADE)
+}
+
+/// What this client sends, borrowed: the proxy sends a request without copying its head
+/// for each attempt (it keeps it for a retry).
+pub(super) struct RequestHead<'a> {
+    pub(super) method: &'a Method,
+    /// The origin form: path and query.
+    pub(super) path: &'a str,
+    pub(super) headers: &'a HeaderMap,
+    /// A Host line to add after `headers` (which then have none).
+    pub(super) host: Option<HeaderValue>,
+}
+
+impl<'a> RequestHead<'a> {
+    pub(super) fn of<B>(req: &'a Request<B>) -> RequestHead<'a> {
+        RequestHead {
+            method: req.method(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            headers: req.headers(),
+            host: None,
+        }
+    }
 }
 
 /// An upstream response's body: from hyper's client, or from this one.
@@ -117,18 +139,18 @@ impl std::error::Error for LeanError {
 /// Sends `req` (which `takes` accepted) and reads the response head. A parked connection
 /// that turns out closed before a byte of the response came back is replaced by a new
 /// one: the request is a GET or HEAD, safe to send again.
-pub(super) async fn send<B>(
+pub(super) async fn send(
     pool: &Arc<ConnPool>,
-    req: &Request<B>,
+    req: RequestHead<'_>,
     now: Instant,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    let request_head = encode(req);
+    let request_head = encode(&req);
     loop {
         let (mut io, reused) = match pool.checkout_lean(now) {
             Some(io) => (io, true),
             None => (Box::pin(pool.connect()).await?, false),
         };
-        match exchange(&mut io, &request_head, req.method()).await {
+        match exchange(&mut io, &request_head, req.method).await {
             Ok(answer) => return Ok(response(pool, io, answer)),
             Err((e, nothing_back)) if !(reused && nothing_back) => return Err(SendError::Lean(e)),
             Err(_) => tracing::debug!("parked upstream connection was closed; sending again"),
@@ -138,14 +160,24 @@ pub(super) async fn send<B>(
 
 /// The request head in HTTP/1.1's origin form. Names and values are valid already: the
 /// `http` crate admits no CR, LF or NUL into either.
-fn encode<B>(req: &Request<B>) -> Vec<u8> {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(req.method().as_str().as_bytes());
+fn encode(req: &RequestHead<'_>) -> Vec<u8> {
+    let lines = || {
+        let host = req.host.as_ref().map(|h| (&header::HOST, h));
+        req.headers.iter().chain(host)
+    };
+    // Sized up front: one allocation, no regrowth for a head longer than a guess.
+    let size = req.method.as_str().len()
+        + req.path.len()
+        + lines()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 14;
+    let mut head = Vec::with_capacity(size);
+    head.extend_from_slice(req.method.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(req.path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    for (name, value) in lines() {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -178,9 +210,14 @@ async fn exchange(
     let mut got_any = false;
     let mut filled = false;
     loop {
-        match parse_head(&buf, method, &LIMITS) {
-            Ok(Parsed::Complete { head, len }) => {
-                let _ = buf.split_to(len);
+        // (Nothing to parse before the first read, nor after a 1xx that ended the buffer.)
+        let parsed = if buf.is_empty() {
+            Ok(None)
+        } else {
+            take_head(&mut buf, method, &LIMITS)
+        };
+        match parsed {
+            Ok(Some(head)) => {
                 if head.status.is_informational()
                     && head.status != http::StatusCode::SWITCHING_PROTOCOLS
                 {
@@ -192,7 +229,7 @@ async fn exchange(
                     filled,
                 });
             }
-            Ok(Parsed::Partial) => {}
+            Ok(None) => {}
             Err(e) => return Err((LeanError::Framing(Box::new(e)), false)),
         }
         buf.reserve(READ_SIZE);

@@ -34,9 +34,12 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use replay::RequestBody;
 use retry::{Attempts, Failure, Next, Pick};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 /// A configured proxy route with its upstream pool. Built during validation (no runtime
 /// needed); health-check tasks start with the serving `Snapshot` (see [`start`]).
@@ -289,15 +292,15 @@ async fn forward(
         let Some(up_body) = body.take(cfg) else {
             return failed(pool, cx.upstream, attempts.failure);
         };
-        let req = match out.build(u, up_body) {
-            Ok(r) => r,
+        let sending = match out.prepare(u, up_body, body.bodiless) {
+            Ok(sending) => sending,
             Err(_) => return failed(pool, cx.upstream, (StatusCode::BAD_REQUEST, Some(idx))),
         };
         let in_flight = InFlight::new(u).with_lease(lease.take());
         u.counters.requests.inc();
+        let request = sending.start(u, ready_at);
         match send(
-            u,
-            req,
+            request,
             cfg.response_header_timeout,
             &body.activity,
             ready_at,
@@ -352,7 +355,53 @@ struct Outgoing {
     http2: bool,
 }
 
+/// One attempt's request, ready to send.
+enum Sending<'a> {
+    /// For the lean client (`lean::takes`): borrowed from `Outgoing`, which a retry reuses.
+    Lean(lean::RequestHead<'a>),
+    /// For hyper's client: built anew, since hyper takes the request.
+    Built(Request<UpBody>),
+}
+
+impl<'a> Sending<'a> {
+    /// The request's future for its client. hyper's is boxed: it is twice the lean client's,
+    /// and the caller's future (which hyper keeps inline in every client connection) holds
+    /// this one twice, once for the call and once moved into `send`.
+    fn start(
+        self,
+        u: &'a UpstreamState,
+        now: std::time::Instant,
+    ) -> Either<impl Future<Output = Sent> + 'a, Pin<Box<impl Future<Output = Sent> + 'a>>> {
+        match self {
+            Sending::Lean(head) => Either::Left(lean::send(&u.conns, head, now)),
+            Sending::Built(req) => Either::Right(Box::pin(u.conns.send(req, now))),
+        }
+    }
+}
+
 impl Outgoing {
+    fn prepare(
+        &self,
+        u: &UpstreamState,
+        body: UpBody,
+        bodiless: bool,
+    ) -> Result<Sending<'_>, http::Error> {
+        let h2 = self.http2 || u.conns.is_http2();
+        if h2 || !lean::takes(&self.method, &self.headers, bodiless) {
+            return self.build(u, body).map(Sending::Built);
+        }
+        Ok(Sending::Lean(lean::RequestHead {
+            method: &self.method,
+            path: self.path.as_str(),
+            headers: &self.headers,
+            // HTTP/1.0 without Host: name the upstream (as `build` does).
+            host: match self.host {
+                None => HeaderValue::from_str(u.authority.as_str()).ok(),
+                Some(_) => None,
+            },
+        }))
+    }
+
     fn build(&self, u: &UpstreamState, body: UpBody) -> Result<Request<UpBody>, http::Error> {
         let mut headers = self.headers.clone();
         let (authority, version) = if self.http2 {
@@ -392,15 +441,16 @@ impl Outgoing {
     }
 }
 
-/// Sends `req`, which is ready to go at `now`.
+/// What either client answers: the response head, or why there is none.
+type Sent = Result<Response<lean::UpstreamBody>, pool::SendError>;
+
+/// Waits for the response head to a request that went out at `now` (`Sending::start`).
 async fn send(
-    u: &UpstreamState,
-    req: Request<UpBody>,
+    fut: impl Future<Output = Sent>,
     response_header_timeout: Duration,
     activity: &Activity,
     now: std::time::Instant,
 ) -> Result<Response<lean::UpstreamBody>, SendError> {
-    let fut = u.conns.send(req, now);
     tokio::pin!(fut);
     // The timer runs from the last request byte sent, so a long upload is not cut short;
     // a stalled upload is the body's idle_timeout's business. The request starts going out

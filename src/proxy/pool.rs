@@ -128,8 +128,12 @@ impl ConnPool {
     ) -> Result<Response<UpstreamBody>, SendError> {
         let resp = if self.http2 {
             self.send_h2(req).await
-        } else if lean::takes(&req) {
-            return lean::send(self, &req, now).await;
+        } else if lean::takes(
+            req.method(),
+            req.headers(),
+            hyper::body::Body::is_end_stream(req.body()),
+        ) {
+            return lean::send(self, lean::RequestHead::of(&req), now).await;
         } else {
             self.send_h1(req, now).await
         };

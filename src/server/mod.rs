@@ -47,7 +47,7 @@ mod future_sizes {
         eprintln!(
             "request::handle {handle} B, watch::serve_stream {stream} B, conn::serve {serve} B"
         );
-        // Measured at 4024, 4328 and 1912 bytes (debug build; release within 50 bytes).
+        // Measured at 3872, 4176 and 1912 bytes (debug build; release within 50 bytes).
         // The connection future holds the plaintext path inline and the TLS path boxed
         // (`conn::serve`): unboxed, a TLS session's kilobytes would land in every connection.
         assert!(serve <= 2304, "conn::serve's future is {serve} bytes");
