@@ -194,6 +194,7 @@ fn scan(buf: &[u8], limits: &Limits, spans: &mut Spans) -> Result<Option<Lines>,
 /// The head from its bytes (`head`, exactly `lines.len` long) and the spans `scan` found.
 fn build(head: &Bytes, lines: &Lines, spans: &[Span], method: &Method) -> Result<Head, HeadError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut framers = Framers::default();
     for span in spans {
         let name = head
             .get(span.name.0..span.name.1)
@@ -204,11 +205,12 @@ fn build(head: &Bytes, lines: &Lines, spans: &[Span], method: &Method) -> Result
         }
         let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
             .map_err(|_| HeadError::Malformed)?;
+        framers.note(&name, value.as_bytes());
         headers.append(name, value);
     }
     let (status, version) = (lines.status, lines.version);
-    let framing = framing(&headers, status, version, method)?;
-    let keep_alive = framing != Framing::UntilClose && persistent(&headers, version);
+    let framing = framers.framing(status, version, method)?;
+    let keep_alive = framing != Framing::UntilClose && framers.persistent(version);
     Ok(Head {
         status,
         version,
@@ -218,71 +220,101 @@ fn build(head: &Bytes, lines: &Lines, spans: &[Span], method: &Method) -> Result
     })
 }
 
-/// RFC 9112 §6.3, in its order.
-fn framing(
-    headers: &HeaderMap,
-    status: StatusCode,
-    version: Version,
-    method: &Method,
-) -> Result<Framing, HeadError> {
-    let chunked = transfer_encoding(headers, version)?;
-    let length = content_length(headers)?;
-    if chunked && length.is_some() {
-        return Err(HeadError::TransferEncoding);
-    }
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    Ok(match (chunked, length) {
-        (true, _) => Framing::Chunked,
-        (false, Some(n)) => Framing::Length(n),
-        (false, None) => Framing::UntilClose,
-    })
+/// What the header lines say about the body's length and the connection, gathered line
+/// by line as the head is built (no lookups in the finished map).
+#[derive(Default)]
+struct Framers {
+    /// Transfer-Encoding lines seen, and the codings in them (each must be `chunked`).
+    transfer_encoding: bool,
+    codings: usize,
+    other_coding: bool,
+    /// Every Content-Length value, in every line and list, must be the same number.
+    length: Option<u64>,
+    bad_length: bool,
+    /// Connection tokens.
+    close: bool,
+    keep_alive: bool,
 }
 
-/// Whether the body is chunked. Any other coding is refused rather than read until the
-/// close: the proxy removes Transfer-Encoding, so a client would get the coded bytes with
-/// nothing saying how they are coded.
-fn transfer_encoding(headers: &HeaderMap, version: Version) -> Result<bool, HeadError> {
-    let mut codings = 0;
-    for value in headers.get_all(TRANSFER_ENCODING) {
-        for coding in value.as_bytes().split(|&b| b == b',') {
-            let coding = coding.trim_ascii();
-            if coding.is_empty() {
-                continue;
+impl Framers {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        let items = || {
+            value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|i| !i.is_empty())
+        };
+        if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            for coding in items() {
+                self.codings += 1;
+                self.other_coding |= !coding.eq_ignore_ascii_case(b"chunked");
             }
-            if !coding.eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::TransferEncoding);
+        } else if name == CONTENT_LENGTH {
+            // An empty item is not a number either.
+            for item in value.split(|&b| b == b',') {
+                match decimal(item.trim_ascii()) {
+                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    _ => self.bad_length = true,
+                }
             }
-            codings += 1;
+        } else if name == CONNECTION {
+            for token in items() {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
     }
-    match codings {
-        0 if headers.contains_key(TRANSFER_ENCODING) => Err(HeadError::TransferEncoding),
-        0 => Ok(false),
-        // HTTP/1.0 has no transfer codings (RFC 9112 §6.1).
-        1 if version == Version::HTTP_11 => Ok(true),
-        _ => Err(HeadError::TransferEncoding),
-    }
-}
 
-/// The Content-Length, if any: every value, in every line and list, the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let n = decimal(item.trim_ascii()).ok_or(HeadError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::ContentLength);
-            }
-            length = Some(n);
+    /// RFC 9112 §6.3, in its order.
+    fn framing(
+        &self,
+        status: StatusCode,
+        version: Version,
+        method: &Method,
+    ) -> Result<Framing, HeadError> {
+        let chunked = self.chunked(version)?;
+        if self.bad_length {
+            return Err(HeadError::ContentLength);
+        }
+        if chunked && self.length.is_some() {
+            return Err(HeadError::TransferEncoding);
+        }
+        if *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Empty);
+        }
+        Ok(match (chunked, self.length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::UntilClose,
+        })
+    }
+
+    /// Whether the body is chunked. Any other coding is refused rather than read until the
+    /// close: the proxy removes Transfer-Encoding, so a client would get the coded bytes
+    /// with nothing saying how they are coded.
+    fn chunked(&self, version: Version) -> Result<bool, HeadError> {
+        if self.other_coding {
+            return Err(HeadError::TransferEncoding);
+        }
+        match self.codings {
+            0 if self.transfer_encoding => Err(HeadError::TransferEncoding),
+            0 => Ok(false),
+            // HTTP/1.0 has no transfer codings (RFC 9112 §6.1).
+            1 if version == Version::HTTP_11 => Ok(true),
+            _ => Err(HeadError::TransferEncoding),
         }
     }
-    Ok(length)
+
+    /// HTTP/1.1 keeps the connection unless it says `close`; HTTP/1.0 only if it says
+    /// `keep-alive`.
+    fn persistent(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
 }
 
 /// 1*DIGIT as a u64: no sign, no spaces, no overflow.
@@ -296,20 +328,4 @@ fn decimal(digits: &[u8]) -> Option<u64> {
         }
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
-}
-
-/// HTTP/1.1 keeps the connection unless it says `close`; HTTP/1.0 only if it says
-/// `keep-alive`.
-fn persistent(headers: &HeaderMap, version: Version) -> bool {
-    let says = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
-    if says(b"close") {
-        return false;
-    }
-    version == Version::HTTP_11 || says(b"keep-alive")
 }
