@@ -95,6 +95,14 @@ Keep-Alive: timeout=1\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\nX-Ke
         assert_eq!(s.header(h), None, "{h} reached the upstream: {s:?}");
     }
 
+    // HTTP/1.0 without Host: the upstream is named in the one Host line it gets.
+    let r = raw(port, b"GET /tcp/old HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = tcp.seen();
+    let s = seen.last().unwrap();
+    assert_eq!(s.path, "/old");
+    assert_eq!(s.all("host"), [format!("127.0.0.1:{up_port}")]);
+
     let r = get(port, "/other/path");
     assert_eq!(r.header("x-upstream").as_deref(), Some("unix"));
     assert_eq!(unix.seen().last().unwrap().path, "/other/path");
