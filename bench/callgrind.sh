@@ -5,6 +5,7 @@
 # -n 20000 -c4 for HTTP/2 prior knowledge), then the total is divided by the requests served.
 #
 #   bench/callgrind.sh path/to/gatehouse [h1|h2] [/proxy/x|/1k.txt|/nope]
+#   BODY=65536 bench/callgrind.sh …    POSTs a body of that many bytes instead of a GET
 #
 # /proxy/x goes to an nginx returning 20 bytes on a unix socket; /1k.txt is a 1 KiB static file
 # (follow_symlinks = "always": valgrind does not know openat2); /nope a static 404.
@@ -59,16 +60,23 @@ done
 kill -0 "$GH" 2>/dev/null || { echo "gatehouse exited: $(cat "$W/gatehouse.log")" >&2; exit 1; }
 curl -sS -o /dev/null --retry 5 --retry-connrefused "http://127.0.0.1:$PORT$URLPATH"
 sleep 0.5
+# With BODY, the same request as a POST of that many bytes (nginx's `return` discards it).
+h2body=() wrkbody=()
+if [ -n "${BODY:-}" ]; then
+    head -c "$BODY" /dev/zero | tr '\0' x >"$W/body"
+    printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n' "$BODY" >"$W/post.lua"
+    h2body=(-d "$W/body") wrkbody=(-s "$W/post.lua")
+fi
 callgrind_control -i on "$GH" >/dev/null
 if [ "$PROTO" = h2 ]; then
-    timeout 120 h2load -n 20000 -c 4 -m 1 "http://127.0.0.1:$PORT$URLPATH" >"$W/load.txt"
+    timeout 120 h2load -n 20000 -c 4 -m 1 "${h2body[@]}" "http://127.0.0.1:$PORT$URLPATH" >"$W/load.txt"
     REQS=$(awk '/^requests:/ {print $2}' "$W/load.txt")
 else
-    wrk -t1 -c4 -d5s "http://127.0.0.1:$PORT$URLPATH" >"$W/load.txt"
+    wrk -t1 -c4 -d5s "${wrkbody[@]}" "http://127.0.0.1:$PORT$URLPATH" >"$W/load.txt"
     REQS=$(awk '/requests in/ {print $1}' "$W/load.txt")
 fi
 callgrind_control -i off "$GH" >/dev/null
 callgrind_control -d "$GH" >/dev/null
 sleep 1
 IR=$(callgrind_annotate "$W/cg.out.1" | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')
-echo "$PROTO $URLPATH: $REQS requests, $((IR / REQS)) instructions per request"
+echo "$PROTO ${BODY:+POST $BODY B }$URLPATH: $REQS requests, $((IR / REQS)) instructions per request"
