@@ -166,12 +166,15 @@ fn encode(req: &RequestHead<'_>) -> Vec<u8> {
         req.headers.iter().chain(host)
     };
     // Sized up front: one allocation, no regrowth for a head longer than a guess.
+    // "METHOD PATH HTTP/1.1\r\n", "name: value\r\n" per line, "\r\n".
     let size = req.method.as_str().len()
+        + 1
         + req.path.len()
+        + b" HTTP/1.1\r\n".len()
         + lines()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
             .sum::<usize>()
-        + 14;
+        + 2;
     let mut head = Vec::with_capacity(size);
     head.extend_from_slice(req.method.as_str().as_bytes());
     head.push(b' ');

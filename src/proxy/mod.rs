@@ -357,7 +357,8 @@ struct Outgoing {
 
 /// One attempt's request, ready to send.
 enum Sending<'a> {
-    /// For the lean client (`lean::takes`): borrowed from `Outgoing`, which a retry reuses.
+    /// For the lean client (`ConnPool::takes_lean`): borrowed from `Outgoing`, which a retry
+    /// reuses.
     Lean(lean::RequestHead<'a>),
     /// For hyper's client: built anew, since hyper takes the request.
     Built(Request<UpBody>),
@@ -386,8 +387,7 @@ impl Outgoing {
         body: UpBody,
         bodiless: bool,
     ) -> Result<Sending<'_>, http::Error> {
-        let h2 = self.http2 || u.conns.is_http2();
-        if h2 || !lean::takes(&self.method, &self.headers, bodiless) {
+        if !u.conns.takes_lean(&self.method, &self.headers, bodiless) {
             return self.build(u, body).map(Sending::Built);
         }
         Ok(Sending::Lean(lean::RequestHead {

@@ -22,7 +22,7 @@
 use super::body::UpBody;
 use super::connector::{ConnectError, Connector, PeerWatch, UpstreamStream};
 use super::lean::{self, LeanError, UpstreamBody};
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -126,18 +126,21 @@ impl ConnPool {
         req: Request<UpBody>,
         now: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let resp = if self.http2 {
-            self.send_h2(req).await
-        } else if lean::takes(
-            req.method(),
-            req.headers(),
-            hyper::body::Body::is_end_stream(req.body()),
-        ) {
+        let bodiless = hyper::body::Body::is_end_stream(req.body());
+        let resp = if self.takes_lean(req.method(), req.headers(), bodiless) {
             return lean::send(self, lean::RequestHead::of(&req), now).await;
+        } else if self.http2 {
+            self.send_h2(req).await
         } else {
             self.send_h1(req, now).await
         };
         resp.map(|r| r.map(UpstreamBody::Hyper))
+    }
+
+    /// Whether a request goes through the lean client (`lean::takes`) on this pool: the
+    /// proxy asks before building one (`Outgoing::prepare`), `send` for any other caller.
+    pub(super) fn takes_lean(&self, method: &Method, headers: &HeaderMap, bodiless: bool) -> bool {
+        !self.http2 && lean::takes(method, headers, bodiless)
     }
 
     pub(super) async fn connect(&self) -> Result<UpstreamStream, SendError> {

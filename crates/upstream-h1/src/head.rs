@@ -196,14 +196,9 @@ fn build(head: &Bytes, lines: &Lines, spans: &[Span], method: &Method) -> Result
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut framers = Framers::default();
     for span in spans {
-        let name = head
-            .get(span.name.0..span.name.1)
-            .and_then(|n| HeaderName::from_bytes(n).ok())
-            .ok_or(HeadError::Malformed)?;
-        if span.value.1 > head.len() || span.value.0 > span.value.1 {
-            return Err(HeadError::Malformed);
-        }
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+        let part = |(start, end): (usize, usize)| head.get(start..end).ok_or(HeadError::Malformed);
+        let name = HeaderName::from_bytes(part(span.name)?).map_err(|_| HeadError::Malformed)?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(part(span.value)?))
             .map_err(|_| HeadError::Malformed)?;
         framers.note(&name, value.as_bytes());
         headers.append(name, value);
