@@ -1,6 +1,6 @@
 //! Response-side desync defences, end to end: an upstream that writes raw bytes, honest or
-//! not, behind the real binary. Bodiless GETs and HEADs go through gatehouse's own upstream
-//! client (`src/proxy/lean.rs`, reading with `crates/upstream-h1`): whatever the upstream
+//! not, behind the real binary. These GETs go through gatehouse's own upstream client
+//! (`src/proxy/lean.rs`, reading with `crates/upstream-h1`): whatever the upstream
 //! sends, no client may get bytes meant for another request, and a response whose length
 //! cannot be told is a 502, not a guess.
 

@@ -119,13 +119,22 @@ impl UpstreamStream {
     /// A way to ask the kernel, from outside the task that drives this connection, whether
     /// the peer has closed it (see `pool`).
     pub(crate) fn watch(&mut self) -> PeerWatch {
-        let fd = match &self.socket {
-            Socket::Tcp(s) => s.as_raw_fd(),
-            Socket::Unix(s) => s.as_raw_fd(),
-        };
-        let gate = Arc::new(FdGate(Mutex::new(fd)));
+        let gate = Arc::new(FdGate(Mutex::new(self.raw_fd())));
         self.gate = Some(gate.clone());
         PeerWatch(gate)
+    }
+
+    /// `PeerWatch::peer_closed` from the task that holds the connection: asks the kernel,
+    /// which knows of a close the reactor may not have processed yet.
+    pub(crate) fn peer_closed(&self) -> bool {
+        readable_now(self.raw_fd())
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        match &self.socket {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+        }
     }
 
     /// Whether the reactor has seen this idle connection turn readable: the peer closed or
@@ -162,18 +171,22 @@ impl PeerWatch {
     /// a busy runtime can be long after.
     pub(crate) fn peer_closed(&self) -> bool {
         let fd = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
-        if *fd < 0 {
-            return true;
-        }
-        let mut pollfd = libc::pollfd {
-            fd: *fd,
-            events: libc::POLLIN | libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for one call; the held gate keeps the descriptor open.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
-        ready != 0
+        // The held gate keeps the descriptor open while it is polled.
+        *fd < 0 || readable_now(*fd)
     }
+}
+
+/// One poll(2), no waiting: whether `fd` (open for the call) has anything to read, an end
+/// of stream or an error.
+fn readable_now(fd: RawFd) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for one call.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready != 0
 }
 
 impl Socket {

@@ -1,11 +1,14 @@
-//! A purpose-built HTTP/1.1 client for the upstream requests that need no more than one: a
-//! GET or HEAD without a body and without an upgrade, to an HTTP/1 upstream. Everything
-//! else goes through hyper's client (`pool`).
+//! A purpose-built HTTP/1.1 client for the upstream requests that need no more than one:
+//! any request without an upgrade whose body, if it has one, is already whole in memory
+//! (`spool` read it first: the default for bodies up to 64 KiB), to an HTTP/1 upstream.
+//! Everything else (streamed and spooled-to-file bodies, upgrades, HTTP/2) goes through
+//! hyper's client (`pool`).
 //!
 //! Why: a fifth of a proxied GET's instructions were hyper's client machinery (the
 //! connection task, its dispatch channel, `Incoming`), bench/RESULTS.md 2026-12-07 16:33.
 //! Here the request's own task writes the head and reads the response; the connection
-//! waits between requests on a list, with no task.
+//! waits between requests on a list, with no task. A POST of 64 KiB took 55k instructions
+//! through hyper's client (its dispatch, its response parser, `Incoming`).
 //!
 //! What a reader of upstream bytes must get right lives in `crates/upstream-h1`: the head
 //! and the body's framing (RFC 9112 §6.3, refusing what nginx refuses) and chunked
@@ -13,20 +16,22 @@
 //! the head out, the response in, and the connection back to the pool when its response
 //! ended exactly where its framing said, with nothing after it.
 
+use super::body::Activity;
 use super::connector::UpstreamStream;
-use super::pool::{ConnPool, SendError};
+use super::pool::{self, ConnPool, SendError};
 use crate::http_base::BoxError;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::io;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use upstream_h1::chunked::Decoder;
-use upstream_h1::{take_head, Framing, Limits};
+use upstream_h1::{take_head, Framing, Head, Limits};
 
 /// What hyper's client accepts (its `DEFAULT_MAX_HEADERS` and default read-buffer limit),
 /// so a GET, read here, and a POST, read by hyper, fail on the same heads.
@@ -42,11 +47,14 @@ const READ_SIZE: usize = 8 * 1024;
 /// reads up to ~400 KiB at a time; 64 KiB made a 1 MiB response 22 reads and 17 writes).
 const READ_MAX: usize = 256 * 1024;
 
-/// Whether a request can go through this client.
-pub(super) fn takes(method: &Method, headers: &HeaderMap, bodiless: bool) -> bool {
-    matches!(*method, Method::GET | Method::HEAD)
-        && bodiless
-        && !headers.contains_key(header::UPGRADE)
+/// Buffers handed to one writev(2): a body of many small frames goes out in several calls
+/// rather than over the kernel's IOV_MAX (1024), which would fail.
+const MAX_IOVECS: usize = 64;
+
+/// Whether a request can go through this client: no upgrade (and no CONNECT, a tunnel),
+/// and no body unless it is whole in memory.
+pub(super) fn takes(method: &Method, headers: &HeaderMap, body_in_memory: bool) -> bool {
+    *method != Method::CONNECT && body_in_memory && !headers.contains_key(header::UPGRADE)
 }
 
 /// What this client sends, borrowed: the proxy sends a request without copying its head
@@ -58,6 +66,11 @@ pub(super) struct RequestHead<'a> {
     pub(super) headers: &'a HeaderMap,
     /// A Host line to add after `headers` (which then have none).
     pub(super) host: Option<HeaderValue>,
+    /// The body whole, as the frames it came in (its Content-Length is in `headers`);
+    /// empty for none.
+    pub(super) body: &'a [Bytes],
+    /// Touched once the body is written: the response-header timeout runs from there.
+    pub(super) activity: Option<&'a Activity>,
 }
 
 impl<'a> RequestHead<'a> {
@@ -67,6 +80,8 @@ impl<'a> RequestHead<'a> {
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             headers: req.headers(),
             host: None,
+            body: &[],
+            activity: None,
         }
     }
 }
@@ -137,23 +152,28 @@ impl std::error::Error for LeanError {
 }
 
 /// Sends `req` (which `takes` accepted) and reads the response head. A parked connection
-/// that turns out closed before a byte of the response came back is replaced by a new
-/// one: the request is a GET or HEAD, safe to send again.
+/// found closed is replaced by a new one, and the request sent again, when that is safe: no
+/// byte of it was taken, or no byte came back and the method is idempotent (RFC 9110
+/// §9.2.2). A request that may not go twice first asks the kernel whether the parked
+/// connection's upstream has closed it, as hyper's path does (see `pool`).
 pub(super) async fn send(
     pool: &Arc<ConnPool>,
     req: RequestHead<'_>,
     now: Instant,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let request_head = encode(&req);
+    let resendable = pool::is_idempotent(req.method);
     loop {
-        let (mut io, reused) = match pool.checkout_lean(now) {
+        let (mut io, reused) = match pool.checkout_lean(now, !resendable) {
             Some(io) => (io, true),
             None => (Box::pin(pool.connect()).await?, false),
         };
-        match exchange(&mut io, &request_head, req.method).await {
+        match exchange(&mut io, &request_head, &req).await {
             Ok(answer) => return Ok(response(pool, io, answer)),
-            Err((e, nothing_back)) if !(reused && nothing_back) => return Err(SendError::Lean(e)),
-            Err(_) => tracing::debug!("parked upstream connection was closed; sending again"),
+            Err(f) if reused && (f.unsent || (resendable && f.nothing_back)) => {
+                tracing::debug!("parked upstream connection was closed; sending again");
+            }
+            Err(f) => return Err(SendError::Lean(f.error)),
         }
     }
 }
@@ -192,65 +212,193 @@ fn encode(req: &RequestHead<'_>) -> Vec<u8> {
 
 /// The final response head, and what came after it.
 struct Answer {
-    head: upstream_h1::Head,
+    head: Head,
     /// Bytes read past the head: the body's start.
     rest: BytesMut,
     /// The last read filled all the space it was offered (see `LeanBody::filled`).
     filled: bool,
+    /// The whole request went out (not so when the upstream answered before taking all of
+    /// the body): else the connection cannot carry another.
+    whole_request: bool,
 }
 
-/// Writes the request head and reads up to the final response head (1xx heads other than
-/// 101 are skipped). On failure, whether no byte came back at all.
+/// Why an exchange failed, and what that allows.
+struct Failed {
+    error: LeanError,
+    /// No byte of a response came back.
+    nothing_back: bool,
+    /// No byte of the request was taken: it can go again whatever its method.
+    unsent: bool,
+}
+
+/// Writes the request and reads up to the final response head.
 async fn exchange(
     io: &mut UpstreamStream,
     request_head: &[u8],
-    method: &Method,
-) -> Result<Answer, (LeanError, bool)> {
-    io.write_all(request_head)
-        .await
-        .map_err(|e| (LeanError::Io(e), true))?;
-    let mut buf = BytesMut::new();
-    let mut got_any = false;
-    let mut filled = false;
-    loop {
-        // (Nothing to parse before the first read, nor after a 1xx that ended the buffer.)
-        let parsed = if buf.is_empty() {
-            Ok(None)
+    req: &RequestHead<'_>,
+) -> Result<Answer, Failed> {
+    let mut reading = Reading::default();
+    let mut written = false;
+    let outcome = {
+        let mut single;
+        let mut several;
+        let parts: &mut [IoSlice<'_>] = if req.body.is_empty() {
+            single = [IoSlice::new(request_head)];
+            &mut single
         } else {
-            take_head(&mut buf, method, &LIMITS)
+            several = std::iter::once(IoSlice::new(request_head))
+                .chain(req.body.iter().map(|frame| IoSlice::new(frame)))
+                .collect::<Vec<_>>();
+            &mut several
         };
-        match parsed {
-            Ok(Some(head)) => {
-                if head.status.is_informational()
-                    && head.status != http::StatusCode::SWITCHING_PROTOCOLS
-                {
-                    continue;
-                }
-                return Ok(Answer {
-                    head,
-                    rest: buf,
-                    filled,
-                });
+        write_request(io, parts, &mut written, &mut reading, req.method).await
+    };
+    let failed = |error, reading: &Reading| Failed {
+        error,
+        nothing_back: !reading.got_any,
+        unsent: !written,
+    };
+    let (head, whole_request) = match outcome {
+        Ok(Written::Whole) => {
+            if let Some(activity) = req.activity {
+                activity.touch();
             }
-            Ok(None) => {}
-            Err(e) => return Err((LeanError::Framing(Box::new(e)), false)),
+            let head = poll_fn(|cx| reading.poll_final_head(io, cx, req.method)).await;
+            (head.map_err(|e| failed(e, &reading))?, true)
         }
-        buf.reserve(READ_SIZE);
-        let offered = buf.capacity() - buf.len();
-        match std::future::poll_fn(|cx| {
-            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)
-        })
-        .await
-        {
-            Ok(0) => return Err((LeanError::Incomplete, !got_any)),
-            Ok(n) => (got_any, filled) = (true, n == offered),
-            Err(e) => return Err((LeanError::Io(e), !got_any)),
+        Ok(Written::Early(head)) => (head, false),
+        // A unix socket's peer that answered and closed makes the next write fail (EPIPE)
+        // with its answer still there to read.
+        Ok(Written::Broken(e)) => {
+            match poll_fn(|cx| reading.poll_final_head(io, cx, req.method)).await {
+                Ok(head) => (head, false),
+                Err(_) => return Err(failed(LeanError::Io(e), &reading)),
+            }
+        }
+        Err(e) => return Err(failed(e, &reading)),
+    };
+    Ok(Answer {
+        head,
+        rest: reading.buf,
+        filled: reading.filled,
+        whole_request,
+    })
+}
+
+enum Written {
+    Whole,
+    /// The upstream's final head came before it took the whole request.
+    Early(Head),
+    /// Writing failed.
+    Broken(io::Error),
+}
+
+/// Writes `parts` (the head, then the body's frames). Whenever the upstream takes no more
+/// for now, reads what it has sent: an app may answer before reading the body (a 413),
+/// and waiting for it to take the rest would last until the response-header timeout.
+async fn write_request(
+    io: &mut UpstreamStream,
+    mut parts: &mut [IoSlice<'_>],
+    written: &mut bool,
+    reading: &mut Reading,
+    method: &Method,
+) -> Result<Written, LeanError> {
+    poll_fn(|cx| loop {
+        if parts.is_empty() {
+            return Poll::Ready(Ok(Written::Whole));
+        }
+        let batch = &parts[..parts.len().min(MAX_IOVECS)];
+        match Pin::new(&mut *io).poll_write_vectored(cx, batch) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Ok(Written::Broken(io::ErrorKind::WriteZero.into())))
+            }
+            Poll::Ready(Ok(n)) => {
+                *written = true;
+                IoSlice::advance_slices(&mut parts, n);
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Ok(Written::Broken(e))),
+            Poll::Pending => {
+                ready!(reading.poll_read(&mut *io, cx))?;
+                if let Some(head) = reading.take_final_head(method)? {
+                    return Poll::Ready(Ok(Written::Early(head)));
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// The response as it is read, up to its final head.
+#[derive(Default)]
+struct Reading {
+    buf: BytesMut,
+    got_any: bool,
+    /// The last read filled all the space it was offered.
+    filled: bool,
+}
+
+impl Reading {
+    /// One read into `buf`; the end of the stream is an error here (the head is not
+    /// complete, or it would have been taken).
+    fn poll_read(
+        &mut self,
+        io: &mut UpstreamStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), LeanError>> {
+        self.buf.reserve(READ_SIZE);
+        let offered = self.buf.capacity() - self.buf.len();
+        match ready!(tokio_util::io::poll_read_buf(
+            Pin::new(io),
+            cx,
+            &mut self.buf
+        )) {
+            Ok(0) => Poll::Ready(Err(LeanError::Incomplete)),
+            Ok(n) => {
+                (self.got_any, self.filled) = (true, n == offered);
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(LeanError::Io(e))),
+        }
+    }
+
+    /// The final head, if `buf` holds it whole; 1xx heads other than 101 before it are
+    /// dropped. Inlined: a call returned the head through two more moves, ~1 % of a GET.
+    #[inline(always)]
+    fn take_final_head(&mut self, method: &Method) -> Result<Option<Head>, LeanError> {
+        while !self.buf.is_empty() {
+            match take_head(&mut self.buf, method, &LIMITS) {
+                Ok(Some(head))
+                    if head.status.is_informational()
+                        && head.status != http::StatusCode::SWITCHING_PROTOCOLS => {}
+                Ok(head) => return Ok(head),
+                Err(e) => return Err(LeanError::Framing(Box::new(e))),
+            }
+        }
+        Ok(None)
+    }
+
+    fn poll_final_head(
+        &mut self,
+        io: &mut UpstreamStream,
+        cx: &mut Context<'_>,
+        method: &Method,
+    ) -> Poll<Result<Head, LeanError>> {
+        loop {
+            if let Some(head) = self.take_final_head(method)? {
+                return Poll::Ready(Ok(head));
+            }
+            ready!(self.poll_read(io, cx))?;
         }
     }
 }
 
 fn response(pool: &Arc<ConnPool>, io: UpstreamStream, answer: Answer) -> Response<UpstreamBody> {
-    let Answer { head, rest, filled } = answer;
+    let Answer {
+        head,
+        rest,
+        filled,
+        whole_request,
+    } = answer;
     let state = match head.framing {
         Framing::Empty => State::Done,
         Framing::Length(n) => State::Length(n),
@@ -260,6 +408,7 @@ fn response(pool: &Arc<ConnPool>, io: UpstreamStream, answer: Answer) -> Respons
     // A 5xx: the app may be closing this connection (see pool's module doc); a 101 to a
     // request that asked for no upgrade leaves a connection in an unknown protocol.
     let reuse = head.keep_alive
+        && whole_request
         && !head.status.is_server_error()
         && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
     let mut body = LeanBody {

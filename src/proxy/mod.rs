@@ -289,11 +289,10 @@ async fn forward(
             Pick::GiveUp => return failed(pool, cx.upstream, attempts.failure),
         };
         let u = &pool.upstreams[idx];
-        let Some(up_body) = body.take(cfg) else {
-            return failed(pool, cx.upstream, attempts.failure);
-        };
-        let sending = match out.prepare(u, up_body, body.bodiless) {
-            Ok(sending) => sending,
+        let sending = match out.prepare(u, &body, cfg) {
+            Ok(Some(sending)) => sending,
+            // A streamed body already read from by a failed attempt.
+            Ok(None) => return failed(pool, cx.upstream, attempts.failure),
             Err(_) => return failed(pool, cx.upstream, (StatusCode::BAD_REQUEST, Some(idx))),
         };
         let in_flight = InFlight::new(u).with_lease(lease.take());
@@ -381,16 +380,25 @@ impl<'a> Sending<'a> {
 }
 
 impl Outgoing {
-    fn prepare(
-        &self,
+    /// This attempt's request for the pool's client; `None` when the body cannot be sent
+    /// again.
+    fn prepare<'a>(
+        &'a self,
         u: &UpstreamState,
-        body: UpBody,
-        bodiless: bool,
-    ) -> Result<Sending<'_>, http::Error> {
-        if !u.conns.takes_lean(&self.method, &self.headers, bodiless) {
-            return self.build(u, body).map(Sending::Built);
+        body: &'a RequestBody,
+        cfg: &ProxyConfig,
+    ) -> Result<Option<Sending<'a>>, http::Error> {
+        let in_memory = body.in_memory();
+        if !u
+            .conns
+            .takes_lean(&self.method, &self.headers, in_memory.is_some())
+        {
+            let Some(up_body) = body.take(cfg) else {
+                return Ok(None);
+            };
+            return self.build(u, up_body).map(|r| Some(Sending::Built(r)));
         }
-        Ok(Sending::Lean(lean::RequestHead {
+        Ok(Some(Sending::Lean(lean::RequestHead {
             method: &self.method,
             path: self.path.as_str(),
             headers: &self.headers,
@@ -399,7 +407,9 @@ impl Outgoing {
                 None => HeaderValue::from_str(u.authority.as_str()).ok(),
                 Some(_) => None,
             },
-        }))
+            body: in_memory.unwrap_or_default(),
+            activity: Some(&body.activity),
+        })))
     }
 
     fn build(&self, u: &UpstreamState, body: UpBody) -> Result<Request<UpBody>, http::Error> {

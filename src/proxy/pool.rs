@@ -1,7 +1,7 @@
-//! Keep-alive connections to one upstream: bodiless GET and HEAD requests to an HTTP/1
-//! upstream on the lean client's connections (`lean`: parked on a list, no task, checked
-//! for anything that arrived while idle), everything else on hyper's connection-level
-//! client API, as below.
+//! Keep-alive connections to one upstream: requests to an HTTP/1 upstream without an
+//! upgrade, and with no body or one whole in memory, on the lean client's connections
+//! (`lean`: parked on a list, no task, checked for anything that arrived while idle),
+//! everything else on hyper's connection-level client API, as below.
 //!
 //! hyper-util's legacy `Client` did this job with more machinery per request than the job
 //! needs when every pool serves exactly one upstream: a HashMap keyed by (scheme, authority)
@@ -126,6 +126,7 @@ impl ConnPool {
         req: Request<UpBody>,
         now: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        // A body here is hyper's to stream; the lean client takes only requests without.
         let bodiless = hyper::body::Body::is_end_stream(req.body());
         let resp = if self.takes_lean(req.method(), req.headers(), bodiless) {
             return lean::send(self, lean::RequestHead::of(&req), now).await;
@@ -139,8 +140,13 @@ impl ConnPool {
 
     /// Whether a request goes through the lean client (`lean::takes`) on this pool: the
     /// proxy asks before building one (`Outgoing::prepare`), `send` for any other caller.
-    pub(super) fn takes_lean(&self, method: &Method, headers: &HeaderMap, bodiless: bool) -> bool {
-        !self.http2 && lean::takes(method, headers, bodiless)
+    pub(super) fn takes_lean(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        body_in_memory: bool,
+    ) -> bool {
+        !self.http2 && lean::takes(method, headers, body_in_memory)
     }
 
     pub(super) async fn connect(&self) -> Result<UpstreamStream, SendError> {
@@ -150,15 +156,19 @@ impl ConnPool {
     /// The most recently parked lean connection that has not expired and on which nothing
     /// arrived while it waited (no task reads an idle lean connection: bytes there would be
     /// taken for the next request's response). Its upstream may still have closed it
-    /// unseen: `lean::send` finds that out and sends again.
-    pub(super) fn checkout_lean(&self, now: Instant) -> Option<UpstreamStream> {
-        let mut idle = self.lock();
-        while let Some((io, since)) = idle.lean.pop() {
-            if now.saturating_duration_since(since) < self.keepalive && !io.readable_while_idle() {
+    /// unseen by the reactor: `lean::send` finds that out and sends again if it may, and
+    /// with `probe` the kernel is asked first, as `checkout_h1` does.
+    pub(super) fn checkout_lean(&self, now: Instant, probe: bool) -> Option<UpstreamStream> {
+        loop {
+            // Not holding the lock for the poll(2).
+            let (io, since) = self.lock().lean.pop()?;
+            if now.saturating_duration_since(since) < self.keepalive
+                && !io.readable_while_idle()
+                && !(probe && io.peer_closed())
+            {
                 return Some(io);
             }
         }
-        None
     }
 
     pub(super) fn checkin_lean(self: &Arc<Self>, io: UpstreamStream, since: Instant) {
@@ -391,12 +401,16 @@ mod tests {
         let upstream = Upstream::Http { authority: addr };
         let connector = Connector::new(&upstream, Duration::from_secs(2));
         let pool = ConnPool::new(connector, false, Duration::from_secs(30));
-        // DELETE: hyper's client (a GET would take the lean one).
+        // A body in hyper's form: hyper's client (a bodiless request takes the lean one).
+        let body = UpBody::full(
+            &[bytes::Bytes::from_static(b"x")],
+            super::super::body::Activity::sent_at(std::time::Instant::now()),
+        );
         let req = Request::builder()
-            .method(Method::DELETE)
+            .method(Method::POST)
             .uri("/")
             .header("host", "a")
-            .body(UpBody::empty())
+            .body(body)
             .unwrap();
         let resp = pool.send(req, Instant::now()).await.unwrap();
         resp.into_body().collect().await.unwrap();
@@ -419,6 +433,30 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert!(pool.lock().h1[0].0.tx.is_ready());
         assert!(pool.checkout_h1(Instant::now(), true).is_none());
+    }
+
+    // One thread: the reactor does not run while the test sleeps, so tokio has not seen
+    // the close either.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lean_connection_the_upstream_closed_is_not_handed_out_to_a_post() {
+        let (addr, close, server) = one_answer_upstream();
+        let connector = Connector::new(&Upstream::Http { authority: addr }, Duration::from_secs(2));
+        let pool = ConnPool::new(connector, false, Duration::from_secs(30));
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "a")
+            .body(UpBody::empty())
+            .unwrap();
+        let resp = pool.send(req, Instant::now()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        close.send(()).unwrap();
+        server.join().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // A GET would take it (and, finding it closed, send again on a new one) ...
+        let conn = pool.checkout_lean(Instant::now(), false).expect("parked");
+        pool.checkin_lean(conn, Instant::now());
+        // ... a POST, which could not go twice, asks the kernel first.
+        assert!(pool.checkout_lean(Instant::now(), true).is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -4,6 +4,7 @@ use super::body::{self, Activity, Reclaim, UpBody};
 use super::{client_fault, closing, spool, Outgoing};
 use crate::config::proxy::ProxyConfig;
 use crate::http_base::{self, Body, RequestContext};
+use bytes::Bytes;
 use http::{header, Response};
 use hyper::body::{Body as _, Incoming};
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,15 @@ impl RequestBody {
                     })
             }
             (None, None) => None,
+        }
+    }
+
+    /// The body's frames when it was read whole into memory (none for no body): the lean
+    /// client writes them as they are, for every attempt.
+    pub(super) fn in_memory(&self) -> Option<&[Bytes]> {
+        match &self.full {
+            Some(spool::Spooled::Memory(frames)) => Some(frames),
+            _ => None,
         }
     }
 
