@@ -186,15 +186,16 @@ fn prepare(
         },
     };
     let mut head = parts.headers;
-    // Room for the forwarding headers and Host at once: hyper sizes the map for the
-    // headers it parsed, and each growth rehashes it.
-    head.reserve(5);
     headers::strip_hop_by_hop(&mut head);
     // We answer 100-continue ourselves (hyper sends it when the body is first read: before
     // an upstream is involved when the body is buffered, else once one is connected); the
     // upstream needs no Expect.
     head.remove(header::EXPECT);
     head.remove(header::HOST);
+    // Room for the four forwarding headers and Host at once (each growth rehashes the
+    // map), counted after the removals: hyper parses into the map of the connection's
+    // previous response, which then usually has room enough.
+    head.reserve(5);
     headers::set_forwarded(
         &mut head,
         &headers::ClientInfo {
