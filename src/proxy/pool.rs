@@ -435,13 +435,17 @@ mod tests {
         assert!(pool.checkout_h1(Instant::now(), true).is_none());
     }
 
-    // One thread: the reactor does not run while the test sleeps, so tokio has not seen
-    // the close either.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_lean_connection_the_upstream_closed_is_not_handed_out_to_a_post() {
+    /// A pool to `one_answer_upstream` that has sent one GET, through the lean client.
+    async fn after_one_get(
+        keepalive: Duration,
+    ) -> (
+        Arc<ConnPool>,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
         let (addr, close, server) = one_answer_upstream();
         let connector = Connector::new(&Upstream::Http { authority: addr }, Duration::from_secs(2));
-        let pool = ConnPool::new(connector, false, Duration::from_secs(30));
+        let pool = ConnPool::new(connector, false, keepalive);
         let req = Request::builder()
             .uri("/")
             .header("host", "a")
@@ -449,6 +453,14 @@ mod tests {
             .unwrap();
         let resp = pool.send(req, Instant::now()).await.unwrap();
         resp.into_body().collect().await.unwrap();
+        (pool, close, server)
+    }
+
+    // One thread: the reactor does not run while the test sleeps, so tokio has not seen
+    // the close either.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lean_connection_the_upstream_closed_is_not_handed_out_to_a_post() {
+        let (pool, close, server) = after_one_get(Duration::from_secs(30)).await;
         close.send(()).unwrap();
         server.join().unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -461,17 +473,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_lean_connection_the_upstream_closed_is_reaped_before_it_expires() {
-        let (addr, close, server) = one_answer_upstream();
-        let connector = Connector::new(&Upstream::Http { authority: addr }, Duration::from_secs(2));
         // The reaper looks every 500 ms; the connection would expire only after 1 s.
-        let pool = ConnPool::new(connector, false, Duration::from_secs(1));
-        let req = Request::builder()
-            .uri("/")
-            .header("host", "a")
-            .body(UpBody::empty())
-            .unwrap();
-        let resp = pool.send(req, Instant::now()).await.unwrap();
-        resp.into_body().collect().await.unwrap();
+        let (pool, close, server) = after_one_get(Duration::from_secs(1)).await;
         assert_eq!(
             pool.lock().lean.len(),
             1,
