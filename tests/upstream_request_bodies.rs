@@ -1,8 +1,10 @@
 //! Request bodies read whole into memory go to the upstream through gatehouse's own
 //! client (`src/proxy/lean.rs`), head and body in one writev. What an app may do while a
 //! body larger than the sockets' buffers is on its way: answer before reading it (a 413),
-//! keeping the connection open or closing it, or send an unasked-for 100 Continue first.
-//! The client must get the app's answer, not a 504 after the response-header timeout.
+//! keeping the connection open or closing it, send an unasked-for 100 Continue first,
+//! answer while it reads (the rest of the body must still come), or read slowly (each
+//! write restarts the response-header timeout). The client must get the app's answer, not
+//! a 504 after the response-header timeout.
 
 mod common;
 
@@ -120,6 +122,59 @@ fn an_unasked_for_100_continue_does_not_stop_the_body() {
     let reply = post(port);
     assert_eq!(reply.status, 200, "{}", reply.head);
     assert_eq!(reply.text(), BODY.to_string());
+}
+
+/// An app on a unix socket (whose buffers hold ~200 KiB, so the body waits on its reads)
+/// that counts the body's bytes, reading `chunk` at a time with `pause` between reads;
+/// with `head_first`, it sends its head (chunked) before reading. Returns the upstream.
+fn counting_app(dir: &Path, head_first: bool, chunk: usize, pause: Duration) -> String {
+    let sock = dir.join("app.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let head = read_head(&mut conn);
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if head_first {
+            conn.write_all(chunked.as_bytes()).unwrap();
+        }
+        let mut left = content_length(&head);
+        let mut buf = vec![0u8; chunk];
+        let mut got = 0;
+        while left > 0 {
+            let n = conn.read(&mut buf[..chunk.min(left)]).unwrap();
+            assert!(n > 0, "the body stopped {left} bytes short");
+            got += buf[..n].iter().filter(|&&b| b == b'x').count();
+            left -= n;
+            std::thread::sleep(pause);
+        }
+        if !head_first {
+            conn.write_all(chunked.as_bytes()).unwrap();
+        }
+        let got = got.to_string();
+        let _ = write!(conn, "{:x}\r\n{got}\r\n0\r\n\r\n", got.len());
+    });
+    format!("unix:{}", path(&sock))
+}
+
+#[test]
+fn an_app_that_answers_while_it_reads_gets_the_whole_body() {
+    let dir = tempdir();
+    let upstream = counting_app(dir.path(), true, 64 << 10, Duration::ZERO);
+    let (_server, port) = start_http(&config(&upstream), &[]);
+    let reply = post(port);
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert!(reply.text().contains(&BODY.to_string()), "{}", reply.text());
+}
+
+#[test]
+fn an_app_that_reads_slowly_is_not_timed_out_while_it_reads() {
+    // 8 MiB at ~2 MiB/s: four seconds of reading against a 3 s response-header timeout.
+    let dir = tempdir();
+    let upstream = counting_app(dir.path(), false, 256 << 10, Duration::from_millis(120));
+    let (_server, port) = start_http(&config(&upstream), &[]);
+    let reply = post(port);
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert!(reply.text().contains(&BODY.to_string()), "{}", reply.text());
 }
 
 fn path(p: &Path) -> String {

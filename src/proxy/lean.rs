@@ -16,6 +16,10 @@
 //! the head out, the response in, and the connection back to the pool when its response
 //! ended exactly where its framing said, with nothing after it.
 
+mod response_body;
+
+pub(crate) use response_body::LeanBody;
+
 use super::body::Activity;
 use super::connector::UpstreamStream;
 use super::pool::{self, ConnPool, SendError};
@@ -30,8 +34,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 use tokio::io::AsyncWrite;
-use upstream_h1::chunked::Decoder;
-use upstream_h1::{take_head, Framing, Head, Limits};
+use upstream_h1::{take_head, Head, Limits};
 
 /// What hyper's client accepts (its `DEFAULT_MAX_HEADERS` and default read-buffer limit),
 /// so a GET, read here, and a POST, read by hyper, fail on the same heads.
@@ -251,7 +254,7 @@ async fn exchange(
                 .collect::<Vec<_>>();
             &mut several
         };
-        write_request(io, parts, &mut written, &mut reading, req.method).await
+        write_request(io, parts, &mut written, &mut reading, req).await
     };
     let failed = |error, reading: &Reading| Failed {
         error,
@@ -259,14 +262,21 @@ async fn exchange(
         unsent: !written,
     };
     let (head, whole_request) = match outcome {
-        Ok(Written::Whole) => {
+        Ok(Written::Whole(early)) => {
             if let Some(activity) = req.activity {
                 activity.touch();
             }
-            let head = poll_fn(|cx| reading.poll_final_head(io, cx, req.method)).await;
-            (head.map_err(|e| failed(e, &reading))?, true)
+            let head = match early {
+                Some(head) => head,
+                None => poll_fn(|cx| reading.poll_final_head(io, cx, req.method))
+                    .await
+                    .map_err(|e| failed(e, &reading))?,
+            };
+            (head, true)
         }
         Ok(Written::Early(head)) => (head, false),
+        // Nothing of this request left: whatever is there to read is not its answer.
+        Ok(Written::Broken(e)) if !written => return Err(failed(LeanError::Io(e), &reading)),
         // A unix socket's peer that answered and closed makes the next write fail (EPIPE)
         // with its answer still there to read.
         Ok(Written::Broken(e)) => {
@@ -286,41 +296,80 @@ async fn exchange(
 }
 
 enum Written {
-    Whole,
-    /// The upstream's final head came before it took the whole request.
+    /// All of it; with the final head when that came while it went out.
+    Whole(Option<Head>),
+    /// The upstream answered before taking the whole request, and the rest will not go:
+    /// its answer refuses it (`refuses_the_rest`), or more of the answer came meanwhile
+    /// than `EARLY_KEPT`, or the connection failed after the answer.
     Early(Head),
-    /// Writing failed.
+    /// Writing failed before any answer.
     Broken(io::Error),
+}
+
+/// Response bytes kept while the request still goes out after an early final head that
+/// does not refuse it (an app that streams its answer as it reads the body). Beyond them
+/// the rest of the body is given up, as nginx gives it up once the response is on its way.
+const EARLY_KEPT: usize = READ_MAX;
+
+/// An early answer that says the rest of the request is not wanted: an error, a
+/// connection the upstream closes, or a switch of protocol nobody asked for.
+fn refuses_the_rest(head: &Head) -> bool {
+    head.status.as_u16() >= 400
+        || !head.keep_alive
+        || head.status == http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// Writes `parts` (the head, then the body's frames). Whenever the upstream takes no more
 /// for now, reads what it has sent: an app may answer before reading the body (a 413),
-/// and waiting for it to take the rest would last until the response-header timeout.
+/// and waiting for it to take the rest would last until the response-header timeout; an
+/// app that answers as it reads gets the rest. Each write after a wait touches the
+/// request's activity: the response-header timeout runs from the last byte sent.
 async fn write_request(
     io: &mut UpstreamStream,
     mut parts: &mut [IoSlice<'_>],
     written: &mut bool,
     reading: &mut Reading,
-    method: &Method,
+    req: &RequestHead<'_>,
 ) -> Result<Written, LeanError> {
+    let mut early: Option<Head> = None;
+    let mut waited = false;
+    // A failure after an early answer delivers the answer.
+    let broken = |early: &mut Option<Head>, e: io::Error| match early.take() {
+        Some(head) => Written::Early(head),
+        None => Written::Broken(e),
+    };
     poll_fn(|cx| loop {
         if parts.is_empty() {
-            return Poll::Ready(Ok(Written::Whole));
+            return Poll::Ready(Ok(Written::Whole(early.take())));
         }
         let batch = &parts[..parts.len().min(MAX_IOVECS)];
         match Pin::new(&mut *io).poll_write_vectored(cx, batch) {
             Poll::Ready(Ok(0)) => {
-                return Poll::Ready(Ok(Written::Broken(io::ErrorKind::WriteZero.into())))
+                return Poll::Ready(Ok(broken(&mut early, io::ErrorKind::WriteZero.into())))
             }
             Poll::Ready(Ok(n)) => {
                 *written = true;
+                if std::mem::take(&mut waited) {
+                    if let Some(activity) = req.activity {
+                        activity.touch();
+                    }
+                }
                 IoSlice::advance_slices(&mut parts, n);
             }
-            Poll::Ready(Err(e)) => return Poll::Ready(Ok(Written::Broken(e))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Ok(broken(&mut early, e))),
             Poll::Pending => {
-                ready!(reading.poll_read(&mut *io, cx))?;
-                if let Some(head) = reading.take_final_head(method)? {
+                waited = true;
+                if let Some(head) = early.take_if(|_| reading.buf.len() >= EARLY_KEPT) {
                     return Poll::Ready(Ok(Written::Early(head)));
+                }
+                if let Err(e) = ready!(reading.poll_read(&mut *io, cx)) {
+                    return Poll::Ready(early.take().map(Written::Early).ok_or(e));
+                }
+                if early.is_none() {
+                    early = reading.take_final_head(req.method)?;
+                    if let Some(head) = early.take_if(|h| refuses_the_rest(h)) {
+                        return Poll::Ready(Ok(Written::Early(head)));
+                    }
                 }
             }
         }
@@ -399,169 +448,17 @@ fn response(pool: &Arc<ConnPool>, io: UpstreamStream, answer: Answer) -> Respons
         filled,
         whole_request,
     } = answer;
-    let state = match head.framing {
-        Framing::Empty => State::Done,
-        Framing::Length(n) => State::Length(n),
-        Framing::Chunked => State::Chunked(Box::default()),
-        Framing::UntilClose => State::UntilClose,
-    };
     // A 5xx: the app may be closing this connection (see pool's module doc); a 101 to a
     // request that asked for no upgrade leaves a connection in an unknown protocol.
     let reuse = head.keep_alive
         && whole_request
         && !head.status.is_server_error()
         && head.status != http::StatusCode::SWITCHING_PROTOCOLS;
-    let mut body = LeanBody {
-        io: Some(io),
-        read_size: READ_SIZE,
-        filled,
-        buf: rest,
-        state,
-        reuse,
-        pool: pool.clone(),
-    };
-    if matches!(body.state, State::Done | State::Length(0)) {
-        body.finish();
-    }
+    let body = LeanBody::new(io, pool.clone(), head.framing, rest, filled, reuse);
     let mut resp = Response::new(UpstreamBody::Lean(body));
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
     // Transfer-Encoding and Connection go with the other hop-by-hop headers in `respond`.
     *resp.headers_mut() = head.headers;
     resp
-}
-
-enum State {
-    Length(u64),
-    Chunked(Box<Decoder>),
-    UntilClose,
-    Done,
-}
-
-/// A response body read by this client; its connection goes back to the pool when the
-/// body ended exactly where its framing said.
-pub(crate) struct LeanBody {
-    io: Option<UpstreamStream>,
-    /// What the next read asks for.
-    read_size: usize,
-    /// The last read filled all the space it was offered: more may be waiting, and tokio
-    /// still counts the socket readable.
-    filled: bool,
-    /// Bytes read but not yet handed out.
-    buf: BytesMut,
-    state: State,
-    reuse: bool,
-    pool: Arc<ConnPool>,
-}
-
-impl LeanBody {
-    fn finish(&mut self) {
-        self.state = State::Done;
-        // Bytes beyond the body's end: the upstream does not frame as we read it.
-        let clean = self.buf.is_empty() && (!self.filled || self.drained());
-        if let (true, true, Some(io)) = (self.reuse, clean, self.io.take()) {
-            self.pool.checkin_lean(io, Instant::now());
-        }
-        self.io = None;
-    }
-
-    /// After a read that filled its buffer: one more, which must find nothing waiting
-    /// (and so clears tokio's readiness, which `checkout_lean` looks at).
-    fn drained(&mut self) -> bool {
-        let Some(io) = self.io.as_mut() else {
-            return false;
-        };
-        let mut probe = BytesMut::with_capacity(1);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        tokio_util::io::poll_read_buf(Pin::new(io), &mut cx, &mut probe).is_pending()
-    }
-
-    fn fail(&mut self, e: LeanError) -> Poll<Option<Result<Frame<Bytes>, LeanError>>> {
-        self.state = State::Done;
-        self.io = None;
-        Poll::Ready(Some(Err(e)))
-    }
-
-    /// Reads more into `buf`: the number of bytes, 0 at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(io) = self.io.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        self.buf.reserve(self.read_size);
-        let offered = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(io),
-            cx,
-            &mut self.buf
-        ))?;
-        self.filled = n == offered;
-        if self.filled {
-            self.read_size = (self.read_size * 2).min(READ_MAX);
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl Body for LeanBody {
-    type Data = Bytes;
-    type Error = LeanError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, LeanError>>> {
-        let this = self.get_mut();
-        loop {
-            match &mut this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(left) if !this.buf.is_empty() => {
-                    let n = this
-                        .buf
-                        .len()
-                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= n as u64;
-                    let data = this.buf.split_to(n).freeze();
-                    if *left == 0 {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::Chunked(decoder) => match decoder.decode(&mut this.buf) {
-                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(None) if decoder.is_done() => {
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return this.fail(LeanError::Framing(Box::new(e))),
-                },
-                State::UntilClose if !this.buf.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
-                }
-                State::Length(_) | State::UntilClose => {}
-            }
-            match ready!(this.poll_fill(cx)) {
-                Ok(0) if matches!(this.state, State::UntilClose) => {
-                    this.state = State::Done;
-                    this.io = None;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => return this.fail(LeanError::Incomplete),
-                Ok(_) => {}
-                Err(e) => return this.fail(LeanError::Io(e)),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
 }
