@@ -72,7 +72,8 @@ pub(super) struct RequestHead<'a> {
     /// The body whole, as the frames it came in (its Content-Length is in `headers`);
     /// empty for none.
     pub(super) body: &'a [Bytes],
-    /// Touched once the body is written: the response-header timeout runs from there.
+    /// Touched by each write after a wait and once the body is written: the
+    /// response-header timeout runs from the last byte sent.
     pub(super) activity: Option<&'a Activity>,
 }
 
